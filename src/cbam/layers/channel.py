@@ -1,0 +1,64 @@
+"""Channel attention: the "what" branch of CBAM (paper eq. 2, Table 1)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from cbam.layers.pooling import global_pool, parse_pool_types
+
+
+def hidden_width(channels: int, reduction: float) -> int:
+    """Width C/r of the shared MLP's hidden layer, rounded to nearest and at least 1.
+
+    Rounding (not flooring) reproduces the paper's MobileNet 0.7 figures (Table 5); every
+    ResNet width divides by 16, so both agree there.
+    """
+    if channels < 1:
+        raise ValueError(f"channels must be positive, got {channels}")
+    if reduction <= 0:
+        raise ValueError(f"reduction must be positive, got {reduction}")
+    return max(1, int(channels / reduction + 0.5))
+
+
+class ChannelAttention(nn.Module):
+    """Channel attention Mc(F) = sigmoid(sum_p MLP(Pool_p(F))), paper eq. (2).
+
+    One MLP (C -> C/r -> C, ReLU, with biases) is shared by every pooled descriptor and the
+    outputs are summed before the sigmoid. `forward` returns the refined map Mc(F) * F.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        reduction: float = 16,
+        pool_types: str | Sequence[str] = ("avg", "max"),
+        hidden_channels: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.pool_types: list[str] = parse_pool_types(pool_types)
+        hidden = hidden_channels if hidden_channels is not None else hidden_width(channels, reduction)
+        self.mlp = nn.Sequential(
+            nn.Linear(channels, hidden),
+            nn.ReLU(inplace=True),
+            nn.Linear(hidden, channels),
+        )
+
+    def logits(self, x: Tensor) -> Tensor:
+        """The map before the sigmoid, (N, C, 1, 1)."""
+        n, c = x.shape[0], x.shape[1]
+        pooled = torch.cat([global_pool(x, p) for p in self.pool_types], dim=0)  # (P*N, C)
+        summed = self.mlp(pooled).view(len(self.pool_types), n, c).sum(dim=0)
+        return summed.view(n, c, 1, 1)
+
+    def attention_map(self, x: Tensor) -> Tensor:
+        """Mc(F), (N, C, 1, 1), in the input's dtype."""
+        return torch.sigmoid(self.logits(x)).to(x.dtype)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * self.attention_map(x)
+
+    def extra_repr(self) -> str:
+        return f"pool_types={'+'.join(self.pool_types)}"

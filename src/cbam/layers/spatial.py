@@ -1,0 +1,63 @@
+"""Spatial attention: the "where" branch of CBAM (paper eq. 3, Table 2)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from cbam.layers.pooling import channel_pool
+
+SPATIAL_DESCRIPTORS: tuple[str, ...] = ("pool", "conv")
+
+
+class SpatialAttention(nn.Module):
+    """Spatial attention Ms(F) = sigmoid(f_kxk([AvgPool_c(F); MaxPool_c(F)])), paper eq. (3).
+
+    `descriptor="pool"` pools mean and max across channels (the paper's choice); `"conv"` is
+    the learned 1x1 convolution to one channel that Table 2 compares against. The k x k conv
+    keeps H x W ("same" padding); with `batch_norm` it has no bias and is followed by
+    BatchNorm, as in the authors' code. `forward` returns the refined map Ms(F) * F.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        kernel_size: int = 7,
+        descriptor: str = "pool",
+        batch_norm: bool = True,
+    ) -> None:
+        super().__init__()
+        if descriptor not in SPATIAL_DESCRIPTORS:
+            raise ValueError(f"unknown spatial descriptor {descriptor!r}; choose from {', '.join(SPATIAL_DESCRIPTORS)}")
+        if kernel_size < 1 or kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size must be a positive odd number for 'same' padding, got {kernel_size}")
+        self.descriptor = descriptor
+        self.reduce: nn.Module | None = nn.Conv2d(channels, 1, 1) if descriptor == "conv" else None
+        in_channels = 2 if descriptor == "pool" else 1
+        self.conv = nn.Conv2d(in_channels, 1, kernel_size, padding=kernel_size // 2, bias=not batch_norm)
+        self.bn: nn.Module | None = nn.BatchNorm2d(1) if batch_norm else None
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        """The authors' init: a zero BatchNorm scale, so the map starts at 0.5 everywhere."""
+        if isinstance(self.bn, nn.BatchNorm2d):
+            nn.init.zeros_(self.bn.weight)
+            nn.init.zeros_(self.bn.bias)
+
+    def logits(self, x: Tensor) -> Tensor:
+        """The map before the sigmoid, (N, 1, H, W)."""
+        descriptor = self.reduce(x) if self.reduce is not None else channel_pool(x)
+        out = self.conv(descriptor)
+        if self.bn is not None:
+            out = self.bn(out)
+        return out
+
+    def attention_map(self, x: Tensor) -> Tensor:
+        """Ms(F), (N, 1, H, W), in the input's dtype."""
+        return torch.sigmoid(self.logits(x)).to(x.dtype)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * self.attention_map(x)
+
+    def extra_repr(self) -> str:
+        return f"descriptor={self.descriptor}"

@@ -1,0 +1,20 @@
+"""Plain-text reports: markdown tables for the terminal, READMEs and result files."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+def _escape(cell: object) -> str:
+    return str(cell).replace("|", "\\|").replace("\n", " ")
+
+
+def format_markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """A GitHub-style markdown table with columns padded to line up in a terminal."""
+    cells = [[_escape(c) for c in header], *[[_escape(c) for c in row] for row in rows]]
+    if any(len(row) != len(header) for row in cells):
+        raise ValueError("every row needs one cell per header column")
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    lines = ["| " + " | ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) + " |" for row in cells]
+    lines.insert(1, "| " + " | ".join("-" * w for w in widths) + " |")
+    return "\n".join(lines)
