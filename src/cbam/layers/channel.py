@@ -38,7 +38,7 @@ class ChannelAttention(nn.Module):
         hidden_channels: int | None = None,
     ) -> None:
         super().__init__()
-        self.pool_types: list[str] = parse_pool_types(pool_types)
+        self.pool_types = parse_pool_types(pool_types)
         hidden = hidden_channels if hidden_channels is not None else hidden_width(channels, reduction)
         self.mlp = nn.Sequential(
             nn.Linear(channels, hidden),

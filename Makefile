@@ -1,0 +1,40 @@
+# The README's commands. Each sets up its own virtual environment (.venv) unless one is active.
+PYTHON ?= python3
+VENV ?= .venv
+# The releases this machine serves from its disk; override on other platforms (e.g. aarch64: torch==2.9.1 torchvision==0.24.1)
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+
+ifdef VIRTUAL_ENV
+BIN := $(VIRTUAL_ENV)/bin
+else
+BIN := $(VENV)/bin
+endif
+STAMP := $(BIN)/.cbam-installed
+
+.PHONY: setup run test test-all lint format
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet $(TORCH_SPEC)
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	@touch $@
+
+## The main job on the embedded default: the paper's Tables 4 and 5, rebuilt and counted
+run: $(STAMP)
+	$(BIN)/cbam profile --paper-table 4 --paper-table 5
+
+## Lint, format check and the default (fast) test suite; CI runs exactly this
+test: $(STAMP)
+	$(BIN)/ruff check src tests
+	$(BIN)/ruff format --check src tests
+	$(BIN)/python -m pytest
+
+## Everything, the heavy tests (full-size networks at 224 px) included
+test-all: $(STAMP)
+	$(BIN)/python -m pytest -m "slow or not slow"
+
+format: $(STAMP)
+	$(BIN)/ruff format src tests
+	$(BIN)/ruff check --fix src tests

@@ -1,0 +1,183 @@
+"""Registry-driven: every registered network builds at full size, runs, trains and scripts."""
+
+import pytest
+import torch
+from torch import nn
+
+import cbam
+from cbam.models.resnet import BasicBlock, Bottleneck
+
+ALL_MODELS = cbam.list_models()
+BASE_MODELS = cbam.list_models(include_shortcuts=False)
+
+
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_every_model_builds_at_full_size_runs_and_backpropagates(name):
+    model = cbam.create_model(name, num_classes=10).train()
+    x = torch.randn(2, 3, 64, 64)
+    out = model(x)
+    assert out.shape == (2, 10)
+    out.logsumexp(1).sum().backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+
+@pytest.mark.parametrize("name", BASE_MODELS)
+def test_small_image_stem_keeps_resolution_for_cifar_sizes(name):
+    model = cbam.create_model(name, attention="cbam", num_classes=100, stem="cifar").eval()
+    features = model.forward_features(torch.randn(1, 3, 32, 32))
+    assert features.shape[-2:] == (4, 4) if name.startswith(("resnet", "resnext", "wide")) else (2, 2)
+    assert model.conv1.stride == (1, 1) if hasattr(model, "conv1") else model.features[0].conv.stride == (1, 1)
+
+
+@pytest.mark.parametrize("name", ["resnet18_cbam", "resnet50_bam", "mobilenet_v1_cbam", "resnext50_32x4d_se"])
+def test_torchscript_matches_eager(name):
+    model = cbam.create_model(name).eval()
+    x = torch.randn(1, 3, 64, 64)
+    torch.testing.assert_close(torch.jit.script(model)(x), model(x))
+
+
+def count(model, cls):
+    return sum(isinstance(m, cls) for m in model.modules())
+
+
+@pytest.mark.parametrize(
+    ("name", "blocks"),
+    [
+        ("resnet18", 8),
+        ("resnet34", 16),
+        ("resnet50", 16),
+        ("resnet101", 33),
+        ("resnet152", 50),
+        ("resnext50_32x4d", 16),
+    ],
+)
+def test_block_attention_sits_in_every_residual_block(name, blocks):
+    model = cbam.create_model(name, attention="cbam")
+    assert count(model, cbam.CBAM) == blocks
+    for m in model.modules():
+        if isinstance(m, (BasicBlock, Bottleneck)):
+            assert isinstance(m.attention, cbam.CBAM)
+            last_bn = m.bn3 if isinstance(m, Bottleneck) else m.bn2
+            assert m.attention.channel.mlp[0].in_features == last_bn.num_features
+
+
+def test_bam_sits_after_layer1_to_layer3_only():
+    model = cbam.create_model("resnet50", attention="bam")
+    assert count(model, cbam.BAM) == 3
+    assert [m.channel_mlp[0].in_features for m in model.stage_attention] == [256, 512, 1024]
+    assert all(isinstance(m.attention, nn.Identity) for m in model.modules() if isinstance(m, Bottleneck))
+
+
+def test_mobilenet_attention_follows_every_convolution():
+    assert count(cbam.create_model("mobilenet_v1", attention="cbam"), cbam.CBAM) == 27
+    assert count(cbam.create_model("mobilenet_v1", attention="se"), cbam.SqueezeExcite) == 27
+    bam = cbam.create_model("mobilenet_v1", attention="bam")
+    assert [m.channel_mlp[0].in_features for m in bam.modules() if isinstance(m, cbam.BAM)] == [128, 256, 512]
+
+
+class Zero(nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+
+    def forward(self, x):
+        return torch.zeros_like(x)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet50"])
+def test_attention_acts_on_the_residual_branch_before_the_skip_addition(name):
+    """With an attention that zeroes its input, each block outputs relu(skip) (paper Fig. 3)."""
+    model = cbam.create_model(name, attention=Zero).eval()
+    block = model.layer2[0]
+    x = torch.randn(1, block.conv1.in_channels, 16, 16)
+    torch.testing.assert_close(block(x), torch.relu(block.downsample(x)))
+    block = model.layer2[1]
+    x = torch.randn(1, block.conv1.in_channels, 8, 8)
+    torch.testing.assert_close(block(x), torch.relu(x))
+
+
+def test_stride_in_1x1_moves_the_stride_and_keeps_every_parameter():
+    default = cbam.create_model("resnet50")
+    caffe = cbam.create_model("resnet50", stride_in_1x1=True)
+    assert default.layer2[0].conv1.stride == (1, 1) and default.layer2[0].conv2.stride == (2, 2)
+    assert caffe.layer2[0].conv1.stride == (2, 2) and caffe.layer2[0].conv2.stride == (1, 1)
+    assert {k: v.shape for k, v in default.state_dict().items()} == {k: v.shape for k, v in caffe.state_dict().items()}
+    x = torch.randn(1, 3, 64, 64)
+    assert caffe.eval()(x).shape == default.eval()(x).shape
+
+
+def test_wide_resnet18_widens_stages_but_not_the_stem():
+    model = cbam.create_model("wide_resnet18", widen_factor=1.5)
+    assert model.conv1.out_channels == 64
+    assert [model.layer1[0].conv1.out_channels, model.layer4[0].conv1.out_channels] == [96, 768]
+
+
+def test_resnext_uses_32_groups_of_width_4():
+    conv = cbam.create_model("resnext101_32x4d").layer1[0].conv2
+    assert (conv.groups, conv.out_channels) == (32, 128)
+
+
+def test_init_follows_the_authors_code():
+    model = cbam.create_model("resnet50", attention="cbam")
+    conv = model.layer3[2].conv2
+    fan_out = conv.out_channels * conv.kernel_size[0] * conv.kernel_size[1]
+    assert abs(conv.weight.std().item() - (2 / fan_out) ** 0.5) < 0.1 * (2 / fan_out) ** 0.5
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            expected = 0.0 if m.num_features == 1 else 1.0  # the spatial gate's BatchNorm scale starts at 0
+            assert torch.all(m.weight == expected) and torch.all(m.bias == 0)
+        if isinstance(m, nn.Linear):
+            assert torch.all(m.bias == 0)
+
+
+def test_models_build_on_the_meta_device_without_memory():
+    with torch.device("meta"):
+        model = cbam.create_model("resnext101_32x4d_cbam")
+    assert all(p.is_meta for p in model.parameters())
+
+
+def test_unknown_model_lists_close_matches():
+    with pytest.raises(ValueError, match=r"unknown model 'resnet5'; did you mean resnet50.*Valid models: mobilenet_v1"):
+        cbam.create_model("resnet5")
+
+
+def test_shortcut_names_fix_their_attention():
+    assert count(cbam.create_model("resnet18_cbam"), cbam.CBAM) == 8
+    assert count(cbam.create_model("resnet18_cbam", attention="cbam"), cbam.CBAM) == 8
+    with pytest.raises(ValueError, match=r"fixes attention='cbam'.*'resnet18'"):
+        cbam.create_model("resnet18_cbam", attention="se")
+
+
+def test_unknown_builder_option_names_the_model():
+    with pytest.raises(TypeError, match=r"resnet18: .*unexpected keyword argument 'widen'"):
+        cbam.create_model("resnet18", widen=2)
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [({"num_classes": 0}, "num_classes"), ({"stem": "tiny"}, "stem")])
+def test_bad_options_are_refused(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        cbam.create_model("resnet18", **kwargs)
+
+
+def test_list_models_filters_by_pattern():
+    assert cbam.list_models("resnet50*") == ["resnet50", "resnet50_bam", "resnet50_cbam", "resnet50_se"]
+    assert "resnet50_cbam" not in cbam.list_models(include_shortcuts=False)
+
+
+def test_attention_spec_mapping_reaches_every_block():
+    model = cbam.create_model("resnet18", attention={"name": "cbam", "kernel_size": 3, "arrangement": "parallel"})
+    layers = [m for m in model.modules() if isinstance(m, cbam.CBAM)]
+    assert len(layers) == 8 and all(
+        m.arrangement == "parallel" and m.spatial.conv.kernel_size == (3, 3) for m in layers
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", BASE_MODELS)
+@pytest.mark.parametrize("attention", ["none", "se", "cbam", "bam"])
+def test_full_size_forward_at_224(name, attention):
+    model = cbam.create_model(name, attention=attention).eval()
+    with torch.no_grad():
+        features = model.forward_features(torch.randn(1, 3, 224, 224))
+        logits = model.forward_head(features)
+    assert features.shape == (1, model.num_features, 7, 7)
+    assert logits.shape == (1, 1000) and torch.isfinite(logits).all()
