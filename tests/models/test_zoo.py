@@ -181,3 +181,19 @@ def test_full_size_forward_at_224(name, attention):
         logits = model.forward_head(features)
     assert features.shape == (1, model.num_features, 7, 7)
     assert logits.shape == (1, 1000) and torch.isfinite(logits).all()
+
+
+@pytest.mark.parametrize("name", ["resnet18_cbam", "resnet50_bam", "mobilenet_v1_se"])
+def test_whole_networks_trace_without_graph_breaks(name):
+    torch._dynamo.reset()
+    model = cbam.create_model(name, num_classes=10).eval()
+    compiled = torch.compile(model, fullgraph=True, backend="eager")
+    x = torch.randn(2, 3, 64, 64)
+    torch.testing.assert_close(compiled(x), model(x))
+
+
+def test_grayscale_input_channels():
+    model = cbam.create_model("resnet18_cbam", in_channels=1, num_classes=10).eval()
+    assert model.conv1.in_channels == 1
+    assert model(torch.randn(2, 1, 32, 32)).shape == (2, 10)
+    assert cbam.create_model("mobilenet_v1", in_channels=1).features[0].conv.in_channels == 1
