@@ -9,6 +9,11 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from cbam.data.loading import DataError
+from cbam.engine.checkpoint import CheckpointError
+from cbam.engine.compare import COMPARE_PRESETS
+from cbam.engine.config import recipe_names
+from cbam.engine.train import TrainingError
 from cbam.layers.create import AttentionSpec, attention_names
 from cbam.paper import PAPER_TABLES
 from cbam.profile import (
@@ -140,6 +145,130 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+TRAINING_FLAGS = {
+    # flag: (config key, type, help)
+    "--epochs": ("epochs", int, "training epochs (paper: 90)"),
+    "--batch-size": ("batch_size", int, "global batch over all processes (paper: 256)"),
+    "--lr": ("lr", float, "learning rate for a global batch of 256, scaled linearly (paper: 0.1)"),
+    "--momentum": ("momentum", float, "SGD momentum (paper: 0.9)"),
+    "--weight-decay": ("weight_decay", float, "weight decay (paper: 1e-4)"),
+    "--lr-schedule": ("lr_schedule", str, "step (paper) or cosine"),
+    "--lr-step": ("lr_step", int, "epochs between x0.1 steps (paper: 30)"),
+    "--warmup-epochs": ("warmup_epochs", int, "linear warm-up epochs (default 0)"),
+    "--label-smoothing": ("label_smoothing", float, "label smoothing (default 0)"),
+    "--image-size": ("image_size", int, "training crop and evaluation crop (paper: 224)"),
+    "--eval-resize": ("eval_resize", int, "short side before the evaluation centre crop (paper: 256)"),
+    "--workers": ("workers", int, "data-loading processes per training process"),
+    "--seed": ("seed", int, "seed of initialisation, shuffling and augmentation"),
+    "--amp-dtype": ("amp_dtype", str, "auto (bf16 on CPU, fp16 on CUDA), bfloat16 or float16"),
+    "--device": ("device", str, "auto, cpu or cuda"),
+}
+TRAINING_SWITCHES = {
+    "--amp": ("amp", "mixed precision"),
+    "--channels-last": ("channels_last", "channels_last memory format"),
+    "--compile": ("compile", "torch.compile the network"),
+    "--sync-bn": ("sync_bn", "synchronise BatchNorm statistics across processes (CUDA)"),
+    "--freeze-bn-stats": ("freeze_bn_stats", "normalise with the running BatchNorm statistics while training"),
+    "--hflip": ("hflip", "random horizontal flips"),
+    "--download": ("download", "download CIFAR when missing (needs a network)"),
+}
+
+
+def _add_training_arguments(parser: argparse.ArgumentParser, *, model: bool) -> None:
+    parser.add_argument("--data", help="ImageNet-layout folder, cifar10, cifar100 or cluttered-digits")
+    parser.add_argument("--output", required=True, help="run folder for checkpoints, metrics and reports")
+    parser.add_argument("--recipe", help=f"named recipe ({', '.join(recipe_names())}) or a YAML file of config keys")
+    if model:
+        parser.add_argument("--arch", help="model name (see `cbam models`)")
+        parser.add_argument("--attention", help=f"{', '.join(attention_names())}, or a JSON mapping")
+    parser.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE", help="builder option")
+    for flag, (_, kind, text) in TRAINING_FLAGS.items():
+        parser.add_argument(flag, type=kind, help=text)
+    parser.add_argument(
+        "--crop-scale", type=float, nargs=2, metavar=("LO", "HI"), help="random-resized crop area range (paper: 0.08 1)"
+    )
+    for flag, (_, text) in TRAINING_SWITCHES.items():
+        parser.add_argument(flag, action=argparse.BooleanOptionalAction, help=text)
+
+
+def _training_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """Config values the user gave on the command line (None for those left out)."""
+    values: dict[str, Any] = {"data": args.data, "output": args.output, "crop_scale": args.crop_scale}
+    for flag, (key, *_) in {**TRAINING_FLAGS, **TRAINING_SWITCHES}.items():
+        values[key] = getattr(args, flag.removeprefix("--").replace("-", "_"))
+    if getattr(args, "arch", None) is not None:
+        values["arch"] = args.arch
+    if getattr(args, "attention", None) is not None:
+        values["attention"] = _parse_attention(args.attention)
+    if args.model_arg:
+        values["model_kwargs"] = _parse_model_args(args.model_arg)
+    return values
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from cbam.engine.config import build_config
+    from cbam.engine.train import fit, resolve_resume, resume_config
+
+    overrides = _training_overrides(args)
+    if args.resume is not None:
+        if args.recipe:
+            raise CommandError("a resumed run keeps its checkpoint's config; drop --recipe")
+        checkpoint = resolve_resume(args.resume, Path(args.output))
+        config = resume_config(checkpoint, **{k: v for k, v in overrides.items() if k != "data"})
+    else:
+        if not args.data:
+            raise CommandError("give --data (an ImageNet-layout folder, cifar10, cifar100 or cluttered-digits)")
+        checkpoint = None
+        config = build_config(args.recipe, **overrides)
+    result = fit(config, resume=checkpoint)
+    final = result.final
+    print(
+        f"done: val top-1 error {final['val_top1_error']:.2f}%, top-5 {final['val_top5_error']:.2f}% "
+        f"(best top-1 {result.best_top1_error:.2f}% at epoch {result.best_epoch}); run in {result.output}"
+    )
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from cbam.engine.evaluate import evaluate_checkpoint
+
+    result = evaluate_checkpoint(
+        args.checkpoint,
+        args.data,
+        split=args.split,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        device=args.device,
+    )
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        print(
+            f"{args.checkpoint}: top-1 error {result.top1_error:.2f}%, top-5 error {result.top5_error:.2f}%, "
+            f"loss {result.loss:.4f} on {result.images} images"
+            + (f" ({result.skipped} unreadable skipped)" if result.skipped else "")
+        )
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from cbam.engine.compare import COLUMNS, comparison_rows, run_compare
+    from cbam.engine.config import build_config
+
+    if not args.data:
+        raise CommandError("give --data (an ImageNet-layout folder, cifar10, cifar100 or cluttered-digits)")
+    config = build_config(args.recipe, **_training_overrides(args))
+    results = run_compare(args.preset, config, Path(args.output), archs=args.arch)
+    print(f"\n## {args.preset} on {args.data}\n")
+    print(format_markdown_table(COLUMNS, comparison_rows(results)))
+    print(f"\nwritten: {Path(args.output) / 'comparison.md'}, comparison.csv, curves.png")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cbam", description="Channel and spatial attention for CNNs (CBAM).")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -174,6 +303,35 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("pattern", nargs="?", default="*", help="shell-style filter, e.g. 'resnet*'")
     models.add_argument("--base-only", action="store_true", help="leave out the _se/_cbam/_bam shortcut names")
     models.set_defaults(func=cmd_models)
+
+    train = commands.add_parser("train", help="train a network (the paper's ImageNet recipe by default)")
+    _add_training_arguments(train, model=True)
+    train.add_argument(
+        "--resume",
+        nargs="?",
+        const="last",
+        metavar="CHECKPOINT",
+        help="continue from the last checkpoint in --output, or from CHECKPOINT",
+    )
+    train.set_defaults(func=cmd_train)
+
+    evaluate = commands.add_parser("eval", help="top-1/top-5 error of a checkpoint (single centre crop)")
+    evaluate.add_argument(
+        "--checkpoint", required=True, help="a .pt checkpoint or .safetensors weights from cbam train"
+    )
+    evaluate.add_argument("--data", help="dataset (default: the one the checkpoint was trained on)")
+    evaluate.add_argument("--split", default="val", help="val (default) or test")
+    evaluate.add_argument("--batch-size", type=int, default=64)
+    evaluate.add_argument("--workers", type=int, default=2)
+    evaluate.add_argument("--device", default="auto")
+    evaluate.add_argument("--json", action="store_true", help="print top1_error, top5_error, loss, images as JSON")
+    evaluate.set_defaults(func=cmd_eval)
+
+    compare = commands.add_parser("compare", help="train the rows of a paper table and compare them")
+    compare.add_argument("--preset", required=True, choices=COMPARE_PRESETS, help="which paper table's rows")
+    compare.add_argument("--arch", action="append", help="only this architecture's rows (repeatable)")
+    _add_training_arguments(compare, model=False)
+    compare.set_defaults(func=cmd_compare)
     return parser
 
 
@@ -182,7 +340,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (CommandError, ValueError, TypeError) as err:
+    except (CommandError, ValueError, TypeError, FileNotFoundError, DataError, CheckpointError, TrainingError) as err:
         print(f"cbam {args.command}: error: {err}", file=sys.stderr)
         return 2
 

@@ -1,0 +1,81 @@
+"""Checkpoints that survive a killed process and never run code when loaded.
+
+Every file is written to a temporary name in the same folder, flushed to disk, then renamed
+over the target, so a reader sees the old file or the new one, never half of one. Loading uses
+`torch.load(weights_only=True)`: a checkpoint from anywhere cannot execute code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+
+class CheckpointError(Exception):
+    """A checkpoint that is missing, truncated, corrupt or of another kind."""
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Call `write(tmp)` on a temporary file beside `path`, then rename it over `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def save_checkpoint(path: Path, state: Mapping[str, Any]) -> None:
+    atomic_write(path, lambda tmp: torch.save(dict(state), tmp))
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """The checkpoint's dict, on the CPU; a readable `CheckpointError` for any bad file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for truncated/corrupt/unsafe files
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"checkpoint {path} cannot be read (truncated, corrupt or unsafe): {reason}") from None
+    if not isinstance(state, dict) or "model" not in state:
+        raise CheckpointError(f"{path} is not a cbam checkpoint (no 'model' state)")
+    return state
+
+
+def save_safetensors(path: Path, model: nn.Module, metadata: Mapping[str, Any]) -> None:
+    """The model's weights as safetensors, with the metadata (JSON-encoded) to rebuild it."""
+    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    meta = {k: json.dumps(v) for k, v in metadata.items()}
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+
+
+def load_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Weights and metadata of a file written by `save_safetensors`."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"weights file {path} does not exist")
+    try:
+        tensors = load_file(str(path))
+        with safe_open(str(path), framework="pt") as handle:
+            raw = handle.metadata() or {}
+    except Exception as err:
+        raise CheckpointError(f"weights file {path} cannot be read: {err}") from None
+    return tensors, {k: json.loads(v) for k, v in raw.items()}

@@ -1,0 +1,181 @@
+"""Train the rows of a paper table under one recipe and seed, and tabulate and plot the results."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cbam._errors import unknown_name
+from cbam.engine.checkpoint import atomic_write
+from cbam.engine.config import TrainConfig
+from cbam.engine.train import LAST, RunResult, fit
+from cbam.layers.create import AttentionSpec
+from cbam.paper import paper_rows
+from cbam.report import format_markdown_table
+
+COMPARE_PRESETS: tuple[str, ...] = ("table1", "table2", "table3", "table4", "table5")
+
+
+@dataclass(frozen=True)
+class CompareRow:
+    """One network to train: a paper row, with the paper's ImageNet errors for reference."""
+
+    name: str
+    description: str
+    arch: str
+    attention: AttentionSpec
+    model_kwargs: dict[str, Any]
+    paper_top1_error: float | None
+    paper_top5_error: float | None
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
+def preset_rows(preset: str, archs: list[str] | None = None) -> list[CompareRow]:
+    """The rows of a paper table (`table1`-`table5`), optionally only those of some architectures.
+
+    Networks are built as trained (stride on the 3x3), not in the paper's FLOP-counting layout.
+    """
+    if preset not in COMPARE_PRESETS:
+        raise unknown_name("preset", preset, COMPARE_PRESETS)
+    rows = paper_rows(int(preset.removeprefix("table")))
+    if archs:
+        available = sorted({r.arch for r in rows})
+        unknown = [a for a in archs if a not in available]
+        if unknown:
+            raise ValueError(f"{preset} has no rows for {unknown}; its architectures: {', '.join(available)}")
+        rows = [r for r in rows if r.arch in archs]
+    return [
+        CompareRow(
+            name=_slug(r.description),
+            description=r.description,
+            arch=r.arch,
+            attention=r.attention,
+            model_kwargs={k: v for k, v in r.model_kwargs.items() if k != "stride_in_1x1"},
+            paper_top1_error=r.top1_err,
+            paper_top5_error=r.top5_err,
+        )
+        for r in rows
+    ]
+
+
+def _row_config(base: TrainConfig, row: CompareRow, output: Path) -> TrainConfig:
+    return dataclasses.replace(
+        base,
+        arch=row.arch,
+        attention=row.attention,
+        model_kwargs={**base.model_kwargs, **row.model_kwargs},
+        output=str(output / row.name),
+    )
+
+
+def _finished(config: TrainConfig) -> RunResult | None:
+    """The result of an earlier run of exactly this config, if it finished."""
+    folder = Path(config.output)
+    try:
+        summary = json.loads((folder / "summary.json").read_text())
+        saved = (folder / "config.yaml").read_text()
+    except (OSError, json.JSONDecodeError):
+        return None
+    import yaml
+
+    if (
+        yaml.safe_load(saved) != yaml.safe_load(yaml.safe_dump(config.to_dict()))
+        or summary.get("epochs") != config.epochs
+    ):
+        return None
+    return RunResult(**summary)
+
+
+def run_compare(
+    preset: str, base: TrainConfig, output: Path, archs: list[str] | None = None
+) -> list[tuple[CompareRow, RunResult]]:
+    """Train every row (reusing finished runs, resuming interrupted ones) and write the reports."""
+    output = Path(output)
+    results = []
+    for row in preset_rows(preset, archs):
+        config = _row_config(base, row, output)
+        run = _finished(config)
+        if run is None:
+            last = Path(config.output) / LAST
+            run = fit(config, resume=last if last.exists() else None)
+        results.append((row, run))
+    if int(os.environ.get("RANK", "0")) == 0:
+        write_reports(output, results)
+    return results
+
+
+COLUMNS = [
+    "Row",
+    "Params (M)",
+    "GFLOPs",
+    "Top-1 err (%)",
+    "Top-5 err (%)",
+    "paper Top-1",
+    "paper Top-5",
+    "Wall (s)",
+    "img/s",
+]
+
+
+def comparison_rows(results: list[tuple[CompareRow, RunResult]]) -> list[list[str]]:
+    def fmt(value: float | None, spec: str) -> str:
+        return "" if value is None else format(value, spec)
+
+    return [
+        [
+            row.description,
+            f"{run.params / 1e6:.2f}",
+            f"{run.gflops:.3f}",
+            f"{run.final['val_top1_error']:.2f}",
+            f"{run.final['val_top5_error']:.2f}",
+            fmt(row.paper_top1_error, ".2f"),
+            fmt(row.paper_top5_error, ".2f"),
+            f"{run.wall_seconds:.0f}",
+            f"{run.images_per_second:.0f}",
+        ]
+        for row, run in results
+    ]
+
+
+def write_reports(output: Path, results: list[tuple[CompareRow, RunResult]]) -> None:
+    """comparison.md, comparison.csv and curves.png (validation error per epoch) in `output`."""
+    rows = comparison_rows(results)
+    table = format_markdown_table(COLUMNS, rows)
+    atomic_write(output / "comparison.md", lambda tmp: tmp.write_text(table + "\n"))
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(COLUMNS)
+    writer.writerows(rows)
+    atomic_write(output / "comparison.csv", lambda tmp: tmp.write_text(buffer.getvalue()))
+    atomic_write(output / "curves.png", lambda tmp: plot_curves(results, tmp))
+
+
+def plot_curves(results: list[tuple[CompareRow, RunResult]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
+    for row, run in results:
+        epochs = [h["epoch"] for h in run.history]
+        axes[0].plot(epochs, [h["val_top1_error"] for h in run.history], marker="o", label=row.description)
+        axes[1].plot(epochs, [h["val_top5_error"] for h in run.history], marker="o", label=row.description)
+    for axis, title in zip(axes, ("top-1", "top-5"), strict=True):
+        axis.set_title(f"validation {title} error")
+        axis.set_xlabel("epoch")
+        axis.set_ylabel("error (%)")
+        axis.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    figure.savefig(path, format="png", dpi=110)
+    plt.close(figure)

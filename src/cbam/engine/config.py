@@ -1,0 +1,142 @@
+"""The training configuration: one frozen dataclass, filled from a recipe, a YAML file and flags.
+
+Precedence, lowest first: the dataclass defaults (the paper's ImageNet recipe), a named recipe
+(`cbam/recipes/<name>.yaml`) or a YAML file, then command-line values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from cbam._errors import unknown_name
+
+LR_SCHEDULES: tuple[str, ...] = ("step", "cosine")
+AMP_DTYPES: tuple[str, ...] = ("auto", "bfloat16", "float16")
+REFERENCE_BATCH = 256  # the learning rate is given for this global batch and scaled linearly
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a run needs; the defaults are the paper's ImageNet recipe (Sect. 4.1)."""
+
+    data: str = ""
+    output: str = ""
+    arch: str = "resnet50"
+    attention: Any = "none"
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    epochs: int = 90
+    batch_size: int = 256  # global, over all processes
+    lr: float = 0.1  # for a global batch of 256; scaled linearly with batch_size
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    lr_schedule: str = "step"
+    lr_step: int = 30
+    lr_gamma: float = 0.1
+    warmup_epochs: int = 0
+    label_smoothing: float = 0.0
+    image_size: int = 224
+    eval_resize: int = 256
+    crop_scale: tuple[float, float] = (0.08, 1.0)
+    hflip: bool = True
+    workers: int = 4
+    seed: int = 0
+    amp: bool = False
+    amp_dtype: str = "auto"
+    channels_last: bool = False
+    compile: bool = False
+    sync_bn: bool = False
+    freeze_bn_stats: bool = False  # normalise with (and keep) the running statistics while training
+    download: bool = False
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.epochs >= 1, f"epochs must be at least 1, got {self.epochs}"),
+            (self.batch_size >= 1, f"batch_size must be at least 1, got {self.batch_size}"),
+            (self.lr > 0, f"lr must be positive, got {self.lr}"),
+            (self.lr_step >= 1, f"lr_step must be at least 1, got {self.lr_step}"),
+            (self.workers >= 0, f"workers must be 0 or more, got {self.workers}"),
+            (self.image_size >= 8, f"image_size must be at least 8, got {self.image_size}"),
+            (self.eval_resize >= self.image_size, "eval_resize must be at least image_size"),
+            (
+                0 < self.crop_scale[0] <= self.crop_scale[1] <= 1,
+                f"crop_scale must be 0 < lo <= hi <= 1: {self.crop_scale}",
+            ),
+            (0 <= self.label_smoothing < 1, f"label_smoothing must be in [0, 1), got {self.label_smoothing}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise unknown_name("lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        if self.amp_dtype not in AMP_DTYPES:
+            raise unknown_name("amp_dtype", self.amp_dtype, AMP_DTYPES)
+
+    @property
+    def scaled_lr(self) -> float:
+        """The learning rate for this global batch: lr x batch_size / 256 (Goyal et al.)."""
+        return self.lr * self.batch_size / REFERENCE_BATCH
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["crop_scale"] = list(self.crop_scale)
+        return out
+
+
+def config_fields() -> set[str]:
+    return {f.name for f in dataclasses.fields(TrainConfig)}
+
+
+def recipe_names() -> list[str]:
+    folder = resources.files("cbam.recipes")
+    return sorted(p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def read_recipe(recipe: str) -> dict[str, Any]:
+    """Values of a named recipe or of a YAML file; unknown keys are refused."""
+    path = Path(recipe)
+    if recipe.endswith((".yaml", ".yml")) or path.exists():
+        if not path.is_file():
+            raise FileNotFoundError(f"recipe file {recipe} does not exist")
+        text = path.read_text(encoding="utf-8")
+    elif recipe in recipe_names():
+        text = resources.files("cbam.recipes").joinpath(f"{recipe}.yaml").read_text(encoding="utf-8")
+    else:
+        raise unknown_name("recipe", recipe, recipe_names())
+    try:
+        values = yaml.safe_load(text) or {}
+    except yaml.YAMLError as err:
+        raise ValueError(f"recipe {recipe} is not valid YAML: {err}") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"recipe {recipe} must be a mapping of config keys, got {type(values).__name__}")
+    unknown = set(values) - config_fields()
+    if unknown:
+        raise ValueError(f"recipe {recipe} has unknown keys {sorted(unknown)}; valid keys: {sorted(config_fields())}")
+    return values
+
+
+def build_config(recipe: str | None = None, **overrides: Any) -> TrainConfig:
+    """Defaults, then the recipe, then every override that is not None."""
+    values: dict[str, Any] = read_recipe(recipe) if recipe else {}
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    unknown = set(values) - config_fields()
+    if unknown:
+        raise ValueError(f"unknown config keys {sorted(unknown)}")
+    if "crop_scale" in values:
+        values["crop_scale"] = tuple(values["crop_scale"])
+    return TrainConfig(**values)
+
+
+def config_from_dict(values: Mapping[str, Any]) -> TrainConfig:
+    """Rebuild a config saved by `TrainConfig.to_dict` (in a checkpoint or config.yaml)."""
+    known = {k: v for k, v in values.items() if k in config_fields()}
+    if "crop_scale" in known:
+        known["crop_scale"] = tuple(known["crop_scale"])
+    return TrainConfig(**known)

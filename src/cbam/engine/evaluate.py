@@ -1,0 +1,77 @@
+"""Evaluate a saved network on a data split: the paper's single-crop top-1/top-5 error."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+from torch.utils.data import DataLoader
+
+from cbam.data.loading import AugmentedDataset, DataError, ShardSampler, class_names, collate_skipping, open_split
+from cbam.data.transforms import eval_transform
+from cbam.engine.checkpoint import CheckpointError, load_checkpoint, load_safetensors
+from cbam.engine.config import config_from_dict
+from cbam.engine.distributed import init_distributed
+from cbam.engine.train import EvalResult, build_model, evaluate
+from cbam.registry import create_model
+
+
+def _load_network(path: Path) -> tuple[nn.Module, list[str], dict[str, Any]]:
+    """(model, classes, how it was trained) from a `.pt` checkpoint or a `.safetensors` weights file."""
+    if path.suffix == ".safetensors":
+        tensors, meta = load_safetensors(path)
+        for key in ("arch", "classes"):
+            if key not in meta:
+                raise CheckpointError(f"{path} lacks the '{key}' metadata that cbam writes")
+        model = create_model(
+            meta["arch"],
+            attention=meta.get("attention", "none"),
+            num_classes=len(meta["classes"]),
+            **meta.get("model_kwargs", {}),
+        )
+        model.load_state_dict(tensors)
+        return model, meta["classes"], meta
+    state = load_checkpoint(path)
+    config = config_from_dict(state["config"])
+    model = build_model(config, len(state["classes"]))
+    model.load_state_dict(state["model"])
+    return model, state["classes"], config.to_dict()
+
+
+def evaluate_checkpoint(
+    path: Path,
+    data: str | None = None,
+    *,
+    split: str = "val",
+    batch_size: int = 64,
+    workers: int = 2,
+    image_size: int | None = None,
+    eval_resize: int | None = None,
+    device: str = "auto",
+) -> EvalResult:
+    """Top-1/top-5 error of a checkpoint on `split` of `data` (default: the data it was trained on)."""
+    path = Path(path)
+    model, classes, trained = _load_network(path)
+    data = data or trained.get("data")
+    if not data:
+        raise DataError("give --data: this weights file does not record its dataset")
+    image_size = image_size or trained.get("image_size", 224)
+    eval_resize = eval_resize or trained.get("eval_resize", round(image_size * 256 / 224))
+    base = open_split(data, split, download=bool(trained.get("download")))
+    data_classes = class_names(base)
+    if len(data_classes) != len(classes):
+        raise DataError(f"{path} has {len(classes)} classes but {data} has {len(data_classes)}")
+    if data_classes != list(classes):
+        raise DataError(f"{path} names different classes than {data}: {list(classes)[:5]}... vs {data_classes[:5]}...")
+    dist = init_distributed(device)
+    model = model.to(dist.device)
+    dataset = AugmentedDataset(base, eval_transform(image_size, eval_resize))
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=ShardSampler(len(dataset), dist.rank, dist.world_size),
+        num_workers=workers,
+        collate_fn=collate_skipping,
+    )
+    return evaluate(model, loader, dist)

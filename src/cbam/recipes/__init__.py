@@ -1,0 +1,1 @@
+"""Named training recipes (YAML files of TrainConfig keys)."""

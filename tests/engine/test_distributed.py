@@ -1,0 +1,63 @@
+"""Data parallel through torchrun: 2 processes (gloo, CPU) take the same steps as 1 process.
+
+On the CPU, BatchNorm would normalise each process's half of the batch (SyncBatchNorm is
+GPU-only), which changes every gradient; with `--freeze-bn-stats` the batch statistics drop out
+and the two runs must take the same steps.
+"""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from cbam.engine.checkpoint import load_checkpoint
+from cbam.engine.config import config_from_dict
+from cbam.engine.train import build_model
+
+ARGS = [
+    "train", "--arch", "wide_resnet18", "--model-arg", "widen_factor=0.25", "--attention", "cbam",
+    "--batch-size", "16", "--lr", "0.05", "--image-size", "16", "--eval-resize", "16", "--crop-scale", "0.5", "1",
+    "--workers", "0", "--epochs", "2",
+]  # fmt: skip
+
+
+def train(processes: int, data, output, *extra: str) -> None:
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
+    command = [*launcher, "-m", "cbam", *ARGS, *extra, "--data", str(data), "--output", str(output)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_two_processes_take_the_same_steps_as_one_process(image_folder, tmp_path):
+    train(1, image_folder, tmp_path / "one", "--freeze-bn-stats")
+    train(2, image_folder, tmp_path / "two", "--freeze-bn-stats")
+    one = load_checkpoint(tmp_path / "one" / "last.pt")
+    two = load_checkpoint(tmp_path / "two" / "last.pt")
+    torch.manual_seed(0)
+    start = build_model(config_from_dict(one["config"]), 3).state_dict()
+    moved = [k for k, v in one["model"].items() if v.is_floating_point() and not torch.equal(v, start[k])]
+    assert len(moved) > 20  # the runs trained
+    for key, value in one["model"].items():
+        torch.testing.assert_close(two["model"][key], value, atol=1e-5, rtol=1e-4, msg=key)
+    # metrics are summed over processes: both runs evaluated every validation image once
+    for key in ("val_loss", "val_top1_error", "train_loss"):
+        assert two["history"][-1][key] == pytest.approx(one["history"][-1][key], rel=1e-4), key
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(p.name for p in (tmp_path / "one").iterdir())
+
+
+@pytest.mark.slow
+def test_two_processes_with_per_process_batchnorm_train_and_write_once(image_folder, tmp_path):
+    train(2, image_folder, tmp_path / "two")
+    state = load_checkpoint(tmp_path / "two" / "last.pt")
+    assert state["epoch"] == 2 and state["history"][-1]["skipped_images"] == 0
+    assert not list(tmp_path.glob("two/*.tmp")) and (tmp_path / "two" / "summary.json").exists()
+
+
+@pytest.mark.slow
+def test_sync_bn_on_the_cpu_is_refused_with_a_reason(image_folder, tmp_path):
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    command = [*launcher, "-m", "cbam", *ARGS, "--sync-bn", "--data", str(image_folder), "--output", str(tmp_path)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0 and "sync_bn needs CUDA" in done.stderr
