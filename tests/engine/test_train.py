@@ -136,3 +136,33 @@ def test_compiled_training_matches_the_eager_loss_closely(image_folder, tmp_path
     eager = fit(tiny_config(image_folder, tmp_path / "eager", epochs=1))
     compiled = fit(tiny_config(image_folder, tmp_path / "compiled", epochs=1, compile=True))
     assert compiled.final["train_loss"] == pytest.approx(eager.final["train_loss"], rel=1e-3)
+
+
+def test_a_killed_run_resumes_to_the_weights_of_an_uninterrupted_one(image_folder, tmp_path):
+    """Kill `cbam train` once its first checkpoint is on disk, resume it, compare with a run never stopped."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    config = tiny_config(image_folder, tmp_path / "killed", epochs=4)
+    argv = [
+        sys.executable, "-m", "cbam", "train", "--data", str(image_folder), "--output", config.output,
+        "--arch", config.arch, "--model-arg", "widen_factor=0.25", "--attention", "cbam", "--epochs", "4",
+        "--batch-size", "8", "--lr", "0.8", "--image-size", "16", "--eval-resize", "16",
+        "--crop-scale", "0.5", "1", "--workers", "0",
+    ]  # fmt: skip
+    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    last = tmp_path / "killed" / "last.pt"
+    deadline = time.monotonic() + 120
+    while not last.exists() and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    interrupted_at = load_checkpoint(last)["epoch"]
+    assert 1 <= interrupted_at <= 4
+    fit(resume_config(last), resume=last)
+    fit(dataclasses.replace(config, output=str(tmp_path / "whole")))
+    a = load_checkpoint(tmp_path / "whole" / "last.pt")["model"]
+    b = load_checkpoint(last)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
