@@ -13,6 +13,7 @@ from cbam.data.loading import DataError
 from cbam.engine.checkpoint import CheckpointError
 from cbam.engine.compare import COMPARE_PRESETS
 from cbam.engine.config import recipe_names
+from cbam.engine.distributed import shutdown_distributed
 from cbam.engine.train import TrainingError
 from cbam.layers.create import AttentionSpec, attention_names
 from cbam.paper import PAPER_TABLES
@@ -150,6 +151,7 @@ TRAINING_FLAGS = {
     "--epochs": ("epochs", int, "training epochs (paper: 90)"),
     "--batch-size": ("batch_size", int, "global batch over all processes (paper: 256)"),
     "--lr": ("lr", float, "learning rate for a global batch of 256, scaled linearly (paper: 0.1)"),
+    "--optimizer": ("optimizer", str, "sgd (paper) or adamw"),
     "--momentum": ("momentum", float, "SGD momentum (paper: 0.9)"),
     "--weight-decay": ("weight_decay", float, "weight decay (paper: 1e-4)"),
     "--lr-schedule": ("lr_schedule", str, "step (paper) or cosine"),
@@ -343,6 +345,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (CommandError, ValueError, TypeError, FileNotFoundError, DataError, CheckpointError, TrainingError) as err:
         print(f"cbam {args.command}: error: {err}", file=sys.stderr)
         return 2
+    finally:
+        shutdown_distributed()
 
 
 if __name__ == "__main__":

@@ -73,3 +73,12 @@ def test_safetensors_round_trip_with_metadata(tmp_path):
     (tmp_path / "bad.safetensors").write_bytes(b"\x00" * 10)
     with pytest.raises(CheckpointError, match="cannot be read"):
         load_safetensors(tmp_path / "bad.safetensors")
+
+
+def test_written_files_get_the_usual_permissions(tmp_path):
+    import os
+
+    save_checkpoint(tmp_path / "last.pt", {"model": {}})
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "last.pt").stat().st_mode & 0o777 == 0o666 & ~umask

@@ -6,15 +6,17 @@ import csv
 import dataclasses
 import io
 import json
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from cbam._errors import unknown_name
 from cbam.engine.checkpoint import atomic_write
 from cbam.engine.config import TrainConfig
+from cbam.engine.distributed import is_main_process
 from cbam.engine.train import LAST, RunResult, fit
 from cbam.layers.create import AttentionSpec
 from cbam.paper import paper_rows
@@ -86,7 +88,6 @@ def _finished(config: TrainConfig) -> RunResult | None:
         saved = (folder / "config.yaml").read_text()
     except (OSError, json.JSONDecodeError):
         return None
-    import yaml
 
     if (
         yaml.safe_load(saved) != yaml.safe_load(yaml.safe_dump(config.to_dict()))
@@ -109,7 +110,7 @@ def run_compare(
             last = Path(config.output) / LAST
             run = fit(config, resume=last if last.exists() else None)
         results.append((row, run))
-    if int(os.environ.get("RANK", "0")) == 0:
+    if is_main_process():
         write_reports(output, results)
     return results
 

@@ -18,6 +18,7 @@ import yaml
 from cbam._errors import unknown_name
 
 LR_SCHEDULES: tuple[str, ...] = ("step", "cosine")
+OPTIMIZERS: tuple[str, ...] = ("sgd", "adamw")
 AMP_DTYPES: tuple[str, ...] = ("auto", "bfloat16", "float16")
 REFERENCE_BATCH = 256  # the learning rate is given for this global batch and scaled linearly
 
@@ -34,6 +35,7 @@ class TrainConfig:
     epochs: int = 90
     batch_size: int = 256  # global, over all processes
     lr: float = 0.1  # for a global batch of 256; scaled linearly with batch_size
+    optimizer: str = "sgd"
     momentum: float = 0.9
     weight_decay: float = 1e-4
     lr_schedule: str = "step"
@@ -74,6 +76,8 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
+        if self.optimizer not in OPTIMIZERS:
+            raise unknown_name("optimizer", self.optimizer, OPTIMIZERS)
         if self.lr_schedule not in LR_SCHEDULES:
             raise unknown_name("lr_schedule", self.lr_schedule, LR_SCHEDULES)
         if self.amp_dtype not in AMP_DTYPES:

@@ -51,20 +51,18 @@ def init_distributed(device_preference: str = "auto") -> Distributed:
     return Distributed(rank, world_size, local_rank, device)
 
 
+def is_main_process() -> bool:
+    """Rank 0, or the only process: the one that writes files."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank() == 0
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     """Sum over processes (in place); the identity for a single process."""
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
-
-
-def broadcast_flag(flag: bool, device: torch.device) -> bool:
-    """Rank 0's value of `flag` on every process."""
-    if not (dist.is_available() and dist.is_initialized()):
-        return flag
-    value = torch.tensor([1.0 if flag else 0.0], device=device)
-    dist.broadcast(value, src=0)
-    return bool(value.item())
 
 
 def shutdown_distributed() -> None:

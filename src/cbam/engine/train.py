@@ -16,6 +16,7 @@ import math
 import sys
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -93,6 +94,9 @@ def lr_factor(config: TrainConfig, epoch: int) -> float:
 
 
 def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """SGD with momentum (the paper's), or AdamW for short runs on small data."""
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=config.scaled_lr, weight_decay=config.weight_decay)
     return torch.optim.SGD(
         model.parameters(), lr=config.scaled_lr, momentum=config.momentum, weight_decay=config.weight_decay
     )
@@ -146,6 +150,21 @@ class SkipLog:
                 warnings.warn(f"skipping unreadable image {item.path} ({item.reason})", stacklevel=2)
 
 
+def _device_batches(
+    loader: DataLoader, device: torch.device, channels_last: bool, skips: SkipLog
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The loader's readable batches on `device`; unreadable samples go to `skips`."""
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    for images, targets, skipped in loader:
+        skips.add(skipped)
+        if images.numel() == 0:
+            continue
+        yield (
+            images.to(device, non_blocking=True).contiguous(memory_format=memory_format),
+            targets.to(device, non_blocking=True),
+        )
+
+
 def _progress(total: int, desc: str, enabled: bool) -> tqdm:
     return tqdm(total=total, desc=desc, unit="img", disable=not enabled or not sys.stderr.isatty(), leave=False)
 
@@ -177,16 +196,10 @@ def train_one_epoch(
         for module in model.modules():
             if isinstance(module, nn.modules.batchnorm._BatchNorm):
                 module.eval()
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
     totals = torch.zeros(3, dtype=torch.float64)  # loss * n, correct top-1, n
     start = time.perf_counter()
     progress = _progress(len(loader.sampler) * dist.world_size, desc, dist.is_main)
-    for step, (images, targets, skipped) in enumerate(loader):
-        skips.add(skipped)
-        if images.numel() == 0:
-            continue
-        images = images.to(dist.device, non_blocking=True).contiguous(memory_format=memory_format)
-        targets = targets.to(dist.device, non_blocking=True)
+    for step, (images, targets) in enumerate(_device_batches(loader, dist.device, channels_last, skips)):
         with _autocast(dist.device, amp):
             logits = model(images)
             loss = criterion(logits, targets)
@@ -224,21 +237,16 @@ def evaluate(
     """Loss, top-1 and top-5 error (%) over every image of the loader, summed over processes."""
     model.eval()
     skips = skips if skips is not None else SkipLog()
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    skipped_before = skips.count
     criterion = nn.CrossEntropyLoss(reduction="sum")
     totals = torch.zeros(5, dtype=torch.float64)  # loss sum, top-1, top-5, n, skipped
-    for images, targets, skipped in loader:
-        skips.add(skipped)
-        totals[4] += len(skipped)
-        if images.numel() == 0:
-            continue
-        images = images.to(dist.device, non_blocking=True).contiguous(memory_format=memory_format)
-        targets = targets.to(dist.device, non_blocking=True)
+    for images, targets in _device_batches(loader, dist.device, channels_last, skips):
         with _autocast(dist.device, amp):
             logits = model(images)
         logits = logits.float()
         correct = topk_correct(logits, targets, (1, 5)).double().cpu()
         totals += torch.tensor([criterion(logits, targets).item(), correct[0], correct[1], targets.shape[0], 0.0])
+    totals[4] = skips.count - skipped_before
     totals = all_reduce_sum(totals.to(dist.device)).cpu()
     n = int(totals[3].item())
     if n == 0:
