@@ -1,5 +1,7 @@
 """cbam: channel and spatial attention for convolutional networks (Woo et al., ECCV 2018)."""
 
+from cbam.attach import AttentionRecorder, attach, attention_modules, detach
+from cbam.convert import load_pretrained
 from cbam.layers import BAM, CBAM, ChannelAttention, SpatialAttention, SqueezeExcite, create_attention_factory
 from cbam.registry import create_model, list_models, register_model
 
@@ -8,12 +10,17 @@ __version__ = "0.1.0"
 __all__ = [
     "BAM",
     "CBAM",
+    "AttentionRecorder",
     "ChannelAttention",
     "SpatialAttention",
     "SqueezeExcite",
     "__version__",
+    "attach",
+    "attention_modules",
     "create_attention_factory",
     "create_model",
+    "detach",
     "list_models",
+    "load_pretrained",
     "register_model",
 ]

@@ -15,6 +15,7 @@ from cbam.engine.compare import COMPARE_PRESETS
 from cbam.engine.config import recipe_names
 from cbam.engine.distributed import shutdown_distributed
 from cbam.engine.train import TrainingError
+from cbam.export import EXPORT_FORMATS
 from cbam.layers.create import AttentionSpec, attention_names
 from cbam.paper import PAPER_TABLES
 from cbam.profile import (
@@ -25,7 +26,7 @@ from cbam.profile import (
     find_paper_rows,
     measure_arch,
 )
-from cbam.registry import list_models, model_entry
+from cbam.registry import create_model, list_models, model_entry
 from cbam.report import format_markdown_table
 
 
@@ -271,6 +272,41 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_convert(args: argparse.Namespace) -> int:
+    from cbam.convert import convert_file
+
+    network = convert_file(args.source, args.destination)
+    print(
+        f"{args.source}: {network.arch} attention={json.dumps(network.attention)}, {network.num_classes} classes "
+        f"-> {args.destination}"
+    )
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from cbam.export import export_model, onnx_max_difference
+
+    if bool(args.checkpoint) == bool(args.arch):
+        raise CommandError("give --checkpoint FILE or a model name (--arch), one of them")
+    if args.checkpoint:
+        from cbam.convert import load_pretrained
+
+        model = load_pretrained(args.checkpoint, verbose=False)
+    else:
+        attention = _parse_attention(args.attention) if args.attention else None
+        model = create_model(args.arch, attention=attention, **_parse_model_args(args.model_arg))
+    size = (3, args.input_size, args.input_size)
+    path = export_model(model, args.output, args.format, size)
+    print(f"wrote {path} ({args.format}; batch, height and width dynamic)")
+    if args.format == "onnx":
+        shapes = [(1, *size), (2, 3, args.input_size + 32, args.input_size + 16)]
+        difference = onnx_max_difference(model, path, shapes)
+        print(f"onnxruntime vs PyTorch, max abs difference over {shapes}: {difference:.3g}")
+        if difference > 1e-3:
+            raise CommandError(f"the ONNX file disagrees with PyTorch by {difference:.3g}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cbam", description="Channel and spatial attention for CNNs (CBAM).")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -334,6 +370,21 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--arch", action="append", help="only this architecture's rows (repeatable)")
     _add_training_arguments(compare, model=False)
     compare.set_defaults(func=cmd_compare)
+
+    convert = commands.add_parser("convert", help="an authors' checkpoint (Jongchan/attention-module) -> safetensors")
+    convert.add_argument("source", help="their .pth.tar (train_imagenet.py's checkpoint)")
+    convert.add_argument("destination", help="the .safetensors file to write")
+    convert.set_defaults(func=cmd_convert)
+
+    export = commands.add_parser("export", help="ONNX (checked with onnxruntime), TorchScript or torch.export")
+    export.add_argument("--checkpoint", help="a cbam checkpoint, .safetensors file or authors' checkpoint")
+    export.add_argument("--arch", help="or a model name, with fresh weights")
+    export.add_argument("--attention", help="with --arch: the attention")
+    export.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE", help="with --arch")
+    export.add_argument("--format", default="onnx", choices=EXPORT_FORMATS)
+    export.add_argument("--output", required=True, help="file to write (.onnx, .pt, .pt2)")
+    export.add_argument("--input-size", type=int, default=224, help="example image side (default 224)")
+    export.set_defaults(func=cmd_export)
     return parser
 
 
@@ -342,7 +393,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (CommandError, ValueError, TypeError, FileNotFoundError, DataError, CheckpointError, TrainingError) as err:
+    except (
+        CommandError,
+        ValueError,
+        TypeError,
+        FileNotFoundError,
+        ImportError,
+        DataError,
+        CheckpointError,
+        TrainingError,
+    ) as err:
         print(f"cbam {args.command}: error: {err}", file=sys.stderr)
         return 2
     finally:

@@ -10,28 +10,19 @@ from torch.utils.data import DataLoader
 
 from cbam.data.loading import AugmentedDataset, DataError, ShardSampler, class_names, collate_skipping, open_split
 from cbam.data.transforms import eval_transform
-from cbam.engine.checkpoint import CheckpointError, load_checkpoint, load_safetensors
+from cbam.engine.checkpoint import load_checkpoint, load_safetensors
 from cbam.engine.config import config_from_dict
 from cbam.engine.distributed import init_distributed
 from cbam.engine.train import EvalResult, build_model, evaluate
-from cbam.registry import create_model
 
 
-def _load_network(path: Path) -> tuple[nn.Module, list[str], dict[str, Any]]:
-    """(model, classes, how it was trained) from a `.pt` checkpoint or a `.safetensors` weights file."""
+def _load_network(path: Path) -> tuple[nn.Module, list[str] | None, dict[str, Any]]:
+    """(model, class names if known, how it was trained) from a checkpoint or a `.safetensors` file."""
     if path.suffix == ".safetensors":
-        tensors, meta = load_safetensors(path)
-        for key in ("arch", "classes"):
-            if key not in meta:
-                raise CheckpointError(f"{path} lacks the '{key}' metadata that cbam writes")
-        model = create_model(
-            meta["arch"],
-            attention=meta.get("attention", "none"),
-            num_classes=len(meta["classes"]),
-            **meta.get("model_kwargs", {}),
-        )
-        model.load_state_dict(tensors)
-        return model, meta["classes"], meta
+        from cbam.convert import load_pretrained
+
+        _, meta = load_safetensors(path)
+        return load_pretrained(path, verbose=False), meta.get("classes"), meta
     state = load_checkpoint(path)
     config = config_from_dict(state["config"])
     model = build_model(config, len(state["classes"]))
@@ -60,9 +51,10 @@ def evaluate_checkpoint(
     eval_resize = eval_resize or trained.get("eval_resize", round(image_size * 256 / 224))
     base = open_split(data, split, download=bool(trained.get("download")))
     data_classes = class_names(base)
-    if len(data_classes) != len(classes):
-        raise DataError(f"{path} has {len(classes)} classes but {data} has {len(data_classes)}")
-    if data_classes != list(classes):
+    num_classes = len(classes) if classes is not None else model.fc.out_features
+    if len(data_classes) != num_classes:
+        raise DataError(f"{path} has {num_classes} classes but {data} has {len(data_classes)}")
+    if classes is not None and data_classes != list(classes):
         raise DataError(f"{path} names different classes than {data}: {list(classes)[:5]}... vs {data_classes[:5]}...")
     dist = init_distributed(device)
     model = model.to(dist.device)

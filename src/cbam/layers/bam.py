@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
@@ -10,11 +12,13 @@ from cbam.layers.channel import hidden_width
 BAM_COMBINES: tuple[str, ...] = ("sum", "product")
 
 
-def _conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int, dilation: int = 1) -> list[nn.Module]:
+def _conv_bn_relu(
+    in_channels: int, out_channels: int, kernel_size: int, dilation: int = 1, **factory: Any
+) -> list[nn.Module]:
     padding = dilation * (kernel_size // 2)
     return [
-        nn.Conv2d(in_channels, out_channels, kernel_size, padding=padding, dilation=dilation),
-        nn.BatchNorm2d(out_channels),
+        nn.Conv2d(in_channels, out_channels, kernel_size, padding=padding, dilation=dilation, **factory),
+        nn.BatchNorm2d(out_channels, **factory),
         nn.ReLU(inplace=True),
     ]
 
@@ -38,22 +42,25 @@ class BAM(nn.Module):
         dilation: int = 4,
         num_dilated: int = 2,
         combine: str = "sum",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
+        factory = {"device": device, "dtype": dtype}
         if combine not in BAM_COMBINES:
             raise ValueError(f"unknown combine {combine!r}; choose from {', '.join(BAM_COMBINES)}")
         hidden = hidden_width(channels, reduction)
         self.combine = combine
         self.channel_mlp = nn.Sequential(
-            nn.Linear(channels, hidden),
-            nn.BatchNorm1d(hidden),
+            nn.Linear(channels, hidden, **factory),
+            nn.BatchNorm1d(hidden, **factory),
             nn.ReLU(inplace=True),
-            nn.Linear(hidden, channels),
+            nn.Linear(hidden, channels, **factory),
         )
-        spatial: list[nn.Module] = _conv_bn_relu(channels, hidden, 1)
+        spatial: list[nn.Module] = _conv_bn_relu(channels, hidden, 1, **factory)
         for _ in range(num_dilated):
-            spatial += _conv_bn_relu(hidden, hidden, 3, dilation)
-        spatial.append(nn.Conv2d(hidden, 1, 1))
+            spatial += _conv_bn_relu(hidden, hidden, 3, dilation, **factory)
+        spatial.append(nn.Conv2d(hidden, 1, 1, **factory))
         self.spatial_convs = nn.Sequential(*spatial)
 
     def logits(self, x: Tensor) -> Tensor:

@@ -33,16 +33,23 @@ class CBAM(nn.Module):
         arrangement: str = "channel-spatial",
         channel: bool = True,
         spatial: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
+        factory = {"device": device, "dtype": dtype}
         if arrangement not in ARRANGEMENTS:
             raise ValueError(f"unknown arrangement {arrangement!r}; choose from {', '.join(ARRANGEMENTS)}")
         if not (channel or spatial):
             raise ValueError("CBAM needs the channel or the spatial branch (or both); both were disabled")
         self.arrangement = arrangement
-        self.channel: ChannelAttention | None = ChannelAttention(channels, reduction, pool_types) if channel else None
+        self.channel: ChannelAttention | None = (
+            ChannelAttention(channels, reduction, pool_types, **factory) if channel else None
+        )
         self.spatial: SpatialAttention | None = (
-            SpatialAttention(channels, kernel_size, spatial_descriptor, spatial_batch_norm) if spatial else None
+            SpatialAttention(channels, kernel_size, spatial_descriptor, spatial_batch_norm, **factory)
+            if spatial
+            else None
         )
 
     def forward(self, x: Tensor) -> Tensor:

@@ -36,14 +36,17 @@ class ChannelAttention(nn.Module):
         reduction: float = 16,
         pool_types: str | Sequence[str] = ("avg", "max"),
         hidden_channels: int | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
+        factory = {"device": device, "dtype": dtype}
         self.pool_types = parse_pool_types(pool_types)
         hidden = hidden_channels if hidden_channels is not None else hidden_width(channels, reduction)
         self.mlp = nn.Sequential(
-            nn.Linear(channels, hidden),
+            nn.Linear(channels, hidden, **factory),
             nn.ReLU(inplace=True),
-            nn.Linear(hidden, channels),
+            nn.Linear(hidden, channels, **factory),
         )
 
     def logits(self, x: Tensor) -> Tensor:

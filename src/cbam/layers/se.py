@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import torch
+
 from cbam.layers.channel import ChannelAttention
 
 
@@ -11,5 +13,12 @@ class SqueezeExcite(ChannelAttention):
     SE's excitation sigmoid(W1 ReLU(W0 AvgPool(F))) is eq. (2) with one descriptor (Table 1).
     """
 
-    def __init__(self, channels: int, reduction: float = 16, hidden_channels: int | None = None) -> None:
-        super().__init__(channels, reduction, pool_types=("avg",), hidden_channels=hidden_channels)
+    def __init__(
+        self,
+        channels: int,
+        reduction: float = 16,
+        hidden_channels: int | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__(channels, reduction, ("avg",), hidden_channels, device=device, dtype=dtype)

@@ -25,17 +25,20 @@ class SpatialAttention(nn.Module):
         kernel_size: int = 7,
         descriptor: str = "pool",
         batch_norm: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
+        factory = {"device": device, "dtype": dtype}
         if descriptor not in SPATIAL_DESCRIPTORS:
             raise ValueError(f"unknown spatial descriptor {descriptor!r}; choose from {', '.join(SPATIAL_DESCRIPTORS)}")
         if kernel_size < 1 or kernel_size % 2 == 0:
             raise ValueError(f"kernel_size must be a positive odd number for 'same' padding, got {kernel_size}")
         self.descriptor = descriptor
-        self.reduce: nn.Module | None = nn.Conv2d(channels, 1, 1) if descriptor == "conv" else None
+        self.reduce: nn.Module | None = nn.Conv2d(channels, 1, 1, **factory) if descriptor == "conv" else None
         in_channels = 2 if descriptor == "pool" else 1
-        self.conv = nn.Conv2d(in_channels, 1, kernel_size, padding=kernel_size // 2, bias=not batch_norm)
-        self.bn: nn.Module | None = nn.BatchNorm2d(1) if batch_norm else None
+        self.conv = nn.Conv2d(in_channels, 1, kernel_size, padding=kernel_size // 2, bias=not batch_norm, **factory)
+        self.bn: nn.Module | None = nn.BatchNorm2d(1, **factory) if batch_norm else None
         self.init_weights()
 
     def init_weights(self) -> None:

@@ -1,0 +1,175 @@
+"""cbam.attach on the networks people have: torchvision's and timm's, keeping their weights."""
+
+import pytest
+import timm
+import torch
+import torchvision
+from torch import nn
+
+import cbam
+from cbam.attach import AttentionAfter, AttentionRecorder, attach, attention_modules, detach, known_targets
+
+tv = torchvision.models
+SIZE = (3, 64, 64)
+# network, expected insertions (one per residual block or per convolution stage)
+NETWORKS = {
+    "resnet18": (lambda: tv.resnet18(), 8),
+    "resnext50_32x4d": (lambda: tv.resnext50_32x4d(), 16),
+    "wide_resnet50_2": (lambda: tv.wide_resnet50_2(), 16),
+    "mobilenet_v2": (lambda: tv.mobilenet_v2(), 17),
+    "mobilenet_v3_small": (lambda: tv.mobilenet_v3_small(), 11),
+    "regnet_y_400mf": (lambda: tv.regnet_y_400mf(), 16),
+    "efficientnet_b0": (lambda: tv.efficientnet_b0(), 16),
+    "convnext_tiny": (lambda: tv.convnext_tiny(), 18),
+    "vgg11": (lambda: tv.vgg11(), 5),
+    "densenet121": (lambda: tv.densenet121(), 4),
+    "timm_resnet26d": (lambda: timm.create_model("resnet26d"), 8),
+    "timm_efficientnet_b0": (lambda: timm.create_model("efficientnet_b0"), 16),
+    "timm_mobilenetv3": (lambda: timm.create_model("mobilenetv3_small_100"), 11),
+}
+
+
+def attention_params(model):
+    return sum(p.numel() for m in model.modules() if isinstance(m, AttentionAfter) for p in m.parameters())
+
+
+@pytest.mark.parametrize("name", sorted(NETWORKS))
+def test_attach_keeps_every_weight_and_adds_only_the_attention(name):
+    build, expected = NETWORKS[name]
+    model = build().eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    params_before = sum(p.numel() for p in model.parameters())
+    attach(model, "cbam", input_size=SIZE, verbose=False)
+    report = model.cbam_report
+    assert len(report.insertions) == expected
+    added = sum(p.numel() for p in model.parameters()) - params_before
+    assert (
+        added
+        == report.added_params
+        == sum(p.numel() for _, m in attention_modules_of(model) for p in m.attention.parameters())
+    )
+    assert report.added_gflops > 0
+    after = model.state_dict()
+    for key, value in before.items():
+        moved = next(k for k in after if k.replace(".module.", ".") == key)  # the wrapped layer lives at .module
+        assert torch.equal(after[moved], value), key
+    assert model(torch.randn(2, *SIZE)).shape[0] == 2
+
+
+def attention_modules_of(model):
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, AttentionAfter)]
+
+
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2", "vgg11", "timm_efficientnet_b0"])
+def test_identity_init_leaves_the_output_unchanged_and_the_paper_init_does_not(name):
+    build, _ = NETWORKS[name]
+    model = build().eval()
+    x = torch.randn(2, *SIZE)
+    with torch.no_grad():
+        reference = model(x)
+        attach(model, "cbam", init="identity", input_size=SIZE, verbose=False)
+        torch.testing.assert_close(model(x), reference)
+        detach(model)
+        attach(model, "cbam", init="paper", input_size=SIZE, verbose=False)
+        assert not torch.allclose(model(x), reference, rtol=0.05, atol=0)  # the paper init halves activations
+
+
+def test_identity_init_trains_the_gates():
+    model = attach(tv.resnet18(num_classes=4).train(), "se", init="identity", input_size=SIZE, verbose=False)
+    loss = nn.functional.cross_entropy(model(torch.randn(4, *SIZE)), torch.tensor([0, 1, 2, 3]))
+    loss.backward()
+    gates = [m.gate for _, m in attention_modules_of(model)]
+    assert all(g.grad is not None and g.grad.abs().item() > 0 for g in gates)
+
+
+class Zero(nn.Module):
+    def __init__(self, channels):
+        super().__init__()
+
+    def forward(self, x):
+        return torch.zeros_like(x)
+
+
+def test_attention_lands_on_the_residual_branch_before_the_skip_addition():
+    model = attach(tv.resnet50().eval(), Zero, input_size=SIZE, verbose=False)
+    block = model.layer2[1]
+    x = torch.randn(1, 512, 8, 8)
+    torch.testing.assert_close(block(x), torch.relu(x))  # the branch is zeroed; only the skip remains
+
+
+def test_detach_restores_the_original_structure_and_weights():
+    model = tv.mobilenet_v2().eval()
+    original = {k: v.clone() for k, v in model.state_dict().items()}
+    text = str(model)
+    detach(attach(model, "cbam", input_size=SIZE, verbose=False))
+    assert str(model) == text and not hasattr(model, "cbam_report")
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in original.items())
+    with pytest.raises(ValueError, match=r"no attention from cbam\.attach"):
+        detach(model)
+
+
+def test_attaching_twice_or_to_an_unknown_network_says_what_to_do():
+    model = attach(tv.resnet18(), "cbam", input_size=SIZE, verbose=False)
+    with pytest.raises(ValueError, match=r"already has 8 attention modules.*cbam\.detach"):
+        attach(model, "se", input_size=SIZE, verbose=False)
+    unknown = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.BatchNorm2d(8))
+    with pytest.raises(ValueError, match="cbam does not know Sequential; pass targets="):
+        attach(unknown, input_size=SIZE, verbose=False)
+    with pytest.raises(ValueError, match="no module matched"):
+        attach(unknown, targets=["layer9.*"], input_size=SIZE, verbose=False)
+    with pytest.raises(ValueError, match="unknown init"):
+        attach(unknown, targets=[nn.BatchNorm2d], init="zeros", input_size=SIZE, verbose=False)
+
+
+def test_targets_by_name_pattern_or_type_for_any_network():
+    net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 16, 3), nn.BatchNorm2d(16))
+    attach(net, "cbam", targets=[nn.BatchNorm2d], input_size=SIZE, verbose=False)
+    assert [m.attention.channel.mlp[0].in_features for _, m in attention_modules_of(net)] == [8, 16]
+    other = tv.resnet18()
+    attach(other, "se", targets=["layer4.*.conv2"], input_size=SIZE, verbose=False)
+    assert [n for n, _ in attention_modules_of(other)] == ["layer4.0.conv2", "layer4.1.conv2"]
+
+
+def test_attach_works_in_training_mode_and_on_the_meta_device():
+    model = attach(tv.resnet18().train(), "cbam", input_size=SIZE, verbose=False)
+    assert model.training and all(m.training for m in model.modules())
+    with torch.device("meta"):
+        big = tv.resnet152()
+    attach(big, "cbam", verbose=False)
+    assert len(big.cbam_report.insertions) == 50 and all(p.is_meta for p in big.parameters())
+
+
+def test_the_report_is_printed_by_default(capsys):
+    attach(tv.resnet18(), "se", input_size=SIZE)
+    out = capsys.readouterr().out
+    assert "cbam.attach: 8 attention modules: +" in out and "layer4.1.bn2" in out
+
+
+def test_recorder_reads_the_latest_maps_without_moving_batchnorm_statistics():
+    model = attach(tv.resnet18().train(), "cbam", input_size=SIZE, verbose=False)
+    names = [n for n, _ in attention_modules(model)]
+    assert len(names) == 16  # a channel and a spatial map in each of 8 blocks
+    spatial_bn = model.layer4[1].bn2.attention.spatial.bn
+    with AttentionRecorder(model) as recorder:
+        model(torch.randn(2, *SIZE))
+        stats = spatial_bn.running_mean.clone(), spatial_bn.num_batches_tracked.clone()
+    model(torch.randn(2, *SIZE))  # recording is over: no hooks left
+    assert recorder.maps["layer4.1.bn2.attention.spatial"].shape == (2, 1, 2, 2)
+    assert recorder.maps["layer1.0.bn2.attention.channel"].shape == (2, 64, 1, 1)
+    assert torch.equal(stats[1], torch.tensor(1))  # counted once, for the real forward pass only
+    assert (
+        (recorder.maps["layer1.0.bn2.attention.spatial"] >= 0) & (recorder.maps["layer1.0.bn2.attention.spatial"] <= 1)
+    ).all()
+
+
+def test_attached_torchvision_network_scripts():
+    model = attach(tv.resnet18().eval(), "cbam", input_size=SIZE, verbose=False)
+    x = torch.randn(1, *SIZE)
+    torch.testing.assert_close(torch.jit.script(model)(x), model(x))
+
+
+def test_layers_serve_as_timm_attn_layer():
+    model = timm.create_model("resnet18", block_args={"attn_layer": cbam.CBAM}, num_classes=5).eval()
+    assert sum(isinstance(m, cbam.CBAM) for m in model.modules()) == 8
+    assert model(torch.randn(1, *SIZE)).shape == (1, 5)
+    assert known_targets(tv.resnet18())[:2] == ["layer1.0.bn2", "layer1.1.bn2"]
