@@ -166,6 +166,7 @@ def plot_curves(results: list[tuple[CompareRow, RunResult]], path: Path) -> None
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     figure, axes = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
     for row, run in results:
@@ -173,6 +174,7 @@ def plot_curves(results: list[tuple[CompareRow, RunResult]], path: Path) -> None
         axes[0].plot(epochs, [h["val_top1_error"] for h in run.history], marker="o", label=row.description)
         axes[1].plot(epochs, [h["val_top5_error"] for h in run.history], marker="o", label=row.description)
     for axis, title in zip(axes, ("top-1", "top-5"), strict=True):
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         axis.set_title(f"validation {title} error")
         axis.set_xlabel("epoch")
         axis.set_ylabel("error (%)")
