@@ -21,7 +21,7 @@ from cbam.layers.bam import BAM
 from cbam.layers.channel import ChannelAttention
 from cbam.layers.create import AttentionSpec, create_attention_factory
 from cbam.layers.spatial import SpatialAttention
-from cbam.profile import count_macs, count_parameters
+from cbam.profile import count_macs, count_parameters, forward_zeros
 from cbam.report import format_markdown_table
 
 INITS: tuple[str, ...] = ("paper", "identity")
@@ -196,7 +196,7 @@ def _output_channels(model: nn.Module, names: list[str], input_size: Sequence[in
 
         handles.append(module.register_forward_hook(record))
     try:
-        _probe(model, input_size)
+        forward_zeros(model, input_size)
     finally:
         for handle in handles:
             handle.remove()
@@ -204,19 +204,6 @@ def _output_channels(model: nn.Module, names: list[str], input_size: Sequence[in
     if missing:
         raise ValueError(f"these targets do not output (N, C, H, W) feature maps: {missing[:5]}")
     return found
-
-
-def _probe(model: nn.Module, input_size: Sequence[int]) -> None:
-    parameter = next(model.parameters(), None)
-    device = parameter.device if parameter is not None else torch.device("cpu")
-    dtype = parameter.dtype if parameter is not None and parameter.is_floating_point() else torch.float32
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(torch.zeros(1, *input_size[-3:], device=device, dtype=dtype))
-    finally:
-        model.train(was_training)
 
 
 def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
@@ -241,6 +228,8 @@ def attach(
     output is unchanged at step 0 (for fine-tuning); `"paper"` keeps the layers' own init. The
     report (also `model.cbam_report`) gives every insertion and the added parameters and GFLOPs.
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"attach needs an nn.Module, got {type(model).__name__}")
     if init not in INITS:
         raise ValueError(f"unknown init {init!r}; choose from {', '.join(INITS)}")
     existing = attention_wrappers(model)
@@ -249,8 +238,6 @@ def attach(
             f"{type(model).__name__} already has {len(existing)} attention modules from cbam.attach "
             f"(e.g. at {existing[0][0]}); call cbam.detach(model) first"
         )
-    if model is None or not isinstance(model, nn.Module):
-        raise TypeError(f"attach needs an nn.Module, got {type(model).__name__}")
     factory = create_attention_factory(attention)
     if factory is None:
         raise ValueError("attention='none' attaches nothing; name an attention such as 'cbam' or 'se'")
@@ -346,6 +333,3 @@ class AttentionRecorder:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
-
-    def __iter__(self) -> Iterator[tuple[str, Tensor]]:
-        return iter(self.maps.items())

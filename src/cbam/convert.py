@@ -16,10 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
-from cbam.engine.checkpoint import CheckpointError, load_safetensors, save_safetensors
+from cbam.engine.checkpoint import CheckpointError, load_safetensors, read_torch_file, save_safetensors
 from cbam.registry import create_model
 
 # (block type, blocks per stage) -> zoo name
@@ -132,19 +131,6 @@ def load_state_into(model: nn.Module, state: Mapping[str, Tensor], source: str) 
     return LoadReport(source, tuple(result.missing_keys), unexpected, mismatched)
 
 
-def _read(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise CheckpointError(f"{path} does not exist")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"{path} cannot be read (truncated, corrupt or unsafe): {reason}") from None
-    if not isinstance(state, dict):
-        raise CheckpointError(f"{path} holds a {type(state).__name__}, not a state dict or checkpoint")
-    return state
-
-
 def load_pretrained(
     source: str | Path,
     arch: str | None = None,
@@ -174,7 +160,7 @@ def load_pretrained(
         )
         model.load_state_dict(tensors)
         return model
-    state = _read(path)
+    state = read_torch_file(path)
     if is_authors_checkpoint(state):
         network = convert_authors_state(state)
         model = create_model(network.arch, attention=network.attention, num_classes=network.num_classes)
@@ -202,7 +188,7 @@ def load_pretrained(
 
 def convert_file(source: str | Path, destination: str | Path) -> AuthorsNetwork:
     """An authors' checkpoint -> a `.safetensors` file that `load_pretrained` and `cbam eval` read."""
-    network = convert_authors_state(_read(Path(source)))
+    network = convert_authors_state(read_torch_file(Path(source)))
     model = create_model(network.arch, attention=network.attention, num_classes=network.num_classes)
     model.load_state_dict(network.state_dict)
     metadata = {

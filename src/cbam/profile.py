@@ -45,17 +45,24 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def count_macs(model: nn.Module, input_size: Sequence[int] = INPUT_SIZE) -> int:
-    """Multiply-accumulates of one forward pass on a single image, in eval mode."""
+def forward_zeros(model: nn.Module, input_size: Sequence[int] = INPUT_SIZE) -> None:
+    """One eval-mode, no-grad forward pass of a zero image on the model's device and dtype; the mode is restored."""
     parameter = next(model.parameters(), None)
     device = parameter.device if parameter is not None else torch.device("cpu")
+    dtype = parameter.dtype if parameter is not None and parameter.is_floating_point() else torch.float32
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            model(torch.zeros(1, *input_size, device=device))
+        with torch.no_grad():
+            model(torch.zeros(1, *input_size[-3:], device=device, dtype=dtype))
     finally:
         model.train(was_training)
+
+
+def count_macs(model: nn.Module, input_size: Sequence[int] = INPUT_SIZE) -> int:
+    """Multiply-accumulates of one forward pass on a single image, in eval mode."""
+    with FlopCounterMode(display=False) as counter:
+        forward_zeros(model, input_size)
     return counter.get_total_flops() // 2
 
 

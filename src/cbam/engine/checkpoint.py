@@ -50,8 +50,8 @@ def save_checkpoint(path: Path, state: Mapping[str, Any]) -> None:
     atomic_write(path, lambda tmp: torch.save(dict(state), tmp))
 
 
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    """The checkpoint's dict, on the CPU; a readable `CheckpointError` for any bad file."""
+def read_torch_file(path: Path) -> dict[str, Any]:
+    """A `torch.save`d dict, on the CPU, never running code; a readable `CheckpointError` for any bad file."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
@@ -60,7 +60,15 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     except Exception as err:  # torch raises many types for truncated/corrupt/unsafe files
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(f"checkpoint {path} cannot be read (truncated, corrupt or unsafe): {reason}") from None
-    if not isinstance(state, dict) or "model" not in state:
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} holds a {type(state).__name__}, not a state dict or checkpoint")
+    return state
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """A checkpoint written by `cbam train`: `read_torch_file`, and it must hold a model."""
+    state = read_torch_file(path)
+    if "model" not in state:
         raise CheckpointError(f"{path} is not a cbam checkpoint (no 'model' state)")
     return state
 
