@@ -113,7 +113,7 @@ def test_attaching_twice_or_to_an_unknown_network_says_what_to_do():
         attach(unknown, input_size=SIZE, verbose=False)
     with pytest.raises(ValueError, match="no module matched"):
         attach(unknown, targets=["layer9.*"], input_size=SIZE, verbose=False)
-    with pytest.raises(TypeError, match="attach needs an nn.Module, got dict"):
+    with pytest.raises(TypeError, match=r"attach needs an nn\.Module, got dict"):
         attach({"conv": None}, input_size=SIZE, verbose=False)
     with pytest.raises(ValueError, match="unknown init"):
         attach(unknown, targets=[nn.BatchNorm2d], init="zeros", input_size=SIZE, verbose=False)
