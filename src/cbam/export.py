@@ -12,6 +12,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from cbam.layers.fused import attention_impl
+
 EXPORT_FORMATS: tuple[str, ...] = ("onnx", "torchscript", "torch-export")
 _MIN_SIDE, _MAX_SIDE = 64, 4096  # below 64 px the last stage is 1x1, a shape export specialises
 
@@ -32,8 +34,12 @@ def _example(model: nn.Module, input_size: Sequence[int]) -> torch.Tensor:
 
 
 def export_program(model: nn.Module, input_size: Sequence[int] = (3, 224, 224)) -> torch.export.ExportedProgram:
-    """`torch.export` of the network in eval mode, batch and image size dynamic."""
-    return torch.export.export(model.eval(), (_example(model, input_size),), dynamic_shapes=_dynamic_shapes())
+    """`torch.export` of the network in eval mode, batch and image size dynamic.
+
+    Attention is exported as its eager ops, which every runtime knows, never as the fused op.
+    """
+    with attention_impl(model, "eager"):
+        return torch.export.export(model.eval(), (_example(model, input_size),), dynamic_shapes=_dynamic_shapes())
 
 
 def export_model(
@@ -50,6 +56,12 @@ def export_model(
     elif format == "torch-export":
         torch.export.save(export_program(model, input_size), str(path))
     else:
+        _export_onnx(model, path, input_size)
+    return path
+
+
+def _export_onnx(model: nn.Module, path: Path, input_size: Sequence[int]) -> None:
+    with attention_impl(model, "eager"):
         try:
             import onnxscript  # noqa: F401  (the ONNX exporter needs it)
         except ImportError:
@@ -64,7 +76,6 @@ def export_model(
             output_names=["logits"],
             verbose=False,
         )
-    return path
 
 
 @dataclass(frozen=True)

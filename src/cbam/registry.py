@@ -15,6 +15,7 @@ from torch import nn
 
 from cbam._errors import unknown_name
 from cbam.layers.create import AttentionSpec
+from cbam.layers.fused import check_impl, set_attention_impl
 
 SHORTCUT_ATTENTIONS: tuple[str, ...] = ("se", "cbam", "bam")
 
@@ -73,6 +74,7 @@ def create_model(
     *,
     attention: AttentionSpec | None = None,
     num_classes: int = 1000,
+    impl: str = "auto",
     **kwargs: Any,
 ) -> nn.Module:
     """Build a registered network: `create_model("resnet50", attention="cbam")`.
@@ -80,8 +82,10 @@ def create_model(
     `attention` is a name (`"none"`, `"se"`, `"cbam"`, `"bam"`, ...), a mapping with a
     `"name"` and options, or a `channels -> nn.Module` callable; left out, it is the one the
     name fixes (`resnet50_cbam`) or none. Other keywords go to the builder
-    (`stride_in_1x1`, `stem`, `widen_factor`, `width_mult`, ...).
+    (`stride_in_1x1`, `stem`, `widen_factor`, `width_mult`, ...). `impl` sets how every
+    attention layer runs (`"auto"`, `"eager"`, `"compiled"`, `"triton"`; see `cbam.layers.fused`).
     """
+    check_impl(impl)
     entry = model_entry(arch)
     if num_classes < 1:
         raise ValueError(f"num_classes must be at least 1, got {num_classes}")
@@ -94,8 +98,9 @@ def create_model(
             f"Use the base name {entry.builder.__name__!r} to choose the attention."
         )
     try:
-        return entry.builder(attention=attention, num_classes=num_classes, **kwargs)
+        model = entry.builder(attention=attention, num_classes=num_classes, **kwargs)
     except TypeError as err:
         if "unexpected keyword argument" in str(err):
             raise TypeError(f"{arch}: {err}") from None
         raise
+    return set_attention_impl(model, impl) if impl != "auto" else model

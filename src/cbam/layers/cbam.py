@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from cbam.layers.channel import ChannelAttention
+from cbam.layers.fused import backend_for, channel_fusable, check_impl, fused_gate, spatial_fusable
 from cbam.layers.spatial import SpatialAttention
 
 ARRANGEMENTS: tuple[str, ...] = ("channel-spatial", "spatial-channel", "parallel")
@@ -19,7 +20,8 @@ class CBAM(nn.Module):
     `arrangement` chooses the order of Table 3: `"channel-spatial"` (the paper's), the
     reverse, or `"parallel"`, where both raw maps are computed from F, broadcast-added to a
     C x H x W map and passed through one sigmoid. `channel=False` or `spatial=False` drops a
-    branch, so every ablation row of Tables 1-3 is one constructor call.
+    branch, so every ablation row of Tables 1-3 is one constructor call. `impl` picks the
+    implementation (`cbam.layers.fused`): the paper's arrangement runs as one fused gate.
     """
 
     def __init__(
@@ -33,6 +35,7 @@ class CBAM(nn.Module):
         arrangement: str = "channel-spatial",
         channel: bool = True,
         spatial: bool = True,
+        impl: str = "auto",
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -43,17 +46,24 @@ class CBAM(nn.Module):
         if not (channel or spatial):
             raise ValueError("CBAM needs the channel or the spatial branch (or both); both were disabled")
         self.arrangement = arrangement
+        if impl in ("compiled", "triton") and arrangement == "parallel" and channel and spatial:
+            raise ValueError(f"impl={impl!r} fuses the sequential arrangements only, not 'parallel'")
         self.channel: ChannelAttention | None = (
-            ChannelAttention(channels, reduction, pool_types, **factory) if channel else None
+            ChannelAttention(channels, reduction, pool_types, impl=impl, **factory) if channel else None
         )
         self.spatial: SpatialAttention | None = (
-            SpatialAttention(channels, kernel_size, spatial_descriptor, spatial_batch_norm, **factory)
+            SpatialAttention(channels, kernel_size, spatial_descriptor, spatial_batch_norm, impl, **factory)
             if spatial
             else None
         )
+        self.impl = check_impl(impl)
 
     def forward(self, x: Tensor) -> Tensor:
         if self.channel is not None and self.spatial is not None:
+            if self.arrangement == "channel-spatial" and not torch.jit.is_scripting():
+                fused = self._fused(x)
+                if fused is not None:
+                    return fused
             if self.arrangement == "parallel":
                 # (N, C, 1, 1) + (N, 1, H, W) -> (N, C, H, W), one sigmoid
                 logits = self.channel.logits(x) + self.spatial.logits(x)
@@ -67,5 +77,11 @@ class CBAM(nn.Module):
             return self.spatial(x)
         return x
 
+    @torch.jit.unused
+    def _fused(self, x: Tensor) -> Tensor | None:
+        fusable = channel_fusable(self.channel) and spatial_fusable(self.spatial)
+        backend = backend_for(self.impl, x) if fusable else None
+        return fused_gate(x, self.channel, self.spatial, backend) if backend is not None else None
+
     def extra_repr(self) -> str:
-        return f"arrangement={self.arrangement}"
+        return f"arrangement={self.arrangement}, impl={self.impl}"

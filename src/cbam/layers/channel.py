@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from cbam.layers.fused import backend_for, channel_fusable, check_impl, fused_gate
 from cbam.layers.pooling import global_pool, parse_pool_types
 
 
@@ -28,6 +29,7 @@ class ChannelAttention(nn.Module):
 
     One MLP (C -> C/r -> C, ReLU, with biases) is shared by every pooled descriptor and the
     outputs are summed before the sigmoid. `forward` returns the refined map Mc(F) * F.
+    `impl` picks the implementation (`cbam.layers.fused`); every choice computes the same function.
     """
 
     def __init__(
@@ -36,12 +38,16 @@ class ChannelAttention(nn.Module):
         reduction: float = 16,
         pool_types: str | Sequence[str] = ("avg", "max"),
         hidden_channels: int | None = None,
+        impl: str = "auto",
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
         factory = {"device": device, "dtype": dtype}
         self.pool_types = parse_pool_types(pool_types)
+        self.impl = check_impl(impl)
+        if impl in ("compiled", "triton") and not channel_fusable(self):
+            raise ValueError(f"impl={impl!r} fuses the avg and max pools only, not {'+'.join(self.pool_types)}")
         hidden = hidden_channels if hidden_channels is not None else hidden_width(channels, reduction)
         self.mlp = nn.Sequential(
             nn.Linear(channels, hidden, **factory),
@@ -61,7 +67,16 @@ class ChannelAttention(nn.Module):
         return torch.sigmoid(self.logits(x)).to(x.dtype)
 
     def forward(self, x: Tensor) -> Tensor:
+        if not torch.jit.is_scripting():
+            fused = self._fused(x)
+            if fused is not None:
+                return fused
         return x * self.attention_map(x)
 
+    @torch.jit.unused
+    def _fused(self, x: Tensor) -> Tensor | None:
+        backend = backend_for(self.impl, x) if channel_fusable(self) else None
+        return fused_gate(x, self, None, backend) if backend is not None else None
+
     def extra_repr(self) -> str:
-        return f"pool_types={'+'.join(self.pool_types)}"
+        return f"pool_types={'+'.join(self.pool_types)}, impl={self.impl}"

@@ -2,6 +2,9 @@
 
 `global_pool` squeezes the spatial axes (the channel attention's descriptors, paper eq. 2);
 `channel_pool` squeezes the channel axis (the spatial attention's descriptors, eq. 3).
+
+Where several elements tie for the maximum, the max pools pass the whole gradient to the first
+of them, as max pooling and the authors' `torch.max` do; the fused kernels follow the same rule.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ def global_pool(x: Tensor, pool_type: str) -> Tensor:
     if pool_type == "avg":
         return x.mean(dim=(2, 3))
     if pool_type == "max":
-        return x.amax(dim=(2, 3))
+        return x.flatten(2).max(dim=2).values
     if pool_type == "lp":
         return torch.linalg.vector_norm(x, ord=2, dim=(2, 3))
     if pool_type == "lse":
@@ -47,4 +50,4 @@ def global_pool(x: Tensor, pool_type: str) -> Tensor:
 
 def channel_pool(x: Tensor) -> Tensor:
     """Mean and max across channels, concatenated in the paper's order: (N, 2, H, W)."""
-    return torch.cat([x.mean(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)], dim=1)
+    return torch.cat([x.mean(dim=1, keepdim=True), x.max(dim=1, keepdim=True).values], dim=1)

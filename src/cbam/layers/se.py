@@ -18,7 +18,8 @@ class SqueezeExcite(ChannelAttention):
         channels: int,
         reduction: float = 16,
         hidden_channels: int | None = None,
+        impl: str = "auto",
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        super().__init__(channels, reduction, ("avg",), hidden_channels, device=device, dtype=dtype)
+        super().__init__(channels, reduction, ("avg",), hidden_channels, impl, device=device, dtype=dtype)

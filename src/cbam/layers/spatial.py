@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from cbam.layers.fused import backend_for, check_impl, fused_gate, spatial_fusable
 from cbam.layers.pooling import channel_pool
 
 SPATIAL_DESCRIPTORS: tuple[str, ...] = ("pool", "conv")
@@ -17,6 +18,7 @@ class SpatialAttention(nn.Module):
     the learned 1x1 convolution to one channel that Table 2 compares against. The k x k conv
     keeps H x W ("same" padding); with `batch_norm` it has no bias and is followed by
     BatchNorm, as in the authors' code. `forward` returns the refined map Ms(F) * F.
+    `impl` picks the implementation (`cbam.layers.fused`); every choice computes the same function.
     """
 
     def __init__(
@@ -25,6 +27,7 @@ class SpatialAttention(nn.Module):
         kernel_size: int = 7,
         descriptor: str = "pool",
         batch_norm: bool = True,
+        impl: str = "auto",
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -35,6 +38,9 @@ class SpatialAttention(nn.Module):
         if kernel_size < 1 or kernel_size % 2 == 0:
             raise ValueError(f"kernel_size must be a positive odd number for 'same' padding, got {kernel_size}")
         self.descriptor = descriptor
+        self.impl = check_impl(impl)
+        if impl in ("compiled", "triton") and descriptor != "pool":
+            raise ValueError(f"impl={impl!r} fuses the pooled descriptor only, not descriptor={descriptor!r}")
         self.reduce: nn.Module | None = nn.Conv2d(channels, 1, 1, **factory) if descriptor == "conv" else None
         in_channels = 2 if descriptor == "pool" else 1
         self.conv = nn.Conv2d(in_channels, 1, kernel_size, padding=kernel_size // 2, bias=not batch_norm, **factory)
@@ -60,7 +66,16 @@ class SpatialAttention(nn.Module):
         return torch.sigmoid(self.logits(x)).to(x.dtype)
 
     def forward(self, x: Tensor) -> Tensor:
+        if not torch.jit.is_scripting():
+            fused = self._fused(x)
+            if fused is not None:
+                return fused
         return x * self.attention_map(x)
 
+    @torch.jit.unused
+    def _fused(self, x: Tensor) -> Tensor | None:
+        backend = backend_for(self.impl, x) if spatial_fusable(self) else None
+        return fused_gate(x, None, self, backend) if backend is not None else None
+
     def extra_repr(self) -> str:
-        return f"descriptor={self.descriptor}"
+        return f"descriptor={self.descriptor}, impl={self.impl}"

@@ -1,0 +1,109 @@
+"""Module level: how many passes over the map one attention layer costs, and what it keeps.
+
+A "pass" is the time of one `x.clone()` of the same tensor (one read and one write), so the
+numbers compare across machines. For each ResNet50 stage shape: forward and forward+backward
+passes, and saved-for-backward bytes / input bytes, for our eager, compiled and Triton CBAM,
+timm's CbamModule, and SE.
+
+    python benchmarks/attention_modules.py [--device cuda] [--dtype bf16] [--batch 8 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+
+import torch
+from common import interleaved_medians, machine_line, markdown, saved_activation_ratio
+from torch import nn
+
+import cbam
+
+STAGES: tuple[tuple[int, int], ...] = ((256, 56), (512, 28), (1024, 14), (2048, 7))
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def candidates(channels: int, device: torch.device) -> dict[str, Callable[[], nn.Module]]:
+    """Every layer under test, by row label."""
+    layers: dict[str, Callable[[], nn.Module]] = {
+        "CBAM eager": lambda: cbam.CBAM(channels, impl="eager"),
+        "CBAM compiled": lambda: cbam.CBAM(channels, impl="compiled"),
+        "SE eager": lambda: cbam.SqueezeExcite(channels, impl="eager"),
+        "SE compiled": lambda: cbam.SqueezeExcite(channels, impl="compiled"),
+    }
+    if device.type == "cuda":
+        layers["CBAM triton"] = lambda: cbam.CBAM(channels, impl="triton")
+        layers["SE triton"] = lambda: cbam.SqueezeExcite(channels, impl="triton")
+    try:
+        from timm.layers.cbam import CbamModule
+
+        layers["timm CbamModule"] = lambda: CbamModule(channels)
+    except ImportError:
+        pass
+    return layers
+
+
+def measure(batch: int, channels: int, size: int, device: torch.device, dtype: torch.dtype, rounds: int) -> list[dict]:
+    x = torch.randn(batch, channels, size, size, device=device, dtype=dtype).contiguous(
+        memory_format=torch.channels_last
+    )
+    grad = torch.randn_like(x)
+    layers = {
+        name: build().to(device=device, dtype=dtype).train() for name, build in candidates(channels, device).items()
+    }
+    xg = x.detach().requires_grad_()
+
+    def forward(layer: nn.Module) -> Callable[[], object]:
+        def run() -> object:
+            with torch.no_grad():
+                return layer(x)
+
+        return run
+
+    def training(layer: nn.Module) -> Callable[[], object]:
+        def run() -> object:
+            out = layer(xg)
+            out.backward(grad)
+            xg.grad = None
+            return out
+
+        return run
+
+    cases: dict[str, Callable[[], object]] = {"clone": x.clone}
+    cases.update({f"{name}|fwd": forward(layer) for name, layer in layers.items()})
+    cases.update({f"{name}|train": training(layer) for name, layer in layers.items()})
+    times = interleaved_medians(cases, device, rounds)
+    clone = times["clone"]
+    return [
+        {
+            "layer": name,
+            "map": f"{batch}x{channels}x{size}x{size}",
+            "forward (passes)": times[f"{name}|fwd"] / clone,
+            "forward+backward (passes)": times[f"{name}|train"] / clone,
+            "saved / input": saved_activation_ratio(layer, x),
+            "clone (ms)": clone * 1e3,
+        }
+        for name, layer in layers.items()
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
+    parser.add_argument("--batch", type=int, nargs="+", default=[8, 64])
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--stages", type=int, nargs="+", default=[0, 1, 2, 3], help="which of the 4 ResNet50 stages")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    rows = []
+    for batch in args.batch:
+        for stage in args.stages:
+            channels, size = STAGES[stage]
+            rows += measure(batch, channels, size, device, DTYPES[args.dtype], args.rounds)
+    print(f"{machine_line(device)}; {args.dtype}, channels_last\n")
+    print(markdown(rows))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,174 @@
+"""Fused attention gates: which implementation runs a layer, and the call into the fused op.
+
+`impl` on every CBAM/SE/channel/spatial layer (and `cbam.create_model(..., impl=)`):
+- `"eager"`: the reference PyTorch modules, op by op;
+- `"compiled"`: the fused gate with natively compiled passes: C kernels built at first use
+  on the CPU, inductor-generated kernels on CUDA;
+- `"triton"`: the fused gate with the hand-written Triton kernels (CUDA; on the CPU only
+  under Triton's interpreter, `TRITON_INTERPRET=1`, for testing);
+- `"auto"` (default): triton on CUDA, compiled on the CPU for maps large enough to gain
+  (`AUTO_MIN_ELEMENTS`), eager otherwise and wherever the configuration is not fusable
+  (other arrangements or pools, hooks on the branches, the meta device, TorchScript), and
+  inside `torch.compile`, where inductor fuses the eager ops itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import importlib.util
+import os
+import warnings
+from collections.abc import Iterator
+
+import torch
+from torch import Tensor, nn
+
+IMPLS: tuple[str, ...] = ("auto", "eager", "compiled", "triton")
+FUSABLE_POOLS: frozenset[str] = frozenset({"avg", "max"})
+AUTO_MIN_ELEMENTS = 1 << 16
+"""Below this many elements per map, Python overhead outweighs the fused passes on the CPU."""
+
+
+def check_impl(impl: str) -> str:
+    """`impl` itself if it names an implementation, else a ValueError listing them."""
+    if impl not in IMPLS:
+        raise ValueError(f"unknown attention impl {impl!r}; choose from {', '.join(IMPLS)}")
+    return impl
+
+
+def triton_interpreted() -> bool:
+    """Whether Triton kernels run in its CPU interpreter (`TRITON_INTERPRET=1`)."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+@torch._dynamo.assume_constant_result
+@functools.cache
+def triton_available() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+@torch._dynamo.assume_constant_result
+def _cpu_kernels_available(dtype: torch.dtype) -> bool:
+    return _build_cpu_kernels(dtype)
+
+
+@functools.cache
+def _build_cpu_kernels(dtype: torch.dtype) -> bool:
+    from cbam.layers.fused import cpu_kernels
+
+    if cpu_kernels.available(dtype):
+        return True
+    warnings.warn(
+        f"the fused CPU attention kernels for {dtype} could not be built; CBAM runs eagerly (slower, "
+        "more memory). Install a C compiler (gcc) with OpenMP, or pass impl='eager' to silence this.",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+    return False
+
+
+def backend_for(impl: str, x: Tensor) -> str | None:
+    """The kernel backend that runs `impl` on `x`, or None for the eager modules."""
+    if impl == "eager" or x.device.type not in ("cpu", "cuda") or x.dim() != 4:
+        return None
+    if x.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        return None
+    on_cuda = x.device.type == "cuda"
+    if impl == "triton":
+        if not triton_available():
+            raise RuntimeError("impl='triton' needs the triton package")
+        if not on_cuda and not triton_interpreted():
+            raise RuntimeError("impl='triton' runs on CUDA tensors, or on the CPU under TRITON_INTERPRET=1")
+        return "triton"
+    if impl == "compiled":
+        if on_cuda:
+            return "inductor"
+        if not _cpu_kernels_available(x.dtype):
+            return "reference"
+        return "cpu"
+    if torch.compiler.is_compiling():
+        return None  # inductor fuses the eager ops of a compiled network itself
+    if on_cuda:
+        return "triton" if triton_available() else "inductor"
+    if x.numel() < AUTO_MIN_ELEMENTS or not _cpu_kernels_available(x.dtype):
+        return None
+    return "cpu"
+
+
+def _has_hooks(module: nn.Module | None) -> bool:
+    return module is not None and bool(
+        module._forward_hooks or module._forward_pre_hooks or module._backward_hooks or module._backward_pre_hooks
+    )
+
+
+def channel_fusable(channel: nn.Module) -> bool:
+    """A channel gate the fused op computes: avg and/or max pools into the shared MLP."""
+    return set(channel.pool_types) <= FUSABLE_POOLS
+
+
+def spatial_fusable(spatial: nn.Module) -> bool:
+    """A spatial gate the fused op computes: the paper's pooled descriptor, conv, optional BatchNorm."""
+    bn = spatial.bn
+    standard_bn = bn is None or (isinstance(bn, nn.BatchNorm2d) and bn.affine and bn.track_running_stats)
+    return spatial.descriptor == "pool" and standard_bn
+
+
+def fused_gate(x: Tensor, channel: nn.Module | None, spatial: nn.Module | None, backend: str) -> Tensor | None:
+    """x * Mc(x) * Ms(x * Mc(x)) through the fused op, or None where the eager modules must run."""
+    if _has_hooks(channel) or _has_hooks(spatial):
+        return None
+    from cbam.layers.fused import gate  # registers the custom ops
+
+    w1 = b1 = w2 = b2 = None
+    use_avg = use_max = False
+    if channel is not None:
+        first, last = channel.mlp[0], channel.mlp[2]
+        w1, b1, w2, b2 = first.weight, first.bias, last.weight, last.bias
+        use_avg, use_max = "avg" in channel.pool_types, "max" in channel.pool_types
+    conv_w = conv_b = bn_w = bn_b = bn_mean = bn_var = None
+    bn_training, bn_eps = False, 1e-5
+    bn = spatial.bn if spatial is not None else None
+    if spatial is not None:
+        conv_w, conv_b = spatial.conv.weight, spatial.conv.bias
+    if bn is not None:
+        bn_w, bn_b, bn_mean, bn_var, bn_eps = bn.weight, bn.bias, bn.running_mean, bn.running_var, bn.eps
+        bn_training = bn.training
+    out, z_mean, z_var = torch.ops.cbam.attention_gate(
+        x, w1, b1, w2, b2, conv_w, conv_b, bn_w, bn_b, bn_mean, bn_var, use_avg, use_max, bn_training, bn_eps, backend
+    )
+    if bn is not None and bn.training:
+        gate.update_running_stats(bn, z_mean, z_var, count=x.shape[0] * x.shape[2] * x.shape[3])
+    return out
+
+
+def set_attention_impl(model: nn.Module, impl: str) -> nn.Module:
+    """Switch every attention layer in `model` to `impl` (layers that cannot fuse stay eager); returns the model."""
+    check_impl(impl)
+    for module in model.modules():
+        if isinstance(getattr(module, "impl", None), str):
+            module.impl = impl
+    return model
+
+
+@contextlib.contextmanager
+def attention_impl(model: nn.Module, impl: str) -> Iterator[nn.Module]:
+    """Run every attention layer of `model` with `impl` inside the block, then restore each one's own."""
+    before = {module: module.impl for module in model.modules() if isinstance(getattr(module, "impl", None), str)}
+    set_attention_impl(model, impl)
+    try:
+        yield model
+    finally:
+        for module, own in before.items():
+            module.impl = own
+
+
+__all__ = [
+    "AUTO_MIN_ELEMENTS",
+    "IMPLS",
+    "attention_impl",
+    "backend_for",
+    "check_impl",
+    "fused_gate",
+    "set_attention_impl",
+]

@@ -1,0 +1,206 @@
+"""The fused passes on the CPU: `cpu_kernels.c`, built with the system C compiler at first use.
+
+Same functions and semantics as `primitives.py`. Each element type gets its own shared library,
+compiled once per machine (`-O3 -march=native -fopenmp`) into the cache folder and loaded with
+ctypes; the build is atomic, so concurrent processes never load half a file.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+SOURCE = Path(__file__).with_name("cpu_kernels.c")
+TYPE_FLAGS: dict[torch.dtype, str] = {torch.float32: "CBAM_F32", torch.float16: "CBAM_F16", torch.bfloat16: "CBAM_BF16"}
+COMPILE_FLAGS: tuple[str, ...] = ("-O3", "-march=native", "-fopenmp", "-fPIC", "-shared", "-std=c11")
+
+
+class KernelBuildError(RuntimeError):
+    """The C compiler is missing or failed; the fused CPU path is unavailable."""
+
+
+def cache_dir() -> Path:
+    """Where built kernels live: `$CBAM_CACHE/kernels`, else `~/.cache/cbam/kernels`."""
+    root = os.environ.get("CBAM_CACHE") or Path.home() / ".cache" / "cbam"
+    return Path(root) / "kernels"
+
+
+def _compiler() -> str:
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if not compiler:
+        raise KernelBuildError("no C compiler found (set CC, or install gcc) for the fused CPU attention kernels")
+    return compiler
+
+
+def _machine_key() -> str:
+    """What the built code depends on besides its source: the CPU's features and the compiler."""
+    try:
+        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
+    except (OSError, StopIteration):
+        flags = platform.processor()
+    return f"{platform.machine()}|{flags}|{_compiler()}"
+
+
+@functools.cache
+def _library(dtype: torch.dtype) -> ctypes.CDLL:
+    """Build (once per machine) and load the kernels for one element type."""
+    if dtype not in TYPE_FLAGS:
+        raise TypeError(f"fused CPU attention supports float32, float16 and bfloat16, not {dtype}")
+    command = [_compiler(), *COMPILE_FLAGS, f"-D{TYPE_FLAGS[dtype]}"]
+    digest = hashlib.sha256("\n".join([SOURCE.read_text(), *command, _machine_key()]).encode()).hexdigest()[:16]
+    target = cache_dir() / f"gate-{TYPE_FLAGS[dtype].lower()}-{digest}.so"
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+            built = Path(tmp) / target.name
+            result = subprocess.run([*command, str(SOURCE), "-o", str(built)], capture_output=True, text=True)
+            if result.returncode != 0:
+                raise KernelBuildError(f"building the fused CPU attention kernels failed:\n{result.stderr.strip()}")
+            os.replace(built, target)
+    return ctypes.CDLL(str(target))
+
+
+def available(dtype: torch.dtype = torch.float32) -> bool:
+    """Whether the kernels for `dtype` build and load on this machine."""
+    try:
+        _library(dtype)
+    except (KernelBuildError, OSError, TypeError):
+        return False
+    return True
+
+
+def _ptr(t: Tensor | None) -> ctypes.c_void_p:
+    return ctypes.c_void_p(t.data_ptr() if t is not None else None)
+
+
+def _small(t: Tensor) -> Tensor:
+    return t.float().contiguous() if t.dtype != torch.int64 else t.contiguous()
+
+
+def _ints(*values: int) -> list[ctypes.c_int64]:
+    return [ctypes.c_int64(v) for v in values]
+
+
+def _threads() -> ctypes.c_int:
+    return ctypes.c_int(torch.get_num_threads())
+
+
+def _map(t: Tensor) -> Tensor:
+    """t if it is a dense NCHW or channels_last (N, C, P) map, else a contiguous copy.
+
+    Outputs are allocated with `empty_like`, which keeps exactly these two layouts, so a
+    kernel may write its output with its input's strides.
+    """
+    if t.is_contiguous() or t.transpose(1, 2).is_contiguous():
+        return t
+    return t.contiguous()
+
+
+def channel_stats(x: Tensor, with_index: bool = True) -> tuple[Tensor, Tensor, Tensor]:
+    x = _map(x)
+    n, c, p = x.shape
+    avg, mx = x.new_empty((n, c), dtype=torch.float32), x.new_empty((n, c), dtype=torch.float32)
+    idx = x.new_empty((n, c), dtype=torch.int64)
+    _library(x.dtype).channel_stats(
+        _ptr(x), *_ints(n, c, p, *x.stride()), _ptr(avg), _ptr(mx), _ptr(idx), ctypes.c_int(with_index), _threads()
+    )
+    return avg, mx, idx
+
+
+def _spatial(x: Tensor, g: Tensor | None, mc: Tensor | None, with_index: bool) -> tuple[Tensor, ...]:
+    x = _map(x)
+    n, c, p = x.shape
+    g = _map(g) if g is not None else None
+    mc = _small(mc) if mc is not None else x.new_ones((n, c), dtype=torch.float32)
+    mean, mx, dms = (x.new_empty((n, p), dtype=torch.float32) for _ in range(3))
+    idx = x.new_empty((n, p), dtype=torch.int64)
+    g_strides = g.stride() if g is not None else (0, 0, 0)
+    _library(x.dtype).spatial_stats(
+        _ptr(x), _ptr(g), _ptr(mc), *_ints(n, c, p, *x.stride(), *g_strides),
+        _ptr(mean), _ptr(mx), _ptr(idx), _ptr(dms), ctypes.c_int(with_index), _threads(),
+    )  # fmt: skip
+    return mean, mx, idx, dms
+
+
+def spatial_stats(x: Tensor, mc: Tensor | None, with_index: bool = True) -> tuple[Tensor, Tensor, Tensor]:
+    mean, mx, idx, _ = _spatial(x, None, mc, with_index)
+    return mean, mx, idx
+
+
+def spatial_grad(x: Tensor, g: Tensor, mc: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    return _spatial(x, g, mc, True)
+
+
+def gate_apply(x: Tensor, mc: Tensor | None, ms: Tensor | None) -> Tensor:
+    x = _map(x)
+    n, c, p = x.shape
+    mc = _small(mc) if mc is not None else x.new_ones((n, c), dtype=torch.float32)
+    ms = _small(ms) if ms is not None else x.new_ones((n, p), dtype=torch.float32)
+    out = torch.empty_like(x)
+    _library(x.dtype).gate_apply(_ptr(x), _ptr(mc), _ptr(ms), _ptr(out), *_ints(n, c, p, *x.stride()), _threads())
+    return out
+
+
+def _spatial_terms(
+    g: Tensor, ms: Tensor | None, dmean: Tensor | None, dmax: Tensor | None, sidx: Tensor | None
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The spatial branch's per-position tensors, neutral where the branch is absent."""
+    n, _, p = g.shape
+    zeros = g.new_zeros((n, p), dtype=torch.float32)
+    return (
+        _small(ms) if ms is not None else g.new_ones((n, p), dtype=torch.float32),
+        _small(dmean) if dmean is not None else zeros,
+        _small(dmax) if dmax is not None else zeros,
+        _small(sidx) if sidx is not None else g.new_zeros((n, p), dtype=torch.int64),
+    )
+
+
+def channel_grad(
+    x: Tensor, g: Tensor, ms: Tensor | None, dmean: Tensor | None, dmax: Tensor | None, sidx: Tensor | None
+) -> Tensor:
+    x, g = _map(x), _map(g).to(x.dtype)
+    n, c, p = x.shape
+    terms = _spatial_terms(g, ms, dmean, dmax, sidx)
+    dmc = x.new_empty((n, c), dtype=torch.float32)
+    _library(x.dtype).channel_grad(
+        _ptr(x), _ptr(g), *(_ptr(t) for t in terms), _ptr(dmc), *_ints(n, c, p, *x.stride(), *g.stride()), _threads()
+    )
+    return dmc
+
+
+def input_grad(
+    g: Tensor,
+    mc: Tensor | None,
+    ms: Tensor | None,
+    dmean: Tensor | None,
+    dmax: Tensor | None,
+    sidx: Tensor | None,
+    davg: Tensor | None,
+    dcmax: Tensor | None,
+    cidx: Tensor | None,
+) -> Tensor:
+    g = _map(g)
+    n, c, p = g.shape
+    zeros = g.new_zeros((n, c), dtype=torch.float32)
+    channel_terms = (
+        _small(mc) if mc is not None else g.new_ones((n, c), dtype=torch.float32),
+        *_spatial_terms(g, ms, dmean, dmax, sidx),
+        _small(davg) if davg is not None else zeros,
+        _small(dcmax) if dcmax is not None else zeros,
+        _small(cidx) if cidx is not None else g.new_zeros((n, c), dtype=torch.int64),
+    )
+    dx = torch.empty_like(g)
+    _library(g.dtype).input_grad(
+        _ptr(g), *(_ptr(t) for t in channel_terms), _ptr(dx), *_ints(n, c, p, *g.stride()), _threads()
+    )
+    return dx

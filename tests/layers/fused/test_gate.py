@@ -1,0 +1,236 @@
+"""The fused gate computes what the eager layers compute: outputs, every gradient, BN statistics."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import cbam
+from cbam.layers import fused
+from cbam.layers.fused import cpu_kernels, gate
+from tests.conftest import randomize_
+
+CPU_KERNELS = pytest.mark.skipif(not cpu_kernels.available(), reason="no C compiler for the fused CPU kernels")
+
+LAYERS = {
+    "cbam": lambda c, impl: cbam.CBAM(c, impl=impl),
+    "cbam-k3-no-bn": lambda c, impl: cbam.CBAM(c, kernel_size=3, spatial_batch_norm=False, impl=impl),
+    "cbam-max-only": lambda c, impl: cbam.CBAM(c, pool_types="max", impl=impl),
+    "cbam-spatial-channel": lambda c, impl: cbam.CBAM(c, arrangement="spatial-channel", impl=impl),
+    "se": lambda c, impl: cbam.SqueezeExcite(c, impl=impl),
+    "channel": lambda c, impl: cbam.ChannelAttention(c, impl=impl),
+    "spatial": lambda c, impl: cbam.SpatialAttention(c, impl=impl),
+}
+# Errors relative to the largest magnitude of the reference. In half precision the reference is
+# the eager layer in float32 on the same (rounded) inputs and weights: the fused gate computes in
+# float32 and rounds once, while the eager half-precision layer rounds every step, so near-equal
+# maxima can swap and move a gradient.
+TOLERANCE = {torch.float32: 2e-5, torch.float16: 4e-3, torch.bfloat16: 2e-2}
+
+
+def run(layer: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    """Output, input gradient and parameter gradients for a fixed upstream gradient."""
+    x = x.detach().requires_grad_()
+    out = layer(x)
+    upstream = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).to(out.dtype)
+    out.backward(upstream)
+    return out, x.grad, {name: p.grad for name, p in layer.named_parameters()}
+
+
+def assert_matches(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype, what: str) -> None:
+    scale = expected.abs().max().item() or 1.0
+    error = (actual.float() - expected.float()).abs().max().item()
+    assert error <= TOLERANCE[dtype] * scale + 1e-6, f"{what}: max error {error:.3g} at scale {scale:.3g}"
+
+
+def compare(name: str, impl: str, x: torch.Tensor, train: bool = True) -> None:
+    eager = randomize_(LAYERS[name](x.shape[1], "eager")).to(x.dtype).train(train)
+    other = copy.deepcopy(eager)
+    fused.set_attention_impl(other, impl)
+    eager.float()
+    expected, other_x_grad, other_grads = run(eager, x.float())
+    actual, x_grad, grads = run(other, x)
+    assert_matches(actual, expected, x.dtype, "output")
+    assert actual.stride() == expected.stride() and actual.dtype == x.dtype, "the output keeps the input's layout"
+    assert_matches(x_grad, other_x_grad, x.dtype, "input gradient")
+    for param, grad in grads.items():
+        assert_matches(grad, other_grads[param], x.dtype, f"gradient of {param}")
+    for (buffer, value), (_, reference) in zip(other.named_buffers(), eager.named_buffers(), strict=True):
+        assert_matches(value, reference, x.dtype, f"BatchNorm buffer {buffer}")
+
+
+def as_layout(x: torch.Tensor, layout: str) -> torch.Tensor:
+    if layout == "channels_last":
+        return x.contiguous(memory_format=torch.channels_last)
+    if layout == "strided":  # every other channel of a wider map: neither layout
+        wide = torch.randn(x.shape[0], 2 * x.shape[1], *x.shape[2:], dtype=x.dtype)
+        wide[:, ::2] = x
+        return wide[:, ::2]
+    return x
+
+
+@CPU_KERNELS
+@pytest.mark.parametrize("name", sorted(LAYERS))
+@pytest.mark.parametrize("layout", ["nchw", "channels_last", "strided"])
+def test_compiled_matches_eager_in_float32(name: str, layout: str) -> None:
+    x = as_layout(torch.randn(3, 24, 9, 11), layout)
+    compare(name, "compiled", x, train=True)
+    compare(name, "compiled", x, train=False)
+
+
+@CPU_KERNELS
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_compiled_matches_eager_in_half_precision(dtype: torch.dtype, layout: str) -> None:
+    x = as_layout(torch.randn(2, 32, 8, 8, dtype=dtype), layout)
+    for name in ("cbam", "se"):
+        compare(name, "compiled", x)
+
+
+@CPU_KERNELS
+@pytest.mark.parametrize("name", ["cbam", "channel", "spatial"])
+def test_max_pool_ties_send_the_gradient_to_the_first_maximum(name: str) -> None:
+    # After a ReLU whole channels and positions are 0: every max pool is a tie.
+    x = torch.relu(torch.randn(2, 16, 6, 6))
+    x[:, 3] = 0.0
+    x[:, :, 2, 2] = 1.5
+    x[0, :, 4, 1] = 1.5
+    compare(name, "compiled", x)
+    compare(name, "compiled", torch.zeros(2, 16, 5, 5))
+
+
+@pytest.mark.parametrize("name", ["cbam", "se", "spatial"])
+def test_plain_pytorch_kernels_match_eager(name: str) -> None:
+    """The fused op on `primitives.py` alone: the fallback where no C compiler exists."""
+    eager = randomize_(LAYERS[name](16, "eager"))
+    x = torch.randn(2, 16, 7, 5)
+    expected = run(eager, x)
+    channel = eager if name == "se" else getattr(eager, "channel", None)
+    spatial = eager if name == "spatial" else getattr(eager, "spatial", None)
+    reset = copy.deepcopy(eager)
+    channel = reset if name == "se" else getattr(reset, "channel", None)
+    spatial = reset if name == "spatial" else getattr(reset, "spatial", None)
+    xg = x.clone().requires_grad_()
+    out = fused.fused_gate(xg, channel, spatial, "reference")
+    out.backward(torch.randn(out.shape, generator=torch.Generator().manual_seed(1)))
+    torch.testing.assert_close(out, expected[0])
+    torch.testing.assert_close(xg.grad, expected[1], rtol=1e-4, atol=1e-5)
+    for param, grad in expected[2].items():
+        torch.testing.assert_close(dict(reset.named_parameters())[param].grad, grad, rtol=1e-4, atol=1e-5)
+
+
+@CPU_KERNELS
+@pytest.mark.parametrize("name", ["cbam", "se"])
+def test_fused_layer_saves_no_more_than_its_input(name: str) -> None:
+    layer = LAYERS[name](64, "compiled").train()
+    x = torch.randn(2, 64, 16, 16).contiguous(memory_format=torch.channels_last).requires_grad_()
+    own = {t.untyped_storage().data_ptr() for t in [*layer.parameters(), *layer.buffers()]}
+    kept: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        if t.untyped_storage().data_ptr() not in own:
+            kept[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        layer(x)
+    assert sum(kept.values()) == x.numel() * x.element_size()
+
+
+@CPU_KERNELS
+def test_torch_compile_traces_the_fused_op_in_one_graph() -> None:
+    eager = randomize_(cbam.CBAM(32, impl="eager"))
+    layer = copy.deepcopy(eager)
+    fused.set_attention_impl(layer, "compiled")
+    compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")
+    x = torch.randn(2, 32, 8, 8)
+    expected, actual = run(eager, x), run(compiled, x)
+    torch.testing.assert_close(actual[0], expected[0])
+    torch.testing.assert_close(actual[1], expected[1], rtol=1e-4, atol=1e-5)
+    for param, grad in expected[2].items():
+        torch.testing.assert_close(actual[2]["_orig_mod." + param], grad, rtol=1e-4, atol=1e-5)
+
+
+@CPU_KERNELS
+def test_custom_op_registration_passes_opcheck() -> None:
+    layer = randomize_(cbam.CBAM(8))
+    x = torch.randn(2, 8, 5, 6, requires_grad=True)
+    bn = layer.spatial.bn
+    mlp = layer.channel.mlp
+    args = (
+        x, mlp[0].weight, mlp[0].bias, mlp[2].weight, mlp[2].bias, layer.spatial.conv.weight, None,
+        bn.weight, bn.bias, bn.running_mean, bn.running_var, True, True, False, 1e-5, "cpu",
+    )  # fmt: skip
+    torch.library.opcheck(torch.ops.cbam.attention_gate.default, args)
+
+
+def test_auto_picks_eager_for_small_maps_and_the_meta_device() -> None:
+    small = torch.randn(1, 8, 4, 4)
+    assert fused.backend_for("auto", small) is None
+    assert fused.backend_for("auto", torch.empty(8, 256, 56, 56, device="meta")) is None
+    assert fused.backend_for("eager", torch.randn(8, 256, 56, 56)) is None
+    assert fused.backend_for("auto", torch.randn(2, 8, 4, 4, dtype=torch.float64)) is None
+
+
+@CPU_KERNELS
+def test_auto_fuses_large_cpu_maps() -> None:
+    assert fused.backend_for("auto", torch.empty(2, 64, 32, 32)) == "cpu"
+
+
+def test_impl_is_checked_and_set_through_create_model() -> None:
+    with pytest.raises(ValueError, match="unknown attention impl 'fast'"):
+        cbam.CBAM(8, impl="fast")
+    with pytest.raises(ValueError, match="unknown attention impl"):
+        cbam.create_model("resnet18_cbam", impl="fast")
+    with pytest.raises(ValueError, match="fuses the avg and max pools only"):
+        cbam.ChannelAttention(8, pool_types="avg+lp", impl="compiled")
+    with pytest.raises(ValueError, match="not 'parallel'"):
+        cbam.CBAM(8, arrangement="parallel", impl="triton")
+    model = cbam.create_model("resnet18_cbam", impl="eager", num_classes=3)
+    impls = {m.impl for m in model.modules() if hasattr(m, "impl")}
+    assert impls == {"eager"}
+
+
+def test_triton_on_cpu_without_the_interpreter_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    if not fused.triton_available():
+        pytest.skip("triton is not installed")
+    with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
+        cbam.CBAM(8, impl="triton")(torch.randn(1, 8, 4, 4))
+
+
+@CPU_KERNELS
+def test_hooks_on_a_branch_run_the_eager_modules(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(fused, "AUTO_MIN_ELEMENTS", 0)
+    model = cbam.create_model("resnet18_cbam", num_classes=3).eval()
+    with cbam.AttentionRecorder(model) as recorder:
+        model(torch.randn(1, 3, 32, 32))
+    spatial = recorder.maps["layer1.0.attention.spatial"]
+    assert spatial.shape == (1, 1, 8, 8)
+
+
+def test_without_a_compiler_the_build_error_is_readable(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    monkeypatch.setenv("CC", "/bin/false")
+    monkeypatch.setenv("CBAM_CACHE", str(tmp_path))
+    cpu_kernels._library.cache_clear()
+    try:
+        with pytest.raises(cpu_kernels.KernelBuildError, match="building the fused CPU attention kernels failed"):
+            cpu_kernels._library(torch.float32)
+        assert not cpu_kernels.available(torch.float32)
+    finally:
+        cpu_kernels._library.cache_clear()
+    assert not list(tmp_path.rglob("*.so")), "a failed build leaves no library behind"
+
+
+def test_running_statistics_follow_batchnorm() -> None:
+    bn = nn.BatchNorm2d(1)
+    reference = copy.deepcopy(bn).train()
+    z = torch.randn(4, 1, 5, 5)
+    reference(z)
+    gate.update_running_stats(bn, z.mean(), z.var(unbiased=False), count=z.numel())
+    torch.testing.assert_close(bn.running_mean, reference.running_mean)
+    torch.testing.assert_close(bn.running_var, reference.running_var)
+    assert bn.num_batches_tracked == reference.num_batches_tracked
