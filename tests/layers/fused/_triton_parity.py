@@ -1,0 +1,215 @@
+"""Parity of `triton_kernels` with `primitives`, run by Triton's CPU interpreter; test_triton_kernels.py runs it.
+
+Run it as `TRITON_INTERPRET=1 python _triton_parity.py`: the variable must be set before triton itself is
+imported (its own library functions are decorated then), so this is a process of its own. It tries every case,
+prints each mismatch and exits non-zero if there was one.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import sys
+from collections.abc import Iterator
+
+import torch
+from torch import Tensor
+
+from cbam.layers.fused import primitives as ref
+from cbam.layers.fused import triton_kernels as tk
+
+NCHW, CL = torch.contiguous_format, torch.channels_last
+DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+# full-size results are rounded to the map's dtype: a tolerance of about one unit in the last place
+FULL_TOL = {torch.float32: 1e-5, torch.float16: 1e-3, torch.bfloat16: 1e-2}
+SMALL_TOL = 1e-5  # small results are float32 whatever the map's dtype: only the summation order differs
+PASSES = ("channel_stats", "spatial_stats", "spatial_grad", "gate_apply", "channel_grad", "input_grad")
+ELEMENTWISE = ("gate_apply", "input_grad")
+# (N, C, H, W): odd C and P (several blocks of the kept axis in both layouts), P = 1, C = 1
+SHAPES = ((2, 37, 5, 7), (2, 3, 1, 1), (2, 1, 6, 6))
+# P or C longer than the largest block (512) of a reduction over it, for the passes that reduce over it (those
+# that keep it would launch hundreds of programs, which the interpreter runs one by one) and the elementwise ones
+LONG_SHAPES = {(1, 3, 24, 25): ("channel_stats", "channel_grad"), (1, 600, 1, 3): ("spatial_stats", "spatial_grad")}
+SMALL_SHAPE = (2, 5, 3, 4)
+PAIRS = (("dmax", "sidx"), ("dcmax", "cidx"))  # a max's gradient needs the max's index
+
+
+def maps(shape: tuple[int, ...], dtype: torch.dtype, fmt: torch.memory_format, values: str = "normal") -> Tensor:
+    """An (N, C, P) view of a random (N, C, H, W) map in `fmt`.
+
+    values: "normal"; "ties", small integers and zero slices; "special", normal with -inf slices and NaNs.
+    """
+    x = torch.randint(-2, 3, shape).float() if values == "ties" else torch.randn(shape)
+    x = x.flatten(2)
+    if values == "ties":
+        x[:, 0] = 0  # a whole channel of zeros
+        x[:, :, 0] = 0  # a whole column over C of zeros
+    if values == "special":
+        # NaN beats everything and the first one wins. Two in three of channel 2 and of column 1 are NaNs: as a
+        # block size is a power of 2, not a multiple of 3, a lane of a tile meets NaN after NaN and a number after NaN
+        c, p = x.shape[1:]
+        x[0, 2, torch.arange(p) % 3 > 0] = float("nan")
+        x[0, (torch.arange(c) % 3 > 0) & (torch.arange(c) > 1), 1] = float("nan")
+        x[0, 1] = float("-inf")  # a whole channel
+        x[-1, :, -1] = float("-inf")  # a whole column over C
+    return x.unflatten(2, shape[2:]).to(dtype).to(memory_format=fmt).flatten(2)
+
+
+def operands(x: Tensor, ties: bool = False) -> dict[str, Tensor]:
+    """Every small operand of the six passes, for the map x: weights, upstream gradients and max indices."""
+    n, c, p = x.shape
+    weight = (lambda *s: torch.randint(1, 3, s) / 2) if ties else (lambda *s: torch.rand(s) + 0.5)
+    return {
+        "mc": weight(n, c),
+        "ms": weight(n, p),
+        "dmean": torch.randn(n, p),
+        "dmax": torch.randn(n, p),
+        "sidx": torch.randint(0, c, (n, p)),
+        "davg": torch.randn(n, c),
+        "dcmax": torch.randn(n, c),
+        "cidx": torch.randint(0, p, (n, c)),
+    }
+
+
+def calls(x: Tensor, g: Tensor, ops: dict[str, Tensor], names: tuple[str, ...]) -> Iterator[tuple[str, tuple]]:
+    """The passes named, with every operand present."""
+    o = ops
+    every = {  # the argument lists of the passes, in PASSES order
+        "channel_stats": (x,),
+        "spatial_stats": (x, o["mc"]),
+        "spatial_grad": (x, g, o["mc"]),
+        "gate_apply": (x, o["mc"], o["ms"]),
+        "channel_grad": (x, g, o["ms"], o["dmean"], o["dmax"], o["sidx"]),
+        "input_grad": (g, o["mc"], o["ms"], o["dmean"], o["dmax"], o["sidx"], o["davg"], o["dcmax"], o["cidx"]),
+    }
+    return ((name, every[name]) for name in names)
+
+
+def absent(x: Tensor, g: Tensor, ops: dict[str, Tensor]) -> Iterator[tuple[str, tuple]]:
+    """Each pass with every combination of absent operands that `primitives` accepts (no dmax without sidx)."""
+
+    def subsets(*names: str) -> Iterator[dict[str, Tensor | None]]:
+        for keep in itertools.product((False, True), repeat=len(names)):
+            chosen = {k: ops[k] if kept else None for k, kept in zip(names, keep, strict=True)}
+            if not any(chosen.get(v) is not None and chosen.get(i) is None for v, i in PAIRS):
+                yield chosen
+
+    for s in subsets("mc"):
+        yield "spatial_stats", (x, s["mc"])
+        yield "spatial_grad", (x, g, s["mc"])
+    for s in subsets("mc", "ms"):
+        yield "gate_apply", (x, s["mc"], s["ms"])
+    for s in subsets("ms", "dmean", "dmax", "sidx"):
+        yield "channel_grad", (x, g, s["ms"], s["dmean"], s["dmax"], s["sidx"])
+    for s in subsets("mc", "ms", "dmean", "dmax", "sidx", "davg", "dcmax", "cidx"):
+        yield "input_grad", (g, *s.values())
+
+
+def compare(got: object, want: object, full_tol: float) -> str | None:
+    """None if got matches want: indices exactly, floats within tolerance (SMALL_TOL for (N, C) and (N, P))."""
+    if isinstance(want, tuple):
+        if not isinstance(got, tuple) or len(got) != len(want):
+            return f"expected {len(want)} results, got {got!r:.80}"
+        errors = [compare(a, b, full_tol) for a, b in zip(got, want, strict=True)]
+        return "; ".join(f"result {i}: {e}" for i, e in enumerate(errors) if e) or None
+    if got.dtype != want.dtype or got.shape != want.shape:
+        return f"got {got.dtype} {tuple(got.shape)}, expected {want.dtype} {tuple(want.shape)}"
+    if not want.is_floating_point():
+        bad = (got != want).nonzero()
+        return f"{len(bad)} indices differ, first at {bad[0].tolist()}" if len(bad) else None
+    tol = SMALL_TOL if got.dim() == 2 else full_tol
+    try:
+        torch.testing.assert_close(got, want, rtol=tol, atol=tol, equal_nan=True)
+    except AssertionError as e:
+        return str(e).replace("\n", " ")
+    return None
+
+
+def check_layout(got: Tensor, like: Tensor) -> str | None:
+    """None if got, a full-size result, has the strides of `like` (NCHW or channels_last), else contiguous ones."""
+    dense = like.is_contiguous() or like.transpose(1, 2).is_contiguous()
+    expected = like.stride() if dense else like.contiguous().stride()
+    return None if got.stride() == expected else f"strides {got.stride()}, expected {expected}"
+
+
+def main() -> int:
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        print("set TRITON_INTERPRET=1 in the environment: there is no GPU to run the kernels on otherwise")
+        return 2
+    failures, count = [], 0
+
+    def run(tag: str, cases: Iterator[tuple[str, tuple]], dtype: torch.dtype) -> None:
+        nonlocal count
+        for name, args in cases:
+            count += 1
+            try:
+                got = getattr(tk, name)(*args)
+                error = compare(got, getattr(ref, name)(*args), FULL_TOL[dtype])
+                if error is None and name in ELEMENTWISE:
+                    error = check_layout(got, args[0])
+            except Exception as e:  # a crash is one more failure to report
+                error = f"{type(e).__name__}: {e}"
+            if error:
+                failures.append(f"{name} [{tag}]: {error}")
+
+    shapes = {shape: PASSES for shape in SHAPES} | {s: (*r, *ELEMENTWISE) for s, r in LONG_SHAPES.items()}
+    for dtype, (shape, names), (fx, fg) in itertools.product(DTYPES, shapes.items(), ((NCHW, CL), (CL, NCHW))):
+        x, g = maps(shape, dtype, fx), maps(shape, dtype, fg)
+        run(f"{dtype} {shape} x {fx} g {fg}", calls(x, g, operands(x), names), dtype)
+        x = maps(shape, dtype, fx, "ties")
+        reductions = tuple(n for n in names if n not in ELEMENTWISE)
+        run(f"ties {dtype} {shape} x {fx} g {fg}", calls(x, g, operands(x, ties=True), reductions), dtype)
+        if "spatial_stats" in names:
+            run(f"ties, no mc {dtype} {shape} {fx}", [("spatial_stats", (x, None))], dtype)
+    for fx, fg in ((NCHW, CL), (CL, NCHW)):
+        x, g = maps(SMALL_SHAPE, torch.float32, fx), maps(SMALL_SHAPE, torch.float32, fg)
+        run(f"absent operands, x {fx} g {fg}", absent(x, g, operands(x)), torch.float32)
+    for dtype, (shape, names), fmt in itertools.product(DTYPES, shapes.items(), (NCHW, CL)):
+        if shape[1] >= 3 and shape[2] * shape[3] >= 2:
+            x = maps(shape, dtype, fmt, "special")
+            cases = [("channel_stats", (x,)), ("spatial_stats", (x, None))]
+            run(f"-inf and NaN {dtype} {shape} {fmt}", [c for c in cases if c[0] in names], dtype)
+    # neither C nor P of unit stride: the kernels work on a contiguous copy
+    x, g = (torch.randn(2, 5, 4 * 3)[..., ::3] for _ in range(2))
+    run("strided views", calls(x, g, operands(x), PASSES), torch.float32)
+
+    for name, tag, layout in itertools.product(("cbam", "se", "spatial"), ("train", "eval"), (NCHW, CL)):
+        count += 1
+        error = layer_error(name, tag == "train", layout)
+        if error:
+            failures.append(f"impl='triton' {name} layer [{tag}, {layout}]: {error}")
+
+    print("\n".join(failures))
+    print(f"{count - len(failures)} of {count} cases match primitives.py and the eager layers")
+    return 1 if failures else 0
+
+
+def layer_error(name: str, train: bool, layout: torch.memory_format) -> str | None:
+    """A whole layer with impl='triton' against the same layer run eagerly: output, every gradient, BN buffers."""
+    import copy
+
+    import cbam
+    from cbam.layers.fused import set_attention_impl
+
+    build = {"cbam": cbam.CBAM, "se": cbam.SqueezeExcite, "spatial": cbam.SpatialAttention}[name]
+    eager = build(12, impl="eager").train(train)
+    with torch.no_grad():
+        for p in eager.parameters():
+            p.normal_(0, 0.5)
+    fused = set_attention_impl(copy.deepcopy(eager), "triton")
+    x = torch.relu(torch.randn(2, 12, 5, 6)).contiguous(memory_format=layout)  # zeros: max-pool ties
+    upstream = torch.randn(2, 12, 5, 6)
+    results = []
+    for layer in (eager, fused):
+        xg = x.clone().requires_grad_()
+        out = layer(xg)
+        out.backward(upstream)
+        results.append([out, xg.grad, *(p.grad for p in layer.parameters()), *layer.buffers()])
+    for expected, got in zip(*results, strict=True):
+        if not torch.allclose(got.float(), expected.float(), rtol=1e-4, atol=1e-5):
+            return f"max difference {(got.float() - expected.float()).abs().max().item():.3g}"
+    return None
+
+
+if __name__ == "__main__":
+    sys.exit(main())
