@@ -78,10 +78,22 @@ class CBAM(nn.Module):
         return x
 
     @torch.jit.unused
-    def _fused(self, x: Tensor) -> Tensor | None:
+    def _fused(self, x: Tensor, shortcut: Tensor | None = None) -> Tensor | None:
+        if self.channel is None or self.spatial is None:
+            branch = self.channel if self.channel is not None else self.spatial
+            return branch._fused(x, shortcut) if shortcut is not None else None
+        if self.arrangement != "channel-spatial":
+            return None
         fusable = channel_fusable(self.channel) and spatial_fusable(self.spatial)
         backend = backend_for(self.impl, x) if fusable else None
-        return fused_gate(x, self.channel, self.spatial, backend) if backend is not None else None
+        if backend is None:
+            return None
+        return fused_gate(x, self.channel, self.spatial, backend, shortcut, relu=shortcut is not None)
+
+    @torch.jit.unused
+    def fused_residual(self, x: Tensor, shortcut: Tensor) -> Tensor | None:
+        """relu(self(x) + shortcut) in one fused pass, or None where this module runs eagerly on x."""
+        return self._fused(x, shortcut)
 
     def extra_repr(self) -> str:
         return f"arrangement={self.arrangement}, impl={self.impl}"

@@ -40,7 +40,7 @@ def global_pool(x: Tensor, pool_type: str) -> Tensor:
     if pool_type == "avg":
         return x.mean(dim=(2, 3))
     if pool_type == "max":
-        return x.flatten(2).max(dim=2).values
+        return max_over(x.flatten(2), 2)
     if pool_type == "lp":
         return torch.linalg.vector_norm(x, ord=2, dim=(2, 3))
     if pool_type == "lse":
@@ -50,4 +50,12 @@ def global_pool(x: Tensor, pool_type: str) -> Tensor:
 
 def channel_pool(x: Tensor) -> Tensor:
     """Mean and max across channels, concatenated in the paper's order: (N, 2, H, W)."""
-    return torch.cat([x.mean(dim=1, keepdim=True), x.max(dim=1, keepdim=True).values], dim=1)
+    return torch.cat([x.mean(dim=1, keepdim=True), max_over(x, 1).unsqueeze(1)], dim=1)
+
+
+def max_over(x: Tensor, dim: int) -> Tensor:
+    """The max along `dim`; its gradient goes to the first maximum. Without autograd the cheaper
+    `amax` gives the same values."""
+    if x.requires_grad and torch.is_grad_enabled():
+        return x.max(dim=dim).values
+    return x.amax(dim=dim)

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
 from torch import Tensor, nn
 
 from cbam.layers.create import AttentionFactory, AttentionSpec, attention_placement, create_attention_factory
+from cbam.layers.fused import residual_tail
 from cbam.models._helpers import attention_or_identity, check_stem, initialize_weights
 from cbam.registry import register_model
 
@@ -57,8 +59,12 @@ class BasicBlock(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         identity = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
-        out = self.attention(self.bn2(self.conv2(out)))
-        return self.relu(out + identity)
+        out = self.bn2(self.conv2(out))
+        if not torch.jit.is_scripting():
+            fused = residual_tail(self.attention, out, identity)
+            if fused is not None:
+                return fused
+        return self.relu(self.attention(out) + identity)
 
 
 class Bottleneck(nn.Module):
@@ -98,8 +104,12 @@ class Bottleneck(nn.Module):
         identity = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
-        out = self.attention(self.bn3(self.conv3(out)))
-        return self.relu(out + identity)
+        out = self.bn3(self.conv3(out))
+        if not torch.jit.is_scripting():
+            fused = residual_tail(self.attention, out, identity)
+            if fused is not None:
+                return fused
+        return self.relu(self.attention(out) + identity)
 
 
 Block = type[BasicBlock] | type[Bottleneck]

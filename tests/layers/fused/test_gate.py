@@ -155,16 +155,55 @@ def test_torch_compile_traces_the_fused_op_in_one_graph() -> None:
 
 
 @CPU_KERNELS
-def test_custom_op_registration_passes_opcheck() -> None:
+@pytest.mark.parametrize("with_shortcut", [False, True])
+def test_custom_op_registration_passes_opcheck(with_shortcut: bool) -> None:
     layer = randomize_(cbam.CBAM(8))
     x = torch.randn(2, 8, 5, 6, requires_grad=True)
+    shortcut = torch.randn(2, 8, 5, 6, requires_grad=True) if with_shortcut else None
     bn = layer.spatial.bn
     mlp = layer.channel.mlp
     args = (
-        x, mlp[0].weight, mlp[0].bias, mlp[2].weight, mlp[2].bias, layer.spatial.conv.weight, None,
-        bn.weight, bn.bias, bn.running_mean, bn.running_var, True, True, False, 1e-5, "cpu",
+        x, shortcut, mlp[0].weight, mlp[0].bias, mlp[2].weight, mlp[2].bias, layer.spatial.conv.weight, None,
+        bn.weight, bn.bias, bn.running_mean, bn.running_var, True, True, False, 1e-5, "cpu", with_shortcut,
     )  # fmt: skip
     torch.library.opcheck(torch.ops.cbam.attention_gate.default, args)
+
+
+@CPU_KERNELS
+@pytest.mark.parametrize("name", ["cbam", "se", "spatial"])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_fused_residual_tail_matches_relu_of_attention_plus_shortcut(name: str, layout: str) -> None:
+    eager = randomize_(LAYERS[name](16, "eager")).train()
+    layer = fused.set_attention_impl(copy.deepcopy(eager), "compiled")
+    x = as_layout(torch.randn(2, 16, 7, 9), layout)
+    shortcut = torch.randn(2, 16, 7, 9)  # NCHW whatever x is: the kernels adapt it
+    upstream = torch.randn(2, 16, 7, 9)
+    results = []
+    for tail in (lambda a, s: torch.relu(eager(a) + s), lambda a, s: fused.residual_tail(layer, a, s)):
+        a, s = x.detach().requires_grad_(), shortcut.clone().requires_grad_()
+        out = tail(a, s)
+        out.backward(upstream)
+        results.append((out, a.grad, s.grad))
+    for expected, actual in zip(*results, strict=True):
+        torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-5)
+    for (name_, p), (_, q) in zip(layer.named_parameters(), eager.named_parameters(), strict=True):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-5, msg=f"gradient of {name_}")
+
+
+@CPU_KERNELS
+@pytest.mark.parametrize("arch", ["resnet18_cbam", "resnet50_se"])
+def test_residual_blocks_fuse_their_tail_and_compute_the_same(arch: str) -> None:
+    """One block, fused tail against the eager ops (a whole deep network amplifies 1-ulp differences)."""
+    model = cbam.create_model(arch, num_classes=3, impl="eager").train()
+    block = randomize_(model.layer2[0])
+    fused_block = fused.set_attention_impl(copy.deepcopy(block), "compiled")
+    x = torch.randn(2, block.conv1.in_channels, 12, 12).contiguous(memory_format=torch.channels_last)
+    expected, expected_grad, expected_params = run(block, x)
+    actual, grad, params = run(fused_block, x)
+    torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(grad, expected_grad, rtol=1e-4, atol=1e-4)
+    for param, value in expected_params.items():
+        assert_matches(params[param], value, torch.float32, f"gradient of {param}")
 
 
 def test_auto_picks_eager_for_small_maps_and_the_meta_device() -> None:

@@ -114,9 +114,19 @@ def spatial_fusable(spatial: nn.Module) -> bool:
     return spatial.descriptor == "pool" and standard_bn
 
 
-def fused_gate(x: Tensor, channel: nn.Module | None, spatial: nn.Module | None, backend: str) -> Tensor | None:
-    """x * Mc(x) * Ms(x * Mc(x)) through the fused op, or None where the eager modules must run."""
+def fused_gate(
+    x: Tensor,
+    channel: nn.Module | None,
+    spatial: nn.Module | None,
+    backend: str,
+    shortcut: Tensor | None = None,
+    relu: bool = False,
+) -> Tensor | None:
+    """x * Mc(x) * Ms(x * Mc(x)) (+ shortcut) (then ReLU) through the fused op, or None where the eager
+    modules must run (hooks on a branch)."""
     if _has_hooks(channel) or _has_hooks(spatial):
+        return None
+    if shortcut is not None and (shortcut.shape != x.shape or shortcut.device != x.device):
         return None
     from cbam.layers.fused import gate  # registers the custom ops
 
@@ -135,8 +145,9 @@ def fused_gate(x: Tensor, channel: nn.Module | None, spatial: nn.Module | None, 
         bn_w, bn_b, bn_mean, bn_var, bn_eps = bn.weight, bn.bias, bn.running_mean, bn.running_var, bn.eps
         bn_training = bn.training
     out, z_mean, z_var = torch.ops.cbam.attention_gate(
-        x, w1, b1, w2, b2, conv_w, conv_b, bn_w, bn_b, bn_mean, bn_var, use_avg, use_max, bn_training, bn_eps, backend
-    )
+        x, shortcut, w1, b1, w2, b2, conv_w, conv_b, bn_w, bn_b, bn_mean, bn_var,
+        use_avg, use_max, bn_training, bn_eps, backend, relu,
+    )  # fmt: skip
     if bn is not None and bn.training:
         gate.update_running_stats(bn, z_mean, z_var, count=x.shape[0] * x.shape[2] * x.shape[3])
     return out
@@ -163,6 +174,15 @@ def attention_impl(model: nn.Module, impl: str) -> Iterator[nn.Module]:
             module.impl = own
 
 
+def residual_tail(attention: nn.Module, x: Tensor, shortcut: Tensor) -> Tensor | None:
+    """relu(attention(x) + shortcut), the tail of a residual block, as one fused pass; None where the
+    attention layer has no fused path for x (the caller then runs the ops one by one)."""
+    fused = getattr(attention, "fused_residual", None)
+    if fused is None or _has_hooks(attention):
+        return None
+    return fused(x, shortcut)
+
+
 __all__ = [
     "AUTO_MIN_ELEMENTS",
     "IMPLS",
@@ -170,5 +190,6 @@ __all__ = [
     "backend_for",
     "check_impl",
     "fused_gate",
+    "residual_tail",
     "set_attention_impl",
 ]

@@ -41,6 +41,70 @@ static inline T ST(float f) {
 #define BLOCK 256
 
 typedef int64_t I;
+typedef float vf __attribute__((vector_size(32)));
+typedef int32_t vi __attribute__((vector_size(32)));
+#define VL 8
+
+static inline vf vload(const T *restrict p) {
+    vf v;
+    for (int j = 0; j < VL; j++) v[j] = LD(p[j]);
+    return v;
+}
+static inline vf vloadf(const float *restrict p) {
+    vf v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+static inline vf vmax(vf a, vf b) {
+    vi m = (vi)(a > b);
+    return (vf)((m & (vi)a) | (~m & (vi)b));
+}
+
+/* The first i with w[i] * x[i] == value in a contiguous row (w may be NULL); len - 1 if none. */
+static inline I first_equal(const T *restrict x, const float *restrict w, I len, float value) {
+    vf target;
+    for (int j = 0; j < VL; j++) target[j] = value;
+    I i = 0;
+    for (; i + VL <= len; i += VL) {
+        vf a = vload(x + i);
+        if (w) a *= vloadf(w + i);
+        vi hit = (vi)(a == target);
+        int any = 0;
+        for (int j = 0; j < VL; j++) any |= hit[j];
+        if (any) break;
+    }
+    for (; i < len - 1; i++)
+        if (LD(x[i]) * (w ? w[i] : 1.f) == value) break;
+    return i;
+}
+
+/* Sum and max of w * x over a contiguous row, and the sum of g * w * x; w and g may be NULL. */
+static inline void row_reduce(const T *restrict x, const float *restrict w, const T *restrict g, I len, float *sum,
+                              float *mx, float *dot) {
+    vf s0 = {0}, s1 = {0}, d0 = {0}, d1 = {0}, m0, m1;
+    for (int j = 0; j < VL; j++) m0[j] = m1[j] = -INFINITY;
+    I i = 0;
+    for (; i + 2 * VL <= len; i += 2 * VL) {
+        vf a = vload(x + i), b = vload(x + i + VL);
+        if (w) a *= vloadf(w + i), b *= vloadf(w + i + VL);
+        s0 += a, s1 += b;
+        m0 = vmax(a, m0), m1 = vmax(b, m1);
+        if (g) d0 += vload(g + i) * a, d1 += vload(g + i + VL) * b;
+    }
+    float total = 0.f, best = -INFINITY, total_d = 0.f;
+    for (int j = 0; j < VL; j++) {
+        total += s0[j] + s1[j], total_d += d0[j] + d1[j];
+        best = m0[j] > best ? m0[j] : best;
+        best = m1[j] > best ? m1[j] : best;
+    }
+    for (; i < len; i++) {
+        float v = LD(x[i]) * (w ? w[i] : 1.f);
+        total += v, best = v > best ? v : best;
+        if (g) total_d += LD(g[i]) * v;
+    }
+    *sum = total, *mx = best;
+    if (dot) *dot = total_d;
+}
 
 /* channel_stats: mean, max and first argmax over P for every (n, c). */
 void channel_stats(const T *x, I N, I C, I P, I sn, I sc, I sp, float *avg, float *mx, I *idx, int with_index,
@@ -52,15 +116,23 @@ void channel_stats(const T *x, I N, I C, I P, I sn, I sc, I sp, float *avg, floa
             for (I b = 0; b < nb; b++) {
                 I c0 = b * BLOCK, cb = C - c0 < BLOCK ? C - c0 : BLOCK;
                 float s[BLOCK], m[BLOCK];
-                I id[BLOCK];
+                int32_t id[BLOCK];
                 for (I j = 0; j < cb; j++) s[j] = 0.f, m[j] = -INFINITY, id[j] = 0;
                 for (I p = 0; p < P; p++) {
-                    const T *row = x + n * sn + p * sp + c0;
-                    for (I j = 0; j < cb; j++) {
-                        float v = LD(row[j]);
-                        s[j] += v;
-                        if (v > m[j]) m[j] = v, id[j] = p;
-                    }
+                    const T *restrict row = x + n * sn + p * sp + c0;
+                    if (with_index)
+                        for (I j = 0; j < cb; j++) {
+                            float v = LD(row[j]);
+                            s[j] += v;
+                            id[j] = v > m[j] ? (int32_t)p : id[j];
+                            m[j] = v > m[j] ? v : m[j];
+                        }
+                    else
+                        for (I j = 0; j < cb; j++) {
+                            float v = LD(row[j]);
+                            s[j] += v;
+                            m[j] = v > m[j] ? v : m[j];
+                        }
                 }
                 for (I j = 0; j < cb; j++) {
                     avg[n * C + c0 + j] = s[j] / (float)P;
@@ -74,34 +146,24 @@ void channel_stats(const T *x, I N, I C, I P, I sn, I sc, I sp, float *avg, floa
     for (I n = 0; n < N; n++)
         for (I c = 0; c < C; c++) {
             const T *row = x + n * sn + c * sc;
-            float s[LANES], m[LANES];
-            for (int j = 0; j < LANES; j++) s[j] = 0.f, m[j] = -INFINITY;
-            I p = 0;
+            float total, best;
             if (sp == 1)
-                for (; p + LANES <= P; p += LANES)
-                    for (int j = 0; j < LANES; j++) {
-                        float v = LD(row[p + j]);
-                        s[j] += v;
-                        m[j] = v > m[j] ? v : m[j];
-                    }
-            for (; p < P; p++) {
-                float v = LD(row[p * sp]);
-                s[0] += v;
-                m[0] = v > m[0] ? v : m[0];
+                row_reduce(row, 0, 0, P, &total, &best, 0);
+            else {
+                total = 0.f, best = -INFINITY;
+                for (I p = 0; p < P; p++) {
+                    float v = LD(row[p * sp]);
+                    total += v, best = v > best ? v : best;
+                }
             }
-            float total = 0.f, best = -INFINITY;
-            for (int j = 0; j < LANES; j++) total += s[j], best = m[j] > best ? m[j] : best;
             avg[n * C + c] = total / (float)P;
             mx[n * C + c] = best;
             if (with_index) {
                 I q = 0;
                 if (sp == 1)
-                    for (; q + LANES <= P; q += LANES) {
-                        int hit = 0;
-                        for (int j = 0; j < LANES; j++) hit |= LD(row[q + j]) == best;
-                        if (hit) break;
-                    }
-                while (q < P - 1 && LD(row[q * sp]) != best) q++;
+                    q = first_equal(row, 0, P, best);
+                else
+                    while (q < P - 1 && LD(row[q * sp]) != best) q++;
                 idx[n * C + c] = q;
             }
         }
@@ -118,16 +180,24 @@ void spatial_stats(const T *x, const T *g, const float *mc, I N, I C, I P, I sn,
             for (I b = 0; b < nb; b++) {
                 I p0 = b * BLOCK, pb = P - p0 < BLOCK ? P - p0 : BLOCK;
                 float s[BLOCK], m[BLOCK], d[BLOCK];
-                I id[BLOCK];
+                int32_t id[BLOCK];
                 for (I j = 0; j < pb; j++) s[j] = 0.f, m[j] = -INFINITY, d[j] = 0.f, id[j] = 0;
                 for (I c = 0; c < C; c++) {
-                    const T *row = x + n * sn + c * sc + p0;
+                    const T *restrict row = x + n * sn + c * sc + p0;
                     float w = mc[n * C + c];
-                    for (I j = 0; j < pb; j++) {
-                        float y = LD(row[j]) * w;
-                        s[j] += y;
-                        if (y > m[j]) m[j] = y, id[j] = c;
-                    }
+                    if (with_index)
+                        for (I j = 0; j < pb; j++) {
+                            float y = LD(row[j]) * w;
+                            s[j] += y;
+                            id[j] = y > m[j] ? (int32_t)c : id[j];
+                            m[j] = y > m[j] ? y : m[j];
+                        }
+                    else
+                        for (I j = 0; j < pb; j++) {
+                            float y = LD(row[j]) * w;
+                            s[j] += y;
+                            m[j] = y > m[j] ? y : m[j];
+                        }
                     if (g) {
                         const T *grow = g + n * gn + c * gc + p0 * gp;
                         if (gp == 1)
@@ -151,75 +221,83 @@ void spatial_stats(const T *x, const T *g, const float *mc, I N, I C, I P, I sn,
             const T *restrict row = x + n * sn + p * sp;
             const T *restrict grow = g ? g + n * gn + p * gp : 0;
             const float *restrict w = mc + n * C;
-            float s[LANES], m[LANES], d[LANES];
-            for (int j = 0; j < LANES; j++) s[j] = 0.f, m[j] = -INFINITY, d[j] = 0.f;
-            I c = 0;
-            if (sc == 1 && grow && gc == 1)
-                for (; c + LANES <= C; c += LANES)
-                    for (int j = 0; j < LANES; j++) {
-                        float y = LD(row[c + j]) * w[c + j];
-                        s[j] += y;
-                        m[j] = y > m[j] ? y : m[j];
-                        d[j] += LD(grow[c + j]) * y;
-                    }
-            else if (sc == 1 && !grow)
-                for (; c + LANES <= C; c += LANES)
-                    for (int j = 0; j < LANES; j++) {
-                        float y = LD(row[c + j]) * w[c + j];
-                        s[j] += y;
-                        m[j] = y > m[j] ? y : m[j];
-                    }
-            for (; c < C; c++) {
-                float y = LD(row[c * sc]) * w[c];
-                s[0] += y;
-                m[0] = y > m[0] ? y : m[0];
-                if (grow) d[0] += LD(grow[c * gc]) * y;
+            float total, best, total_d = 0.f;
+            if (sc == 1 && (!grow || gc == 1))
+                row_reduce(row, w, grow, C, &total, &best, &total_d);
+            else {
+                total = 0.f, best = -INFINITY;
+                for (I c = 0; c < C; c++) {
+                    float y = LD(row[c * sc]) * w[c];
+                    total += y, best = y > best ? y : best;
+                    if (grow) total_d += LD(grow[c * gc]) * y;
+                }
             }
-            float total = 0.f, best = -INFINITY, total_d = 0.f;
-            for (int j = 0; j < LANES; j++) total += s[j], best = m[j] > best ? m[j] : best, total_d += d[j];
             mean[n * P + p] = total / (float)C;
             mx[n * P + p] = best;
             if (grow) dms[n * P + p] = total_d;
             if (with_index) {
                 I q = 0;
                 if (sc == 1)
-                    for (; q + LANES <= C; q += LANES) {
-                        int hit = 0;
-                        for (int j = 0; j < LANES; j++) hit |= LD(row[q + j]) * w[q + j] == best;
-                        if (hit) break;
-                    }
-                while (q < C - 1 && LD(row[q * sc]) * w[q] != best) q++;
+                    q = first_equal(row, w, C, best);
+                else
+                    while (q < C - 1 && LD(row[q * sc]) * w[q] != best) q++;
                 idx[n * P + p] = q;
             }
         }
 }
 
-/* gate_apply: out = x * mc * ms, out laid out like x. */
-void gate_apply(const T *x, const float *mc, const float *ms, T *out, I N, I C, I P, I sn, I sc, I sp,
-                int threads) {
+/* gate_apply: out = x * mc * ms (+ r) (then ReLU); out and r (may be NULL) are laid out like x. */
+static inline float finish(float v, const T *r, I at, int relu) {
+    if (r) v += LD(r[at]);
+    return relu && !(v > 0.f) && v == v ? 0.f : v; /* ReLU keeps NaN, as torch.relu does */
+}
+
+void gate_apply(const T *x, const float *mc, const float *ms, const T *r, int relu, T *out, I N, I C, I P, I sn,
+                I sc, I sp, int threads) {
     if (sc == 1 && sp != 1) {
 #pragma omp parallel for collapse(2) schedule(static) num_threads(threads)
         for (I n = 0; n < N; n++)
             for (I p = 0; p < P; p++) {
-                const T *row = x + n * sn + p * sp;
-                T *orow = out + n * sn + p * sp;
-                const float *w = mc + n * C;
+                I base = n * sn + p * sp;
+                const T *restrict row = x + base;
+                T *restrict orow = out + base;
+                const float *restrict w = mc + n * C;
                 float s = ms[n * P + p];
-                for (I c = 0; c < C; c++) orow[c] = ST(LD(row[c]) * w[c] * s);
+                if (r) {
+                    const T *restrict rrow = r + base;
+                    if (relu)
+                        for (I c = 0; c < C; c++) {
+                            float v = LD(row[c]) * w[c] * s + LD(rrow[c]);
+                            orow[c] = ST(v > 0.f ? v : (v == v ? 0.f : v));
+                        }
+                    else
+                        for (I c = 0; c < C; c++) orow[c] = ST(LD(row[c]) * w[c] * s + LD(rrow[c]));
+                } else
+                    for (I c = 0; c < C; c++) orow[c] = ST(finish(LD(row[c]) * w[c] * s, 0, 0, relu));
             }
         return;
     }
 #pragma omp parallel for collapse(2) schedule(static) num_threads(threads)
     for (I n = 0; n < N; n++)
         for (I c = 0; c < C; c++) {
-            const T *row = x + n * sn + c * sc;
-            T *orow = out + n * sn + c * sc;
-            const float *s = ms + n * P;
+            I base = n * sn + c * sc;
+            const T *restrict row = x + base;
+            T *restrict orow = out + base;
+            const float *restrict s = ms + n * P;
             float w = mc[n * C + c];
-            if (sp == 1)
-                for (I p = 0; p < P; p++) orow[p] = ST(LD(row[p]) * w * s[p]);
+            if (sp == 1 && r) {
+                const T *restrict rrow = r + base;
+                if (relu)
+                    for (I p = 0; p < P; p++) {
+                        float v = LD(row[p]) * w * s[p] + LD(rrow[p]);
+                        orow[p] = ST(v > 0.f ? v : (v == v ? 0.f : v));
+                    }
+                else
+                    for (I p = 0; p < P; p++) orow[p] = ST(LD(row[p]) * w * s[p] + LD(rrow[p]));
+            } else if (sp == 1)
+                for (I p = 0; p < P; p++) orow[p] = ST(finish(LD(row[p]) * w * s[p], 0, 0, relu));
             else
-                for (I p = 0; p < P; p++) orow[p * sp] = ST(LD(row[p * sp]) * w * s[p]);
+                for (I p = 0; p < P; p++) orow[p * sp] = ST(finish(LD(row[p * sp]) * w * s[p], r, base + p * sp, relu));
         }
 }
 
@@ -312,4 +390,72 @@ void input_grad(const T *g, const float *mc, const float *ms, const float *dmean
                 orow[p * gp] = ST(grad_of_scaled(LD(grow[p * gp]), a[p], dm[p] * inv_c, dx[p], si[p], c) * w + da +
                                   (p == ci ? dc : 0.f));
         }
+}
+
+/* The spatial gate's k x k "same" convolution, float32 whatever the map's type: s (N, Ci, H, W) ->
+ * z (N, 1, H, W), and its gradients. Direct loops: the kernel has 2 x 7 x 7 taps and one output. */
+void conv_forward(const float *s, const float *w, float bias, float *z, I N, I Ci, I H, I W, I K, int threads) {
+    I r = K / 2;
+#pragma omp parallel for collapse(2) schedule(static) num_threads(threads)
+    for (I n = 0; n < N; n++)
+        for (I h = 0; h < H; h++) {
+            float *restrict zr = z + (n * H + h) * W;
+            for (I x = 0; x < W; x++) zr[x] = bias;
+            for (I c = 0; c < Ci; c++)
+                for (I i = 0; i < K; i++) {
+                    I hh = h + i - r;
+                    if (hh < 0 || hh >= H) continue;
+                    const float *restrict sr = s + ((n * Ci + c) * H + hh) * W;
+                    for (I j = 0; j < K; j++) {
+                        float wt = w[(c * K + i) * K + j];
+                        I off = j - r, lo = off < 0 ? -off : 0, hi = off > 0 ? W - off : W;
+                        for (I x = lo; x < hi; x++) zr[x] += wt * sr[x + off];
+                    }
+                }
+        }
+}
+
+void conv_backward(const float *s, const float *w, const float *dz, float *ds, float *dw, float *db, I N, I Ci, I H,
+                   I W, I K, int threads) {
+    I r = K / 2;
+#pragma omp parallel for collapse(3) schedule(static) num_threads(threads)
+    for (I n = 0; n < N; n++)
+        for (I c = 0; c < Ci; c++)
+            for (I h = 0; h < H; h++) {
+                float *restrict dr = ds + ((n * Ci + c) * H + h) * W;
+                for (I x = 0; x < W; x++) dr[x] = 0.f;
+                for (I i = 0; i < K; i++) {
+                    I ho = h - i + r;
+                    if (ho < 0 || ho >= H) continue;
+                    const float *restrict gr = dz + (n * H + ho) * W;
+                    for (I j = 0; j < K; j++) {
+                        float wt = w[(c * K + i) * K + j];
+                        I off = j - r, lo = off > 0 ? off : 0, hi = off < 0 ? W + off : W;
+                        for (I x = lo; x < hi; x++) dr[x] += wt * gr[x - off];
+                    }
+                }
+            }
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (I t = 0; t < Ci * K * K; t++) {
+        I c = t / (K * K), i = (t / K) % K, j = t % K, off = j - r;
+        I lo = off < 0 ? -off : 0, hi = off > 0 ? W - off : W;
+        float acc = 0.f;
+        for (I n = 0; n < N; n++)
+            for (I h = 0; h < H; h++) {
+                I hh = h + i - r;
+                if (hh < 0 || hh >= H) continue;
+                const float *restrict sr = s + ((n * Ci + c) * H + hh) * W;
+                const float *restrict gr = dz + (n * H + h) * W;
+                float part[VL] = {0};
+                I x = lo;
+                for (; x + VL <= hi; x += VL)
+                    for (int l = 0; l < VL; l++) part[l] += sr[x + l + off] * gr[x + l];
+                for (; x < hi; x++) part[0] += sr[x + off] * gr[x];
+                for (int l = 0; l < VL; l++) acc += part[l];
+            }
+        dw[t] = acc;
+    }
+    float total = 0.f;
+    for (I t = 0; t < N * H * W; t++) total += dz[t];
+    *db = total;
 }

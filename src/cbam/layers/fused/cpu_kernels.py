@@ -141,13 +141,20 @@ def spatial_grad(x: Tensor, g: Tensor, mc: Tensor | None) -> tuple[Tensor, Tenso
     return _spatial(x, g, mc, True)
 
 
-def gate_apply(x: Tensor, mc: Tensor | None, ms: Tensor | None) -> Tensor:
+def gate_apply(
+    x: Tensor, mc: Tensor | None, ms: Tensor | None, shortcut: Tensor | None = None, relu: bool = False
+) -> Tensor:
     x = _map(x)
     n, c, p = x.shape
     mc = _small(mc) if mc is not None else x.new_ones((n, c), dtype=torch.float32)
     ms = _small(ms) if ms is not None else x.new_ones((n, p), dtype=torch.float32)
     out = torch.empty_like(x)
-    _library(x.dtype).gate_apply(_ptr(x), _ptr(mc), _ptr(ms), _ptr(out), *_ints(n, c, p, *x.stride()), _threads())
+    if shortcut is not None and (shortcut.stride() != x.stride() or shortcut.dtype != x.dtype):
+        shortcut = out.copy_(shortcut)  # the loops walk the shortcut with x's strides; each is read before written
+    _library(x.dtype).gate_apply(
+        _ptr(x), _ptr(mc), _ptr(ms), _ptr(shortcut), ctypes.c_int(relu), _ptr(out), *_ints(n, c, p, *x.stride()),
+        _threads(),
+    )  # fmt: skip
     return out
 
 
@@ -204,3 +211,26 @@ def input_grad(
         _ptr(g), *(_ptr(t) for t in channel_terms), _ptr(dx), *_ints(n, c, p, *g.stride()), _threads()
     )
     return dx
+
+
+def conv_same(s: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """z = conv2d(s, weight, bias, padding=k // 2) for the spatial gate's one output channel, in float32."""
+    s, w = s.float().contiguous(), weight.float().contiguous()
+    n, ci, h, wd = s.shape
+    z = s.new_empty((n, 1, h, wd))
+    b = float(bias) if bias is not None else 0.0
+    _library(torch.float32).conv_forward(
+        _ptr(s), _ptr(w), ctypes.c_float(b), _ptr(z), *_ints(n, ci, h, wd, w.shape[-1]), _threads()
+    )
+    return z
+
+
+def conv_same_backward(s: Tensor, weight: Tensor, dz: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Gradients of `conv_same` with respect to s, the weight and the bias."""
+    s, w, dz = s.float().contiguous(), weight.float().contiguous(), dz.float().contiguous()
+    n, ci, h, wd = s.shape
+    ds, dw, db = torch.empty_like(s), torch.empty_like(w), s.new_empty(1)
+    _library(torch.float32).conv_backward(
+        _ptr(s), _ptr(w), _ptr(dz), _ptr(ds), _ptr(dw), _ptr(db), *_ints(n, ci, h, wd, w.shape[-1]), _threads()
+    )
+    return ds, dw, db

@@ -74,7 +74,11 @@ class ChannelGraph:
 
 @dataclass(frozen=True)
 class SpatialGraph:
-    """The spatial gate's small graph: Ms = sigmoid(BN(conv_kxk([mean; max]))), in float32."""
+    """The spatial gate's small graph: Ms = sigmoid(BN(conv_kxk([mean; max]))), in float32.
+
+    The convolution runs in the kernel set's own `conv_same` where it has one (the CPU kernels:
+    direct loops beat a general convolution on one 7 x 7 output channel), else in PyTorch.
+    """
 
     conv_w: Tensor
     conv_b: Tensor | None
@@ -84,10 +88,24 @@ class SpatialGraph:
     bn_var: Tensor | None
     bn_training: bool
     bn_eps: float
+    kernels: ModuleType | None = None
 
     def _conv(self, s: Tensor) -> Tensor:
+        if hasattr(self.kernels, "conv_same"):
+            return self.kernels.conv_same(s, self.conv_w, self.conv_b)
         b = self.conv_b.float() if self.conv_b is not None else None
         return F.conv2d(s, self.conv_w.float(), b, padding=self.conv_w.shape[-1] // 2)
+
+    def _conv_backward(self, s: Tensor, dz: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+        if hasattr(self.kernels, "conv_same_backward"):
+            ds, dw, db = self.kernels.conv_same_backward(s, self.conv_w, dz)
+            return ds, dw, db if self.conv_b is not None else None
+        k = self.conv_w.shape[-1]
+        bias_sizes = [1] if self.conv_b is not None else None
+        return torch.ops.aten.convolution_backward(
+            dz, s, self.conv_w.float(), bias_sizes, [1, 1], [k // 2, k // 2], [1, 1], False, [0, 0], 1,
+            [True, True, self.conv_b is not None],
+        )  # fmt: skip
 
     def _normalise(self, z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """(z - mean) / std with the batch's statistics in training, the running ones otherwise."""
@@ -106,12 +124,13 @@ class SpatialGraph:
         zh, mean, var = self._normalise(z)
         return torch.sigmoid(zh * self.bn_w.float() + self.bn_b.float()), mean, var
 
-    def backward(self, s: Tensor, dms: Tensor) -> tuple[Tensor, list[Tensor | None]]:
-        """Gradient of the descriptor s and of (conv_w, conv_b, bn_w, bn_b)."""
+    def forward_backward(self, s: Tensor, dms: Tensor) -> tuple[Tensor, Tensor, list[Tensor | None]]:
+        """Ms, the gradient of the descriptor s and those of (conv_w, conv_b, bn_w, bn_b), one conv each way."""
         z = self._conv(s)
         bn_grads: list[Tensor | None] = [None, None]
         if self.bn_w is None:
-            dz = dms * torch.sigmoid(z) * (1 - torch.sigmoid(z))
+            ms = torch.sigmoid(z)
+            dz = dms * ms * (1 - ms)
         else:
             zh, _, var = self._normalise(z)
             ms = torch.sigmoid(zh * self.bn_w.float() + self.bn_b.float())
@@ -121,13 +140,8 @@ class SpatialGraph:
             dz = dlogit * scale
             if self.bn_training:
                 dz = dz - scale * (dlogit.mean() + zh * (dlogit * zh).mean())
-        k = self.conv_w.shape[-1]
-        bias_sizes = [1] if self.conv_b is not None else None
-        ds, dw, db = torch.ops.aten.convolution_backward(
-            dz, s, self.conv_w.float(), bias_sizes, [1, 1], [k // 2, k // 2], [1, 1], False, [0, 0], 1,
-            [True, True, self.conv_b is not None],
-        )  # fmt: skip
-        return ds, [dw, db, *bn_grads]
+        ds, dw, db = self._conv_backward(s, dz)
+        return ms, ds, [dw, db, *bn_grads]
 
 
 def _ncp(x: Tensor) -> Tensor:
@@ -148,6 +162,7 @@ def _descriptor(mean: Tensor, mx: Tensor, shape: torch.Size) -> Tensor:
 @torch.library.custom_op("cbam::attention_gate", mutates_args=())
 def attention_gate(
     x: Tensor,
+    shortcut: Tensor | None,
     w1: Tensor | None,
     b1: Tensor | None,
     w2: Tensor | None,
@@ -163,8 +178,13 @@ def attention_gate(
     bn_training: bool,
     bn_eps: float,
     backend: str,
+    relu: bool,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """The fused gate's forward: (out, batch mean, batch variance of the spatial conv output)."""
+    """The fused gate's forward: (out, batch mean, batch variance of the spatial conv output).
+
+    out = x * Mc * Ms, then `+ shortcut` if one is given and a ReLU if `relu`: the tail of a
+    residual block in the same pass.
+    """
     k = kernels(backend)
     x3 = _ncp(x)
     mc = None
@@ -174,16 +194,17 @@ def attention_gate(
     z_mean = z_var = x.new_zeros((), dtype=torch.float32)
     ms = None
     if conv_w is not None:
-        spatial = SpatialGraph(conv_w, conv_b, bn_w, bn_b, bn_mean, bn_var, bn_training, bn_eps)
+        spatial = SpatialGraph(conv_w, conv_b, bn_w, bn_b, bn_mean, bn_var, bn_training, bn_eps, k)
         smean, smax = _forward_stats(k, "spatial_stats", x3, mc)
         ms4, z_mean, z_var = spatial.forward(_descriptor(smean, smax, x.shape))
         ms = ms4.flatten(1)
-    out = k.gate_apply(x3, mc, ms).view(x.shape)
+    shortcut3 = _ncp(shortcut) if shortcut is not None else None
+    out = k.gate_apply(x3, mc, ms, shortcut3, relu).view(x.shape)
     return out, z_mean.detach().clone(), z_var.detach().clone()
 
 
 @attention_gate.register_fake
-def _(x, w1, b1, w2, b2, conv_w, conv_b, bn_w, bn_b, bn_mean, bn_var, use_avg, use_max, bn_training, bn_eps, backend):
+def _(x, shortcut, w1, b1, w2, b2, conv_w, conv_b, bn_w, bn_b, bn_mean, bn_var, *flags):
     scalar = x.new_empty((), dtype=torch.float32)
     return torch.empty_like(x), scalar, scalar.clone()
 
@@ -224,11 +245,11 @@ def attention_gate_backward(
     ms = dmean = dmax = sidx = None
     spatial_grads: list[Tensor | None] = []
     if conv_w is not None:
-        spatial = SpatialGraph(conv_w, conv_b, bn_w, bn_b, bn_mean, bn_var, bn_training, bn_eps)
+        spatial = SpatialGraph(conv_w, conv_b, bn_w, bn_b, bn_mean, bn_var, bn_training, bn_eps, k)
         smean, smax, sidx, dms = k.spatial_grad(x3, g3, mc)
         s = _descriptor(smean, smax, x.shape)
-        ms = spatial.forward(s)[0].flatten(1)
-        ds, spatial_grads = spatial.backward(s, dms.view(x.shape[0], 1, *x.shape[2:]))
+        ms4, ds, spatial_grads = spatial.forward_backward(s, dms.view(x.shape[0], 1, *x.shape[2:]))
+        ms = ms4.flatten(1)
         dmean, dmax = ds[:, 0].flatten(1), ds[:, 1].flatten(1)
     channel_grads: list[Tensor] = []
     davg = dcmax = None
@@ -250,25 +271,30 @@ def _(grad, x, w1, b1, w2, b2, conv_w, conv_b, bn_w, bn_b, bn_mean, bn_var, *fla
     return [torch.empty_like(grad)] + [torch.empty_like(p) for p in params if p is not None]
 
 
-TENSOR_INPUTS = 11  # x, w1, b1, w2, b2, conv_w, conv_b, bn_w, bn_b, bn_mean, bn_var
+TENSOR_INPUTS = 12  # x, shortcut, w1, b1, w2, b2, conv_w, conv_b, bn_w, bn_b, bn_mean, bn_var
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    tensors = list(inputs[:TENSOR_INPUTS])
-    ctx.flags = inputs[TENSOR_INPUTS:]
+    x, shortcut, *params = inputs[:TENSOR_INPUTS]
+    ctx.flags = inputs[TENSOR_INPUTS:-1]
+    ctx.has_shortcut, ctx.relu = shortcut is not None, inputs[-1]
     if ctx.flags[2]:  # BatchNorm in training normalises by the batch: the running stats are not used
-        tensors[9] = tensors[10] = None
-    ctx.save_for_backward(*tensors)
+        params[-2:] = [None, None]
+    # after a ReLU its output masks the gradient, as nn.ReLU keeps its output for the same purpose
+    ctx.save_for_backward(x, output[0] if ctx.relu else None, *params)
 
 
 def _backward(ctx, grad_out: Tensor | None, _grad_mean: Tensor, _grad_var: Tensor):
-    tensors = ctx.saved_tensors
+    x, out, *params = ctx.saved_tensors
     if grad_out is None:
-        grad_out = torch.zeros_like(tensors[0])
-    grads = iter(torch.ops.cbam.attention_gate_backward(grad_out, *tensors, *ctx.flags))
+        grad_out = torch.zeros_like(x)
+    if ctx.relu:
+        grad_out = torch.ops.aten.threshold_backward(grad_out, out, 0)
+    grads = iter(torch.ops.cbam.attention_gate_backward(grad_out, x, *params, *ctx.flags))
     dx = next(grads)
-    params = [next(grads) if p is not None else None for p in tensors[1:9]]
-    return (dx, *params, None, None) + (None,) * len(ctx.flags)
+    param_grads = [next(grads) if p is not None else None for p in params[:8]]
+    shortcut_grad = grad_out if ctx.has_shortcut else None
+    return (dx, shortcut_grad, *param_grads, None, None) + (None,) * (len(ctx.flags) + 1)
 
 
 attention_gate.register_autograd(_backward, setup_context=_setup_context)

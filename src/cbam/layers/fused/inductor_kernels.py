@@ -30,8 +30,8 @@ def spatial_grad(x, g, mc):
     return _compiled("spatial_grad")(x, g, mc)
 
 
-def gate_apply(x, mc, ms):
-    return _compiled("gate_apply")(x, mc, ms)
+def gate_apply(x, mc, ms, shortcut=None, relu=False):
+    return _compiled("gate_apply")(x, mc, ms, shortcut, relu)
 
 
 def channel_grad(x, g, ms, dmean, dmax, sidx):

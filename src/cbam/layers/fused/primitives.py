@@ -44,11 +44,17 @@ def spatial_grad(x: Tensor, g: Tensor, mc: Tensor | None) -> tuple[Tensor, Tenso
     return y.mean(dim=1), mx, idx, (g.float() * y).sum(dim=1)
 
 
-def gate_apply(x: Tensor, mc: Tensor | None, ms: Tensor | None) -> Tensor:
-    """out = x * mc * ms, in x's dtype and memory layout."""
+def gate_apply(
+    x: Tensor, mc: Tensor | None, ms: Tensor | None, shortcut: Tensor | None = None, relu: bool = False
+) -> Tensor:
+    """out = x * mc * ms (+ shortcut) (then ReLU), in x's dtype and memory layout."""
     out = _scaled(x, mc)
     if ms is not None:
         out = out * ms.unsqueeze(1)
+    if shortcut is not None:
+        out = out + shortcut.float()
+    if relu:
+        out = torch.relu(out)
     return out.to(x.dtype)
 
 

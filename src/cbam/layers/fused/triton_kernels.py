@@ -49,15 +49,19 @@ def spatial_grad(x: Tensor, g: Tensor, mc: Tensor | None) -> tuple[Tensor, Tenso
     return _spatial(x, g, mc)
 
 
-def gate_apply(x: Tensor, mc: Tensor | None, ms: Tensor | None) -> Tensor:
-    """out = x * mc * ms, in x's dtype and memory layout."""
+def gate_apply(
+    x: Tensor, mc: Tensor | None, ms: Tensor | None, shortcut: Tensor | None = None, relu: bool = False
+) -> Tensor:
+    """out = x * mc * ms (+ shortcut) (then ReLU), in x's dtype and memory layout."""
     x, p_unit = _layout(x)
     n, c, p = x.shape
     out = torch.empty_like(x)
+    if shortcut is not None and shortcut.stride() != x.stride():
+        shortcut = out.copy_(shortcut)  # the kernel walks the shortcut with x's strides; reads it before writing
     bc, bp = _tile(c, p, p_unit)
     _gate_apply_kernel[(triton.cdiv(p, bp), triton.cdiv(c, bc), n)](
-        x, _small(mc, n, c), _small(ms, n, p), out, c, p, *x.stride(), *out.stride(),
-        BLOCK_C=bc, BLOCK_P=bp, num_warps=_WARPS,
+        x, _small(mc, n, c), _small(ms, n, p), shortcut, out, c, p, *x.stride(), *out.stride(),
+        RELU=relu, BLOCK_C=bc, BLOCK_P=bp, num_warps=_WARPS,
     )  # fmt: skip
     return out
 
@@ -268,9 +272,10 @@ def _spatial_kernel(
 
 @triton.jit
 def _gate_apply_kernel(
-    x_ptr, mc_ptr, ms_ptr, out_ptr, C, P, sxn, sxc, sxp, son, soc, sop, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr
-):
-    """out = x * mc * ms on one [BLOCK_C, BLOCK_P] tile of one sample."""
+    x_ptr, mc_ptr, ms_ptr, r_ptr, out_ptr, C, P, sxn, sxc, sxp, son, soc, sop,
+    RELU: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
+):  # fmt: skip
+    """out = x * mc * ms (+ r, laid out like x) (then ReLU) on one [BLOCK_C, BLOCK_P] tile of one sample."""
     n = tl.program_id(2).to(tl.int64)
     c = (tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C))[:, None]
     p = (tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P))[None, :]
@@ -280,6 +285,10 @@ def _gate_apply_kernel(
         y *= tl.load(mc_ptr + n * C + c, mask=c < C, other=0.0).to(tl.float32)
     if ms_ptr is not None:
         y *= tl.load(ms_ptr + n * P + p, mask=p < P, other=0.0).to(tl.float32)
+    if r_ptr is not None:
+        y += tl.load(r_ptr + n * sxn + c * sxc + p * sxp, mask=mask, other=0.0).to(tl.float32)
+    if RELU:
+        y = tl.maximum(y, 0.0)
     tl.store(out_ptr + n * son + c * soc + p * sop, y.to(out_ptr.dtype.element_ty), mask=mask)
 
 
