@@ -38,9 +38,19 @@ static inline T ST(float f) {
 #endif
 
 #define LANES 16
-#define BLOCK 256
+#define BLOCK 256 /* positions per task */
+#define CBLOCK 256 /* most channels per task */
+#define CHUNK 32   /* channels a channels-inner task keeps in registers: 4 vectors of VL */
 
 typedef int64_t I;
+
+/* Channels per task for the channels-inner loops: as many as fit (long contiguous runs), but
+ * few enough that a small batch still gives every thread work. */
+static I channel_block(I N, I C, int threads) {
+    I block = C < CBLOCK ? C : CBLOCK;
+    while (block > CHUNK && N * ((C + block - 1) / block) < 2 * threads) block /= 2;
+    return block;
+}
 typedef float vf __attribute__((vector_size(32)));
 typedef int32_t vi __attribute__((vector_size(32)));
 #define VL 8
@@ -106,34 +116,76 @@ static inline void row_reduce(const T *restrict x, const float *restrict w, cons
     if (dot) *dot = total_d;
 }
 
+
+static inline vi vbroadcast_i(int32_t v) {
+    vi r;
+    for (int j = 0; j < VL; j++) r[j] = v;
+    return r;
+}
+static inline vf vbroadcast(float v) {
+    vf r;
+    for (int j = 0; j < VL; j++) r[j] = v;
+    return r;
+}
+
+/* Sum, max and first argmax down P rows (stride sp) of CHUNK contiguous channels, in registers. */
+static inline void column_stats(const T *restrict base, I sp, I P, float *sum, float *mx, int32_t *id,
+                                int with_index) {
+    vf s[4], m[4];
+    vi at[4];
+    for (int k = 0; k < 4; k++) s[k] = vbroadcast(0.f), m[k] = vbroadcast(-INFINITY), at[k] = vbroadcast_i(0);
+    if (with_index)
+        for (I p = 0; p < P; p++) {
+            vi pv = vbroadcast_i((int32_t)p);
+            for (int k = 0; k < 4; k++) {
+                vf v = vload(base + p * sp + k * VL);
+                vi gt = (vi)(v > m[k]);
+                s[k] += v, at[k] = (gt & pv) | (~gt & at[k]), m[k] = vmax(v, m[k]);
+            }
+        }
+    else
+        for (I p = 0; p < P; p++)
+            for (int k = 0; k < 4; k++) {
+                vf v = vload(base + p * sp + k * VL);
+                s[k] += v, m[k] = vmax(v, m[k]);
+            }
+    for (int k = 0; k < 4; k++)
+        for (int j = 0; j < VL; j++) sum[k * VL + j] = s[k][j], mx[k * VL + j] = m[k][j], id[k * VL + j] = at[k][j];
+}
+
 /* channel_stats: mean, max and first argmax over P for every (n, c). */
 void channel_stats(const T *x, I N, I C, I P, I sn, I sc, I sp, float *avg, float *mx, I *idx, int with_index,
                    int threads) {
     if (sc == 1 && sp != 1) {
-        I nb = (C + BLOCK - 1) / BLOCK;
+        I cbs = channel_block(N, C, threads), nb = (C + cbs - 1) / cbs;
 #pragma omp parallel for collapse(2) schedule(static) num_threads(threads)
         for (I n = 0; n < N; n++)
             for (I b = 0; b < nb; b++) {
-                I c0 = b * BLOCK, cb = C - c0 < BLOCK ? C - c0 : BLOCK;
-                float s[BLOCK], m[BLOCK];
-                int32_t id[BLOCK];
-                for (I j = 0; j < cb; j++) s[j] = 0.f, m[j] = -INFINITY, id[j] = 0;
-                for (I p = 0; p < P; p++) {
-                    const T *restrict row = x + n * sn + p * sp + c0;
-                    if (with_index)
-                        for (I j = 0; j < cb; j++) {
-                            float v = LD(row[j]);
-                            s[j] += v;
-                            id[j] = v > m[j] ? (int32_t)p : id[j];
-                            m[j] = v > m[j] ? v : m[j];
-                        }
-                    else
-                        for (I j = 0; j < cb; j++) {
-                            float v = LD(row[j]);
-                            s[j] += v;
-                            m[j] = v > m[j] ? v : m[j];
-                        }
-                }
+                I c0 = b * cbs, cb = C - c0 < cbs ? C - c0 : cbs;
+                float s[CBLOCK], m[CBLOCK];
+                int32_t id[CBLOCK];
+                /* a small batch splits the channels finely: keep each chunk's sums in registers */
+                I full = cbs < CBLOCK ? cb / CHUNK * CHUNK : 0;
+                for (I j = 0; j < full; j += CHUNK)
+                    column_stats(x + n * sn + c0 + j, sp, P, s + j, m + j, id + j, with_index);
+                for (I j = full; j < cb; j++) s[j] = 0.f, m[j] = -INFINITY, id[j] = 0;
+                if (full < cb)
+                    for (I p = 0; p < P; p++) {
+                        const T *restrict row = x + n * sn + p * sp + c0;
+                        if (with_index)
+                            for (I j = full; j < cb; j++) {
+                                float v = LD(row[j]);
+                                s[j] += v;
+                                id[j] = v > m[j] ? (int32_t)p : id[j];
+                                m[j] = v > m[j] ? v : m[j];
+                            }
+                        else
+                            for (I j = full; j < cb; j++) {
+                                float v = LD(row[j]);
+                                s[j] += v;
+                                m[j] = v > m[j] ? v : m[j];
+                            }
+                    }
                 for (I j = 0; j < cb; j++) {
                     avg[n * C + c0 + j] = s[j] / (float)P;
                     mx[n * C + c0 + j] = m[j];
@@ -311,12 +363,12 @@ void channel_grad(const T *x, const T *g, const float *ms, const float *dmean, c
                   float *dmc, I N, I C, I P, I sn, I sc, I sp, I gn, I gc, I gp, int threads) {
     const float inv_c = 1.f / (float)C;
     if (sc == 1 && sp != 1) {
-        I nb = (C + BLOCK - 1) / BLOCK;
+        I cbs = channel_block(N, C, threads), nb = (C + cbs - 1) / cbs;
 #pragma omp parallel for collapse(2) schedule(static) num_threads(threads)
         for (I n = 0; n < N; n++)
             for (I b = 0; b < nb; b++) {
-                I c0 = b * BLOCK, cb = C - c0 < BLOCK ? C - c0 : BLOCK;
-                float acc[BLOCK];
+                I c0 = b * cbs, cb = C - c0 < cbs ? C - c0 : cbs;
+                float acc[CBLOCK];
                 for (I j = 0; j < cb; j++) acc[j] = 0.f;
                 for (I p = 0; p < P; p++) {
                     const T *row = x + n * sn + p * sp + c0;
