@@ -144,7 +144,10 @@ def fused_gate(
     if bn is not None:
         bn_w, bn_b, bn_mean, bn_var, bn_eps = bn.weight, bn.bias, bn.running_mean, bn.running_var, bn.eps
         bn_training = bn.training
-    out, z_mean, z_var = torch.ops.cbam.attention_gate(
+    # Without autograd or tracing, skip the dispatcher and call the op's own function.
+    traced = torch.is_grad_enabled() or torch.compiler.is_compiling()
+    op = torch.ops.cbam.attention_gate if traced else gate.gate_forward
+    out, z_mean, z_var = op(
         x, shortcut, w1, b1, w2, b2, conv_w, conv_b, bn_w, bn_b, bn_mean, bn_var,
         use_avg, use_max, bn_training, bn_eps, backend, relu,
     )  # fmt: skip

@@ -446,7 +446,8 @@ void input_grad(const T *g, const float *mc, const float *ms, const float *dmean
 
 /* The spatial gate's k x k "same" convolution, float32 whatever the map's type: s (N, Ci, H, W) ->
  * z (N, 1, H, W), and its gradients. Direct loops: the kernel has 2 x 7 x 7 taps and one output. */
-void conv_forward(const float *s, const float *w, float bias, float *z, I N, I Ci, I H, I W, I K, int threads) {
+void conv_forward(const float *s, const float *w, float bias, float scale, float shift, int gate, float *z, I N, I Ci,
+                  I H, I W, I K, int threads) {
     I r = K / 2;
 #pragma omp parallel for collapse(2) schedule(static) num_threads(threads)
     for (I n = 0; n < N; n++)
@@ -464,6 +465,8 @@ void conv_forward(const float *s, const float *w, float bias, float *z, I N, I C
                         for (I x = lo; x < hi; x++) zr[x] += wt * sr[x + off];
                     }
                 }
+            if (gate) /* a BatchNorm in eval mode is an affine map; then the sigmoid: Ms itself */
+                for (I x = 0; x < W; x++) zr[x] = 1.f / (1.f + expf(-(zr[x] * scale + shift)));
         }
 }
 

@@ -213,15 +213,21 @@ def input_grad(
     return dx
 
 
-def conv_same(s: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-    """z = conv2d(s, weight, bias, padding=k // 2) for the spatial gate's one output channel, in float32."""
+def conv_same(s: Tensor, weight: Tensor, bias: Tensor | None, affine: tuple[float, float] | None = None) -> Tensor:
+    """z = conv2d(s, weight, bias, padding=k // 2) for the spatial gate's one output channel, in float32.
+
+    With `affine=(scale, shift)` it returns sigmoid(z * scale + shift) instead: the whole spatial
+    gate when its BatchNorm is in eval mode.
+    """
     s, w = s.float().contiguous(), weight.float().contiguous()
     n, ci, h, wd = s.shape
     z = s.new_empty((n, 1, h, wd))
     b = float(bias) if bias is not None else 0.0
+    scale, shift = affine if affine is not None else (1.0, 0.0)
     _library(torch.float32).conv_forward(
-        _ptr(s), _ptr(w), ctypes.c_float(b), _ptr(z), *_ints(n, ci, h, wd, w.shape[-1]), _threads()
-    )
+        _ptr(s), _ptr(w), ctypes.c_float(b), ctypes.c_float(scale), ctypes.c_float(shift),
+        ctypes.c_int(affine is not None), _ptr(z), *_ints(n, ci, h, wd, w.shape[-1]), _threads(),
+    )  # fmt: skip
     return z
 
 

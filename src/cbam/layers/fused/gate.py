@@ -14,6 +14,7 @@ treats the gate as one opaque node and still differentiates through it.
 from __future__ import annotations
 
 import importlib
+import math
 from dataclasses import dataclass
 from types import ModuleType
 
@@ -107,6 +108,13 @@ class SpatialGraph:
             [True, True, self.conv_b is not None],
         )  # fmt: skip
 
+    def _eval_affine(self) -> tuple[float, float]:
+        """BatchNorm in eval mode (or none) as z * scale + shift, in Python floats for the C loops."""
+        if self.bn_w is None:
+            return 1.0, 0.0
+        scale = float(self.bn_w) / math.sqrt(float(self.bn_var) + self.bn_eps)
+        return scale, float(self.bn_b) - float(self.bn_mean) * scale
+
     def _normalise(self, z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """(z - mean) / std with the batch's statistics in training, the running ones otherwise."""
         if self.bn_training:
@@ -118,6 +126,9 @@ class SpatialGraph:
 
     def forward(self, s: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Ms (N, 1, H, W) and the batch mean and variance of the conv output (for running stats)."""
+        if not self.bn_training and hasattr(self.kernels, "conv_same"):
+            none = s.new_zeros(())
+            return self.kernels.conv_same(s, self.conv_w, self.conv_b, self._eval_affine()), none, none
         z = self._conv(s)
         if self.bn_w is None:
             return torch.sigmoid(z), z.new_zeros(()), z.new_zeros(())
@@ -159,8 +170,7 @@ def _descriptor(mean: Tensor, mx: Tensor, shape: torch.Size) -> Tensor:
     return torch.stack([mean, mx], dim=1).view(n, 2, h, w)
 
 
-@torch.library.custom_op("cbam::attention_gate", mutates_args=())
-def attention_gate(
+def gate_forward(
     x: Tensor,
     shortcut: Tensor | None,
     w1: Tensor | None,
@@ -201,6 +211,9 @@ def attention_gate(
     shortcut3 = _ncp(shortcut) if shortcut is not None else None
     out = k.gate_apply(x3, mc, ms, shortcut3, relu).view(x.shape)
     return out, z_mean.detach().clone(), z_var.detach().clone()
+
+
+attention_gate = torch.library.custom_op("cbam::attention_gate", gate_forward, mutates_args=())
 
 
 @attention_gate.register_fake
