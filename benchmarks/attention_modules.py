@@ -14,7 +14,7 @@ import argparse
 from collections.abc import Callable
 
 import torch
-from common import interleaved_medians, machine_line, markdown, saved_activation_ratio
+from bench_utils import interleaved_medians, machine_line, markdown, saved_activation_ratio
 from torch import nn
 
 import cbam

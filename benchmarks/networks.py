@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from common import interleaved_medians, machine_line, markdown
+from bench_utils import interleaved_medians, machine_line, markdown
 from torch import nn
 
 import cbam

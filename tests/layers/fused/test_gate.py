@@ -273,3 +273,17 @@ def test_running_statistics_follow_batchnorm() -> None:
     torch.testing.assert_close(bn.running_mean, reference.running_mean)
     torch.testing.assert_close(bn.running_var, reference.running_var)
     assert bn.num_batches_tracked == reference.num_batches_tracked
+
+
+@CPU_KERNELS
+def test_output_can_be_modified_in_place_like_torchvision_blocks_do() -> None:
+    eager = randomize_(cbam.CBAM(16, impl="eager"))
+    layer = fused.set_attention_impl(copy.deepcopy(eager), "compiled")
+    grads = []
+    for module in (eager, layer):
+        x = torch.randn(2, 16, 6, 6, generator=torch.Generator().manual_seed(0)).requires_grad_()
+        out = module(x)
+        out += 1.0  # torchvision's Bottleneck: `out += identity` on the attention's output
+        out.square().sum().backward()
+        grads.append(x.grad)
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-4, atol=1e-5)

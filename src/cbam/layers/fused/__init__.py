@@ -26,8 +26,11 @@ from torch import Tensor, nn
 
 IMPLS: tuple[str, ...] = ("auto", "eager", "compiled", "triton")
 FUSABLE_POOLS: frozenset[str] = frozenset({"avg", "max"})
-AUTO_MIN_ELEMENTS = 1 << 16
-"""Below this many elements per map, Python overhead outweighs the fused passes on the CPU."""
+AUTO_MIN_ELEMENTS = 1 << 15
+"""Below this many elements per map, Python overhead outweighs the fused passes on the CPU.
+
+Measured on 2 cores (residual tail of a CBAM, channels_last): at 32K elements the fused path is
+1.3x faster in inference and 1.15x in a training step; at 4K it is 0.88x in training."""
 
 
 def check_impl(impl: str) -> str:

@@ -209,7 +209,8 @@ def gate_forward(
         ms4, z_mean, z_var = spatial.forward(_descriptor(smean, smax, x.shape))
         ms = ms4.flatten(1)
     shortcut3 = _ncp(shortcut) if shortcut is not None else None
-    out = k.gate_apply(x3, mc, ms, shortcut3, relu).view(x.shape)
+    # detach: a tensor of its own, not a view, so callers may add to it in place (torchvision's `out += identity`)
+    out = k.gate_apply(x3, mc, ms, shortcut3, relu).view(x.shape).detach()
     return out, z_mean.detach().clone(), z_var.detach().clone()
 
 
