@@ -287,3 +287,31 @@ def test_output_can_be_modified_in_place_like_torchvision_blocks_do() -> None:
         out.square().sum().backward()
         grads.append(x.grad)
     torch.testing.assert_close(grads[1], grads[0], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["cbam", "se"])
+def test_inductor_kernels_match_eager(name: str) -> None:
+    """The passes compiled by inductor (the CUDA path of impl="compiled"), here on the CPU."""
+    eager = randomize_(LAYERS[name](16, "eager"))
+    reset = copy.deepcopy(eager)
+    channel = reset if name == "se" else reset.channel
+    spatial = None if name == "se" else reset.spatial
+    x = torch.randn(2, 16, 7, 5)
+    expected = run(eager, x)
+    xg = x.clone().requires_grad_()
+    out = fused.fused_gate(xg, channel, spatial, "inductor")
+    out.backward(torch.randn(out.shape, generator=torch.Generator().manual_seed(1)))
+    torch.testing.assert_close(out, expected[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(xg.grad, expected[1], rtol=1e-4, atol=1e-5)
+
+
+@CPU_KERNELS
+@pytest.mark.slow
+def test_inductor_compiles_a_network_around_the_fused_op() -> None:
+    model = randomize_(cbam.create_model("resnet18_cbam", num_classes=3, impl="compiled")).eval()
+    reference = fused.set_attention_impl(copy.deepcopy(model), "eager")
+    x = torch.randn(2, 3, 64, 64)
+    compiled = torch.compile(model, fullgraph=True)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), reference(x), rtol=1e-4, atol=1e-4)
