@@ -78,22 +78,22 @@ class CBAM(nn.Module):
         return x
 
     @torch.jit.unused
-    def _fused(self, x: Tensor, shortcut: Tensor | None = None) -> Tensor | None:
+    def _fused(self, x: Tensor, shortcut: Tensor | None = None, overwrite_input: bool = False) -> Tensor | None:
         if self.channel is None or self.spatial is None:
             branch = self.channel if self.channel is not None else self.spatial
-            return branch._fused(x, shortcut) if shortcut is not None else None
+            return branch._fused(x, shortcut, overwrite_input) if shortcut is not None else None
         if self.arrangement != "channel-spatial":
             return None
         fusable = channel_fusable(self.channel) and spatial_fusable(self.spatial)
         backend = backend_for(self.impl, x) if fusable else None
         if backend is None:
             return None
-        return fused_gate(x, self.channel, self.spatial, backend, shortcut, relu=shortcut is not None)
+        return fused_gate(x, self.channel, self.spatial, backend, shortcut, shortcut is not None, overwrite_input)
 
     @torch.jit.unused
-    def fused_residual(self, x: Tensor, shortcut: Tensor) -> Tensor | None:
+    def fused_residual(self, x: Tensor, shortcut: Tensor, overwrite_input: bool = False) -> Tensor | None:
         """relu(self(x) + shortcut) in one fused pass, or None where this module runs eagerly on x."""
-        return self._fused(x, shortcut)
+        return self._fused(x, shortcut, overwrite_input)
 
     def extra_repr(self) -> str:
         return f"arrangement={self.arrangement}, impl={self.impl}"

@@ -74,16 +74,16 @@ class ChannelAttention(nn.Module):
         return x * self.attention_map(x)
 
     @torch.jit.unused
-    def _fused(self, x: Tensor, shortcut: Tensor | None = None) -> Tensor | None:
+    def _fused(self, x: Tensor, shortcut: Tensor | None = None, overwrite_input: bool = False) -> Tensor | None:
         backend = backend_for(self.impl, x) if channel_fusable(self) else None
         if backend is None:
             return None
-        return fused_gate(x, self, None, backend, shortcut, relu=shortcut is not None)
+        return fused_gate(x, self, None, backend, shortcut, shortcut is not None, overwrite_input)
 
     @torch.jit.unused
-    def fused_residual(self, x: Tensor, shortcut: Tensor) -> Tensor | None:
+    def fused_residual(self, x: Tensor, shortcut: Tensor, overwrite_input: bool = False) -> Tensor | None:
         """relu(self(x) + shortcut) in one fused pass, or None where this layer runs eagerly on x."""
-        return self._fused(x, shortcut)
+        return self._fused(x, shortcut, overwrite_input)
 
     def extra_repr(self) -> str:
         return f"pool_types={'+'.join(self.pool_types)}, impl={self.impl}"

@@ -61,7 +61,7 @@ class BasicBlock(nn.Module):
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
         if not torch.jit.is_scripting():
-            fused = residual_tail(self.attention, out, identity)
+            fused = residual_tail(self.attention, out, identity, overwrite_input=True)
             if fused is not None:
                 return fused
         return self.relu(self.attention(out) + identity)
@@ -106,7 +106,7 @@ class Bottleneck(nn.Module):
         out = self.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
         if not torch.jit.is_scripting():
-            fused = residual_tail(self.attention, out, identity)
+            fused = residual_tail(self.attention, out, identity, overwrite_input=True)
             if fused is not None:
                 return fused
         return self.relu(self.attention(out) + identity)

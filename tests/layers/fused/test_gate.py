@@ -315,3 +315,30 @@ def test_inductor_compiles_a_network_around_the_fused_op() -> None:
     compiled = torch.compile(model, fullgraph=True)
     with torch.no_grad():
         torch.testing.assert_close(compiled(x), reference(x), rtol=1e-4, atol=1e-4)
+
+
+@CPU_KERNELS
+def test_inference_may_write_the_result_over_a_temporary_input() -> None:
+    eager = randomize_(cbam.CBAM(16, impl="eager")).eval()
+    layer = fused.set_attention_impl(copy.deepcopy(eager), "compiled")
+    x, shortcut = torch.randn(2, 16, 6, 6), torch.randn(2, 16, 6, 6)
+    expected = torch.relu(eager(x) + shortcut)
+    with torch.no_grad():
+        temporary = x.clone()
+        out = fused.residual_tail(layer, temporary, shortcut, overwrite_input=True)
+    assert out.data_ptr() == temporary.data_ptr(), "no new map is allocated"
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    kept = x.clone().requires_grad_()
+    out = fused.residual_tail(layer, kept, shortcut, overwrite_input=True)  # autograd needs x: never overwritten
+    assert out.data_ptr() != kept.data_ptr()
+    torch.testing.assert_close(kept.detach(), x)
+
+
+@CPU_KERNELS
+@pytest.mark.parametrize("arch", ["resnet18_cbam", "resnet50_cbam", "resnet50_se"])
+def test_networks_in_inference_match_their_eager_selves(arch: str) -> None:
+    model = randomize_(cbam.create_model(arch, num_classes=5)).eval()
+    eager = fused.set_attention_impl(copy.deepcopy(model), "eager")
+    x = torch.randn(2, 3, 64, 64).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        torch.testing.assert_close(fused.set_attention_impl(model, "compiled")(x), eager(x), rtol=1e-4, atol=1e-4)

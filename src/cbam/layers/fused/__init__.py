@@ -124,9 +124,10 @@ def fused_gate(
     backend: str,
     shortcut: Tensor | None = None,
     relu: bool = False,
+    overwrite_input: bool = False,
 ) -> Tensor | None:
     """x * Mc(x) * Ms(x * Mc(x)) (+ shortcut) (then ReLU) through the fused op, or None where the eager
-    modules must run (hooks on a branch)."""
+    modules must run (hooks on a branch). `overwrite_input` lets inference write the result over x."""
     if _has_hooks(channel) or _has_hooks(spatial):
         return None
     if shortcut is not None and (shortcut.shape != x.shape or shortcut.device != x.device):
@@ -149,7 +150,8 @@ def fused_gate(
         bn_training = bn.training
     # Without autograd or tracing, skip the dispatcher and call the op's own function.
     traced = torch.is_grad_enabled() or torch.compiler.is_compiling()
-    op = torch.ops.cbam.attention_gate if traced else gate.gate_forward
+    op = gate.gate_forward_into_input if overwrite_input else gate.gate_forward
+    op = torch.ops.cbam.attention_gate if traced else op
     out, z_mean, z_var = op(
         x, shortcut, w1, b1, w2, b2, conv_w, conv_b, bn_w, bn_b, bn_mean, bn_var,
         use_avg, use_max, bn_training, bn_eps, backend, relu,
@@ -180,13 +182,17 @@ def attention_impl(model: nn.Module, impl: str) -> Iterator[nn.Module]:
             module.impl = own
 
 
-def residual_tail(attention: nn.Module, x: Tensor, shortcut: Tensor) -> Tensor | None:
+def residual_tail(attention: nn.Module, x: Tensor, shortcut: Tensor, overwrite_input: bool = False) -> Tensor | None:
     """relu(attention(x) + shortcut), the tail of a residual block, as one fused pass; None where the
-    attention layer has no fused path for x (the caller then runs the ops one by one)."""
+    attention layer has no fused path for x (the caller then runs the ops one by one).
+
+    With `overwrite_input` (x is the block's own temporary), inference writes the result over x
+    instead of allocating, as torchvision's `out += identity` does.
+    """
     fused = getattr(attention, "fused_residual", None)
     if fused is None or _has_hooks(attention):
         return None
-    return fused(x, shortcut)
+    return fused(x, shortcut, overwrite_input)
 
 
 __all__ = [

@@ -142,15 +142,22 @@ def spatial_grad(x: Tensor, g: Tensor, mc: Tensor | None) -> tuple[Tensor, Tenso
 
 
 def gate_apply(
-    x: Tensor, mc: Tensor | None, ms: Tensor | None, shortcut: Tensor | None = None, relu: bool = False
+    x: Tensor,
+    mc: Tensor | None,
+    ms: Tensor | None,
+    shortcut: Tensor | None = None,
+    relu: bool = False,
+    out: Tensor | None = None,
 ) -> Tensor:
     x = _map(x)
     n, c, p = x.shape
     mc = _small(mc) if mc is not None else x.new_ones((n, c), dtype=torch.float32)
     ms = _small(ms) if ms is not None else x.new_ones((n, p), dtype=torch.float32)
-    out = torch.empty_like(x)
+    if out is None or out.stride() != x.stride():
+        out = torch.empty_like(x)
     if shortcut is not None and (shortcut.stride() != x.stride() or shortcut.dtype != x.dtype):
-        shortcut = out.copy_(shortcut)  # the loops walk the shortcut with x's strides; each is read before written
+        # the loops walk the shortcut with x's strides; each element is read before it is written
+        shortcut = (out if out is not x else torch.empty_like(x)).copy_(shortcut)
     _library(x.dtype).gate_apply(
         _ptr(x), _ptr(mc), _ptr(ms), _ptr(shortcut), ctypes.c_int(relu), _ptr(out), *_ints(n, c, p, *x.stride()),
         _threads(),

@@ -170,6 +170,47 @@ def _descriptor(mean: Tensor, mx: Tensor, shape: torch.Size) -> Tensor:
     return torch.stack([mean, mx], dim=1).view(n, 2, h, w)
 
 
+def _gate_forward(
+    x: Tensor,
+    shortcut: Tensor | None,
+    w1: Tensor | None,
+    b1: Tensor | None,
+    w2: Tensor | None,
+    b2: Tensor | None,
+    conv_w: Tensor | None,
+    conv_b: Tensor | None,
+    bn_w: Tensor | None,
+    bn_b: Tensor | None,
+    bn_mean: Tensor | None,
+    bn_var: Tensor | None,
+    use_avg: bool,
+    use_max: bool,
+    bn_training: bool,
+    bn_eps: float,
+    backend: str,
+    relu: bool,
+    into_input: bool = False,
+) -> tuple[Tensor, Tensor, Tensor]:
+    k = kernels(backend)
+    x3 = _ncp(x)
+    mc = None
+    if w1 is not None:
+        avg, mx = _forward_stats(k, "channel_stats", x3)
+        mc, _ = ChannelGraph(w1, b1, w2, b2).forward(_pools(use_avg, use_max, avg, mx))
+    z_mean = z_var = x.new_zeros((), dtype=torch.float32)
+    ms = None
+    if conv_w is not None:
+        spatial = SpatialGraph(conv_w, conv_b, bn_w, bn_b, bn_mean, bn_var, bn_training, bn_eps, k)
+        smean, smax = _forward_stats(k, "spatial_stats", x3, mc)
+        ms4, z_mean, z_var = spatial.forward(_descriptor(smean, smax, x.shape))
+        ms = ms4.flatten(1)
+    shortcut3 = _ncp(shortcut) if shortcut is not None else None
+    written = k.gate_apply(x3, mc, ms, shortcut3, relu, out=x3 if into_input else None)
+    # detach: a tensor of its own, not a view, so callers may add to it in place (torchvision's `out += identity`)
+    out = x if written is x3 else written.view(x.shape).detach()
+    return out, z_mean.detach().clone(), z_var.detach().clone()
+
+
 def gate_forward(
     x: Tensor,
     shortcut: Tensor | None,
@@ -193,25 +234,34 @@ def gate_forward(
     """The fused gate's forward: (out, batch mean, batch variance of the spatial conv output).
 
     out = x * Mc * Ms, then `+ shortcut` if one is given and a ReLU if `relu`: the tail of a
-    residual block in the same pass.
+    residual block in the same pass. This is the function `torch.ops.cbam.attention_gate` runs.
     """
-    k = kernels(backend)
-    x3 = _ncp(x)
-    mc = None
-    if w1 is not None:
-        avg, mx = _forward_stats(k, "channel_stats", x3)
-        mc, _ = ChannelGraph(w1, b1, w2, b2).forward(_pools(use_avg, use_max, avg, mx))
-    z_mean = z_var = x.new_zeros((), dtype=torch.float32)
-    ms = None
-    if conv_w is not None:
-        spatial = SpatialGraph(conv_w, conv_b, bn_w, bn_b, bn_mean, bn_var, bn_training, bn_eps, k)
-        smean, smax = _forward_stats(k, "spatial_stats", x3, mc)
-        ms4, z_mean, z_var = spatial.forward(_descriptor(smean, smax, x.shape))
-        ms = ms4.flatten(1)
-    shortcut3 = _ncp(shortcut) if shortcut is not None else None
-    # detach: a tensor of its own, not a view, so callers may add to it in place (torchvision's `out += identity`)
-    out = k.gate_apply(x3, mc, ms, shortcut3, relu).view(x.shape).detach()
-    return out, z_mean.detach().clone(), z_var.detach().clone()
+    return _gate_forward(
+        x,
+        shortcut,
+        w1,
+        b1,
+        w2,
+        b2,
+        conv_w,
+        conv_b,
+        bn_w,
+        bn_b,
+        bn_mean,
+        bn_var,
+        use_avg,
+        use_max,
+        bn_training,
+        bn_eps,
+        backend,
+        relu,
+    )
+
+
+def gate_forward_into_input(*args: object) -> tuple[Tensor, Tensor, Tensor]:
+    """`gate_forward` (same arguments) writing its output over x: for inference, where x is a
+    temporary nobody reads again. Never through the dispatcher: it mutates x."""
+    return _gate_forward(*args, into_input=True)
 
 
 attention_gate = torch.library.custom_op("cbam::attention_gate", gate_forward, mutates_args=())

@@ -30,8 +30,9 @@ def spatial_grad(x, g, mc):
     return _compiled("spatial_grad")(x, g, mc)
 
 
-def gate_apply(x, mc, ms, shortcut=None, relu=False):
-    return _compiled("gate_apply")(x, mc, ms, shortcut, relu)
+def gate_apply(x, mc, ms, shortcut=None, relu=False, out=None):
+    result = _compiled("gate_apply")(x, mc, ms, shortcut, relu)
+    return out.copy_(result) if out is not None else result
 
 
 def channel_grad(x, g, ms, dmean, dmax, sidx):

@@ -45,17 +45,25 @@ def spatial_grad(x: Tensor, g: Tensor, mc: Tensor | None) -> tuple[Tensor, Tenso
 
 
 def gate_apply(
-    x: Tensor, mc: Tensor | None, ms: Tensor | None, shortcut: Tensor | None = None, relu: bool = False
+    x: Tensor,
+    mc: Tensor | None,
+    ms: Tensor | None,
+    shortcut: Tensor | None = None,
+    relu: bool = False,
+    out: Tensor | None = None,
 ) -> Tensor:
-    """out = x * mc * ms (+ shortcut) (then ReLU), in x's dtype and memory layout."""
-    out = _scaled(x, mc)
+    """out = x * mc * ms (+ shortcut) (then ReLU), in x's dtype and memory layout.
+
+    Into `out` where one is given (x itself may be: each element is read before it is written).
+    """
+    result = _scaled(x, mc)
     if ms is not None:
-        out = out * ms.unsqueeze(1)
+        result = result * ms.unsqueeze(1)
     if shortcut is not None:
-        out = out + shortcut.float()
+        result = result + shortcut.float()
     if relu:
-        out = torch.relu(out)
-    return out.to(x.dtype)
+        result = torch.relu(result)
+    return out.copy_(result) if out is not None else result.to(x.dtype)
 
 
 def channel_grad(

@@ -50,14 +50,24 @@ def spatial_grad(x: Tensor, g: Tensor, mc: Tensor | None) -> tuple[Tensor, Tenso
 
 
 def gate_apply(
-    x: Tensor, mc: Tensor | None, ms: Tensor | None, shortcut: Tensor | None = None, relu: bool = False
+    x: Tensor,
+    mc: Tensor | None,
+    ms: Tensor | None,
+    shortcut: Tensor | None = None,
+    relu: bool = False,
+    out: Tensor | None = None,
 ) -> Tensor:
-    """out = x * mc * ms (+ shortcut) (then ReLU), in x's dtype and memory layout."""
+    """out = x * mc * ms (+ shortcut) (then ReLU), in x's dtype and memory layout; into `out` if given.
+
+    `out` may be x itself: each element is read before it is written.
+    """
     x, p_unit = _layout(x)
     n, c, p = x.shape
-    out = torch.empty_like(x)
+    if out is None or out.stride() != x.stride():
+        out = torch.empty_like(x)
     if shortcut is not None and shortcut.stride() != x.stride():
-        shortcut = out.copy_(shortcut)  # the kernel walks the shortcut with x's strides; reads it before writing
+        # the kernel walks the shortcut with x's strides; each element is read before it is written
+        shortcut = (out if out is not x else torch.empty_like(x)).copy_(shortcut)
     bc, bp = _tile(c, p, p_unit)
     _gate_apply_kernel[(triton.cdiv(p, bp), triton.cdiv(c, bc), n)](
         x, _small(mc, n, c), _small(ms, n, p), shortcut, out, c, p, *x.stride(), *out.stride(),
