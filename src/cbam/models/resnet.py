@@ -29,6 +29,13 @@ def conv1x1(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False)
 
 
+def _add_relu(out: Tensor, identity: Tensor) -> Tensor:
+    """relu(out + identity); without autograd the add is in place, as torchvision's blocks do (no new map)."""
+    if torch.is_grad_enabled():  # an attention layer may have saved its output for backward
+        return torch.relu_(out + identity)
+    return torch.relu_(out.add_(identity))
+
+
 class BasicBlock(nn.Module):
     """Two 3x3 convs; attention on their output, then the skip addition (ResNet18/34)."""
 
@@ -64,7 +71,7 @@ class BasicBlock(nn.Module):
             fused = residual_tail(self.attention, out, identity, overwrite_input=True)
             if fused is not None:
                 return fused
-        return self.relu(self.attention(out) + identity)
+        return _add_relu(self.attention(out), identity)
 
 
 class Bottleneck(nn.Module):
@@ -109,7 +116,7 @@ class Bottleneck(nn.Module):
             fused = residual_tail(self.attention, out, identity, overwrite_input=True)
             if fused is not None:
                 return fused
-        return self.relu(self.attention(out) + identity)
+        return _add_relu(self.attention(out), identity)
 
 
 Block = type[BasicBlock] | type[Bottleneck]
