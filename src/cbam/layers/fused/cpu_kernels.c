@@ -298,7 +298,8 @@ void spatial_stats(const T *x, const T *g, const float *mc, I N, I C, I P, I sn,
         }
 }
 
-/* gate_apply: out = x * mc * ms (+ r) (then ReLU); out and r (may be NULL) are laid out like x. */
+/* gate_apply: out = x * mc * ms (+ r) (then ReLU); out and r (may be NULL) are laid out like x and may be
+ * x itself (each element is read before it is written), so no restrict here. */
 static inline float finish(float v, const T *r, I at, int relu) {
     if (r) v += LD(r[at]);
     return relu && !(v > 0.f) && v == v ? 0.f : v; /* ReLU keeps NaN, as torch.relu does */
@@ -311,12 +312,12 @@ void gate_apply(const T *x, const float *mc, const float *ms, const T *r, int re
         for (I n = 0; n < N; n++)
             for (I p = 0; p < P; p++) {
                 I base = n * sn + p * sp;
-                const T *restrict row = x + base;
-                T *restrict orow = out + base;
+                const T *row = x + base;
+                T *orow = out + base;
                 const float *restrict w = mc + n * C;
                 float s = ms[n * P + p];
                 if (r) {
-                    const T *restrict rrow = r + base;
+                    const T *rrow = r + base;
                     if (relu)
                         for (I c = 0; c < C; c++) {
                             float v = LD(row[c]) * w[c] * s + LD(rrow[c]);
@@ -333,12 +334,12 @@ void gate_apply(const T *x, const float *mc, const float *ms, const T *r, int re
     for (I n = 0; n < N; n++)
         for (I c = 0; c < C; c++) {
             I base = n * sn + c * sc;
-            const T *restrict row = x + base;
-            T *restrict orow = out + base;
+            const T *row = x + base;
+            T *orow = out + base;
             const float *restrict s = ms + n * P;
             float w = mc[n * C + c];
             if (sp == 1 && r) {
-                const T *restrict rrow = r + base;
+                const T *rrow = r + base;
                 if (relu)
                     for (I p = 0; p < P; p++) {
                         float v = LD(row[p]) * w * s[p] + LD(rrow[p]);
