@@ -4,8 +4,9 @@ The gate covers CBAM in the paper's configuration (channel then spatial), its ch
 spatial-only ablations, and squeeze-and-excitation. Work on the full map goes through one of
 the kernel sets (`primitives`, `cpu_kernels`, `triton_kernels`); the small graphs (the shared
 MLP on (N, C), the k x k convolution and BatchNorm on (N, 2, H, W)) are written here with their
-gradients. The forward saves only x: the backward recomputes the pooled descriptors, the maps
-and the max indices in the passes it needs anyway.
+gradients. The forward saves only x (and after a fused ReLU its output, as nn.ReLU keeps it):
+the backward recomputes the pooled descriptors, the maps and the max indices in the passes it
+needs anyway.
 
 `torch.ops.cbam.attention_gate` and its backward are registered custom ops, so `torch.compile`
 treats the gate as one opaque node and still differentiates through it.
@@ -40,10 +41,7 @@ def kernels(backend: str) -> ModuleType:
 
 def _forward_stats(k: ModuleType, fn: str, *args: Tensor | None) -> tuple[Tensor, Tensor]:
     """Mean and max of a pooling pass; the forward never needs the index, so skip it where possible."""
-    if k.__name__.endswith("triton_kernels"):
-        mean, mx, _ = getattr(k, fn)(*args)
-    else:
-        mean, mx, _ = getattr(k, fn)(*args, with_index=False)
+    mean, mx, _ = getattr(k, fn)(*args, with_index=False)
     return mean, mx
 
 

@@ -26,8 +26,11 @@ _WARPS = 8
 _NO_INDEX: tl.constexpr = tl.constexpr(2**31 - 1)  # above every real index: "nothing seen", "no NaN"
 
 
-def channel_stats(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Mean and max over P per (n, c), and the first index of the max: three (N, C) tensors."""
+def channel_stats(x: Tensor, with_index: bool = True) -> tuple[Tensor, Tensor, Tensor]:
+    """Mean and max over P per (n, c), and the first index of the max: three (N, C) tensors.
+
+    The index costs no extra memory traffic on a GPU, so it is computed whatever `with_index` says.
+    """
     x, p_unit = _layout(x)
     n, c, p = x.shape
     mean, mx = (x.new_empty((n, c), dtype=torch.float32) for _ in range(2))
@@ -39,8 +42,8 @@ def channel_stats(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return mean, mx, idx
 
 
-def spatial_stats(x: Tensor, mc: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
-    """Mean and max over C of y = x * mc per (n, p), and the first channel of the max: (N, P) each."""
+def spatial_stats(x: Tensor, mc: Tensor | None, with_index: bool = True) -> tuple[Tensor, Tensor, Tensor]:
+    """Mean and max over C of y = x * mc per (n, p), and the first channel of the max: (N, P) each (index always)."""
     return _spatial(x, None, mc)[:3]
 
 
