@@ -15,6 +15,7 @@ from cbam.engine.compare import COMPARE_PRESETS
 from cbam.engine.config import recipe_names
 from cbam.engine.distributed import shutdown_distributed
 from cbam.engine.train import TrainingError
+from cbam.explain import CAM_METHODS
 from cbam.export import EXPORT_FORMATS
 from cbam.layers.create import AttentionSpec, attention_names
 from cbam.paper import PAPER_TABLES
@@ -256,6 +257,52 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_localize(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from cbam.explain.scores import format_interval, localize_checkpoint
+
+    device = args.device if args.device != "auto" else "cuda" if torch_cuda_available() else "cpu"
+    options = {
+        "split": args.split,
+        "boxes": Path(args.boxes) if args.boxes else None,
+        "method": args.method,
+        "threshold": args.threshold,
+        "batch_size": args.batch_size,
+        "limit": args.limit,
+        "device": device,
+    }
+    scores = [localize_checkpoint(Path(path), args.data, **options) for path in args.checkpoint]
+    if args.json:
+        print(json.dumps([s.to_dict() for s in scores], indent=2))
+        return 0
+    header = ["Checkpoint", "Images", "Pointing game (%)", "Energy in box (%)", f"IoU at {args.threshold} (%)"]
+    rows = [
+        [s.name, str(s.images), format_interval(s.pointing_game), format_interval(s.energy), format_interval(s.iou)]
+        for s in scores
+    ]
+    print(format_markdown_table(header, rows))
+    print(f"\n{args.method} of the ground-truth class; means with 95% bootstrap intervals.")
+    if args.csv:
+        write_csv(args.csv, header, rows)
+    return 0
+
+
+def torch_cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def write_csv(path: str, header: list[str], rows: list[list[str]]) -> None:
+    import csv
+
+    with open(path, "w", newline="") as out:
+        writer = csv.writer(out)
+        writer.writerow(header)
+        writer.writerows(rows)
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -373,6 +420,22 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--arch", action="append", help="only this architecture's rows (repeatable)")
     _add_training_arguments(compare, model=False)
     compare.set_defaults(func=cmd_compare)
+
+    localize = commands.add_parser(
+        "localize", help="how well each network's Grad-CAM points at the object: scores against the data's boxes"
+    )
+    localize.add_argument("--checkpoint", action="append", required=True, help="a checkpoint (repeatable)")
+    localize.add_argument("--data", help="dataset (default: the one the first checkpoint was trained on)")
+    localize.add_argument("--split", default="val")
+    localize.add_argument("--boxes", help="a COCO .json or a folder of VOC .xml (default: the data's annotations/)")
+    localize.add_argument("--method", default="gradcam", choices=CAM_METHODS)
+    localize.add_argument("--threshold", type=float, default=0.6, help="CAM level of the region for IoU (paper: 0.6)")
+    localize.add_argument("--limit", type=int, help="only the first N images with a box")
+    localize.add_argument("--batch-size", type=int, default=32)
+    localize.add_argument("--device", default="auto")
+    localize.add_argument("--json", action="store_true", help="print the scores as JSON")
+    localize.add_argument("--csv", help="also write the table to this CSV file")
+    localize.set_defaults(func=cmd_localize)
 
     convert = commands.add_parser("convert", help="an authors' checkpoint (Jongchan/attention-module) -> safetensors")
     convert.add_argument("source", help="their .pth.tar (train_imagenet.py's checkpoint)")

@@ -1,0 +1,107 @@
+"""Localisation scores of trained networks over a split: `cbam localize`."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from cbam.data.cluttered_digits import ensure_cluttered_digits
+from cbam.data.loading import DataError, class_names, open_split
+from cbam.data.transforms import eval_transform
+from cbam.explain.boxes import boxes_after_eval_transform, split_boxes
+from cbam.explain.cam import grad_cam
+from cbam.explain.localize import (
+    DISPLAY_THRESHOLD,
+    Interval,
+    bootstrap_interval,
+    energy_in_boxes,
+    iou_at_threshold,
+    pointing_game,
+)
+
+
+@dataclass(frozen=True)
+class LocalizationScores:
+    """One network's scores over the images that have a box of their own class."""
+
+    name: str
+    images: int
+    pointing_game: Interval
+    energy: Interval
+    iou: Interval
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def data_root(data: str) -> Path:
+    return ensure_cluttered_digits() if data == "cluttered-digits" else Path(data)
+
+
+def localize_checkpoint(
+    path: Path,
+    data: str | None = None,
+    *,
+    split: str = "val",
+    boxes: Path | None = None,
+    method: str = "gradcam",
+    threshold: float = DISPLAY_THRESHOLD,
+    batch_size: int = 32,
+    limit: int | None = None,
+    device: str = "cpu",
+) -> LocalizationScores:
+    """Grad-CAM of the ground-truth class for every image with a box of that class, scored against it."""
+    from cbam.engine.evaluate import _load_network
+
+    model, _, trained = _load_network(Path(path))
+    data = data or trained.get("data")
+    if not data:
+        raise DataError("give --data: this weights file does not record its dataset")
+    image_size = trained.get("image_size", 224)
+    resize = trained.get("eval_resize") or round(image_size * 256 / 224)
+    base = open_split(data, split)
+    names = class_names(base)
+    root = data_root(data) / split
+    files = [str(Path(p).relative_to(root)) for p, _ in base.samples]
+    truth = split_boxes(data_root(data), split, files, boxes)
+    transform = eval_transform(image_size, resize)
+    model = model.to(device).eval()
+    hits: list[float] = []
+    energies: list[float] = []
+    ious: list[float] = []
+    chosen = [i for i, f in enumerate(files) if any(n == names[base.samples[i][1]] for n, _ in truth.get(f, []))]
+    if limit is not None:
+        chosen = chosen[:limit]
+    if not chosen:
+        raise DataError(f"no image of {data}/{split} has a box of its own class")
+    for start in range(0, len(chosen), batch_size):
+        batch = chosen[start : start + batch_size]
+        images, labels, targets = [], [], []
+        for i in batch:
+            file, label = files[i], base.samples[i][1]
+            with Image.open(base.samples[i][0]) as image:
+                rgb = image.convert("RGB")
+            own = [box for n, box in truth[file] if n == names[label]]
+            targets.append(boxes_after_eval_transform(own, rgb.width, rgb.height, image_size, resize))
+            images.append(transform(rgb))
+            labels.append(label)
+        cams, _ = grad_cam(model, torch.stack(images).to(device), targets=labels, method=method)
+        for cam, target in zip(cams, targets, strict=True):
+            hits.append(float(pointing_game(cam, target)))
+            energies.append(energy_in_boxes(cam, target))
+            ious.append(iou_at_threshold(cam, target, threshold))
+    return LocalizationScores(
+        name=str(path),
+        images=len(hits),
+        pointing_game=bootstrap_interval(torch.tensor(hits)),
+        energy=bootstrap_interval(torch.tensor(energies)),
+        iou=bootstrap_interval(torch.tensor(ious)),
+    )
+
+
+def format_interval(interval: Interval, percent: bool = True) -> str:
+    scale = 100.0 if percent else 1.0
+    return f"{interval.mean * scale:.1f} [{interval.low * scale:.1f}, {interval.high * scale:.1f}]"
