@@ -306,15 +306,15 @@ def write_csv(path: str, header: list[str], rows: list[list[str]]) -> None:
 def cmd_compare(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from cbam.engine.compare import COLUMNS, comparison_rows, run_compare
+    from cbam.engine.compare import run_compare
     from cbam.engine.config import build_config
 
     if not args.data:
         raise CommandError("give --data (an ImageNet-layout folder, cifar10, cifar100 or cluttered-digits)")
     config = build_config(args.recipe, **_training_overrides(args))
-    results = run_compare(args.preset, config, Path(args.output), archs=args.arch)
+    comparison = run_compare(args.preset, config, Path(args.output), archs=args.arch)
     print(f"\n## {args.preset} on {args.data}\n")
-    print(format_markdown_table(COLUMNS, comparison_rows(results)))
+    print(format_markdown_table(comparison.header, comparison.rows))
     print(f"\nwritten: {Path(args.output) / 'comparison.md'}, comparison.csv, curves.png")
     return 0
 

@@ -33,7 +33,9 @@ def test_unknown_preset_or_architecture_is_refused():
 
 def test_compare_trains_each_row_writes_the_reports_and_reuses_finished_runs(image_folder, tmp_path):
     base = dataclasses.replace(tiny_config(image_folder, tmp_path / "unused", epochs=2), model_kwargs={})
-    results = run_compare("table4", base, tmp_path / "cmp", archs=["resnet18"])
+    comparison = run_compare("table4", base, tmp_path / "cmp", archs=["resnet18"])
+    results = comparison.results
+    assert "Pointing game (%)" not in comparison.header, "the folder has no boxes"
     assert [row.attention for row, _ in results] == ["none", "se", "cbam"]
     assert results[0][1].params < results[1][1].params < results[2][1].params
     table = (tmp_path / "cmp" / "comparison.md").read_text()
@@ -44,6 +46,20 @@ def test_compare_trains_each_row_writes_the_reports_and_reuses_finished_runs(ima
     with Image.open(tmp_path / "cmp" / "curves.png") as image:
         assert image.format == "PNG" and image.width > 500
     stamp = (tmp_path / "cmp" / "resnet18-cbam" / "last.pt").stat().st_mtime_ns
-    again = run_compare("table4", base, tmp_path / "cmp", archs=["resnet18"])
+    again = run_compare("table4", base, tmp_path / "cmp", archs=["resnet18"]).results
     assert (tmp_path / "cmp" / "resnet18-cbam" / "last.pt").stat().st_mtime_ns == stamp  # not retrained
     assert [run.final for _, run in again] == [run.final for _, run in results]
+
+
+def test_compare_adds_the_pointing_game_where_the_data_has_boxes(image_folder, tmp_path):
+    from tests.explain.test_scores import write_val_boxes
+
+    write_val_boxes(image_folder)
+    base = dataclasses.replace(tiny_config(image_folder, tmp_path / "unused", epochs=1), model_kwargs={})
+    comparison = run_compare("table4", base, tmp_path / "cmp", archs=["resnet18"])
+    assert comparison.header[-1] == "Pointing game (%)"
+    rows = list(csv.DictReader((tmp_path / "cmp" / "comparison.csv").open()))
+    for row in rows:
+        mean, interval = row["Pointing game (%)"].split(" [")
+        low, high = (float(v) for v in interval.rstrip("]").split(", "))
+        assert 0.0 <= low <= float(mean) <= high <= 100.0

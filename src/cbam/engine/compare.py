@@ -17,7 +17,7 @@ from cbam._errors import unknown_name
 from cbam.engine.checkpoint import atomic_write
 from cbam.engine.config import TrainConfig
 from cbam.engine.distributed import is_main_process
-from cbam.engine.train import LAST, RunResult, fit
+from cbam.engine.train import BEST, LAST, RunResult, fit
 from cbam.layers.create import AttentionSpec
 from cbam.paper import paper_rows
 from cbam.report import format_markdown_table
@@ -97,10 +97,18 @@ def _finished(config: TrainConfig) -> RunResult | None:
     return RunResult(**summary)
 
 
-def run_compare(
-    preset: str, base: TrainConfig, output: Path, archs: list[str] | None = None
-) -> list[tuple[CompareRow, RunResult]]:
-    """Train every row (reusing finished runs, resuming interrupted ones) and write the reports."""
+@dataclass(frozen=True)
+class Comparison:
+    """The trained rows and the table written from them."""
+
+    results: list[tuple[CompareRow, RunResult]]
+    header: list[str]
+    rows: list[list[str]]
+
+
+def run_compare(preset: str, base: TrainConfig, output: Path, archs: list[str] | None = None) -> Comparison:
+    """Train every row (reusing finished runs, resuming interrupted ones) and write the reports; where
+    the data has boxes, the table gains each network's Grad-CAM pointing game."""
     output = Path(output)
     results = []
     for row in preset_rows(preset, archs):
@@ -110,9 +118,24 @@ def run_compare(
             last = Path(config.output) / LAST
             run = fit(config, resume=last if last.exists() else None)
         results.append((row, run))
+    header, rows = comparison_table(results, pointing_scores(results, base.data))
     if is_main_process():
-        write_reports(output, results)
-    return results
+        write_reports(output, results, header, rows)
+    return Comparison(results, header, rows)
+
+
+POINTING_COLUMN = "Pointing game (%)"
+
+
+def pointing_scores(results: list[tuple[CompareRow, RunResult]], data: str) -> list[str] | None:
+    """Each best checkpoint's Grad-CAM pointing game on the validation boxes; None where the data has none."""
+    from cbam.data.loading import DataError
+    from cbam.explain.scores import format_interval, localize_checkpoint
+
+    try:
+        return [format_interval(localize_checkpoint(Path(run.output) / BEST, data).pointing_game) for _, run in results]
+    except DataError:
+        return None
 
 
 COLUMNS = [
@@ -126,6 +149,16 @@ COLUMNS = [
     "Wall (s)",
     "img/s",
 ]
+
+
+def comparison_table(
+    results: list[tuple[CompareRow, RunResult]], pointing: list[str] | None = None
+) -> tuple[list[str], list[list[str]]]:
+    """The header and rows of the comparison; with the pointing-game column where it was measured."""
+    rows = comparison_rows(results)
+    if pointing is None:
+        return list(COLUMNS), rows
+    return [*COLUMNS, POINTING_COLUMN], [[*row, score] for row, score in zip(rows, pointing, strict=True)]
 
 
 def comparison_rows(results: list[tuple[CompareRow, RunResult]]) -> list[list[str]]:
@@ -148,14 +181,15 @@ def comparison_rows(results: list[tuple[CompareRow, RunResult]]) -> list[list[st
     ]
 
 
-def write_reports(output: Path, results: list[tuple[CompareRow, RunResult]]) -> None:
+def write_reports(
+    output: Path, results: list[tuple[CompareRow, RunResult]], header: list[str], rows: list[list[str]]
+) -> None:
     """comparison.md, comparison.csv and curves.png (validation error per epoch) in `output`."""
-    rows = comparison_rows(results)
-    table = format_markdown_table(COLUMNS, rows)
+    table = format_markdown_table(header, rows)
     atomic_write(output / "comparison.md", lambda tmp: tmp.write_text(table + "\n"))
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(COLUMNS)
+    writer.writerow(header)
     writer.writerows(rows)
     atomic_write(output / "comparison.csv", lambda tmp: tmp.write_text(buffer.getvalue()))
     atomic_write(output / "curves.png", lambda tmp: plot_curves(results, tmp))
