@@ -61,7 +61,9 @@ def calibrated(model: torch.nn.Module) -> torch.nn.Module:
 @pytest.mark.slow
 @pytest.mark.parametrize("name", cbam.list_models())
 def test_every_zoo_model_exports_to_onnx_and_torch_export(tmp_path, name):
-    model = calibrated(cbam.create_model(name, num_classes=10))
+    # Exports hold the eager ops; the reference runs them too (the fused gate rounds differently, and 150
+    # layers amplify that: fused against eager is tested in tests/layers/fused).
+    model = calibrated(cbam.create_model(name, num_classes=10, impl="eager"))
     path = export_model(model, tmp_path / "model.onnx", "onnx", (3, 64, 64))
     assert onnx_max_difference(model, path, SHAPES).max_rel < 5e-4  # float32 rounding through up to 152 layers
     x = torch.randn(2, 3, 64, 96)

@@ -257,6 +257,24 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cam(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from cbam.explain.figure import draw_figure, load_networks
+
+    networks, trained_on = load_networks([Path(p) for p in args.checkpoint])
+    data = args.data or trained_on
+    if not data:
+        raise CommandError("give --data: the checkpoint does not record its dataset")
+    indices = [int(i) for i in args.images] if args.images else None
+    shown = draw_figure(
+        networks, data, Path(args.output), split=args.split, indices=indices, count=args.count, seed=args.seed,
+        correct_only=args.correct_only, method=args.method,
+    )  # fmt: skip
+    print(f"{args.output}: {len(shown)} images ({', '.join(map(str, shown))}) x {len(networks)} networks")
+    return 0
+
+
 def cmd_localize(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -420,6 +438,18 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--arch", action="append", help="only this architecture's rows (repeatable)")
     _add_training_arguments(compare, model=False)
     compare.set_defaults(func=cmd_compare)
+
+    cam = commands.add_parser("cam", help="the paper's Fig. 4: each image, then each network's Grad-CAM and P")
+    cam.add_argument("--checkpoint", action="append", required=True, help="a checkpoint (repeatable: one column each)")
+    cam.add_argument("--data", help="dataset (default: the one the first checkpoint was trained on)")
+    cam.add_argument("--split", default="val")
+    cam.add_argument("--images", nargs="+", metavar="INDEX", help="these images of the split (indices)")
+    cam.add_argument("--count", type=int, default=4, help="else this many random images (default 4)")
+    cam.add_argument("--seed", type=int, default=0)
+    cam.add_argument("--correct-only", action="store_true", help="only images every network classifies correctly")
+    cam.add_argument("--method", default="gradcam", choices=CAM_METHODS)
+    cam.add_argument("--output", required=True, help="the figure (.png, or .pdf)")
+    cam.set_defaults(func=cmd_cam)
 
     localize = commands.add_parser(
         "localize", help="how well each network's Grad-CAM points at the object: scores against the data's boxes"

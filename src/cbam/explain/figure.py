@@ -1,0 +1,116 @@
+"""The paper's Fig. 4 for any checkpoints: each image, then each network's Grad-CAM with its P."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from cbam.data.loading import DataError, class_names, open_split
+from cbam.data.transforms import eval_transform
+from cbam.explain.cam import grad_cam
+
+
+@dataclass(frozen=True)
+class Network:
+    """A checkpoint ready to explain: its label in the figure, the model and its input geometry."""
+
+    label: str
+    model: nn.Module
+    image_size: int
+    resize: int
+
+
+def load_networks(paths: list[Path]) -> tuple[list[Network], str | None]:
+    """Each checkpoint's network (eval mode) and the dataset the first one was trained on."""
+    from cbam.engine.evaluate import _load_network
+
+    networks, data = [], None
+    for path in paths:
+        model, _, trained = _load_network(Path(path))
+        size = trained.get("image_size", 224)
+        resize = trained.get("eval_resize") or round(size * 256 / 224)
+        label = str(trained.get("attention", "")) or Path(path).parent.name
+        networks.append(Network(label if label != "none" else "baseline", model.eval(), size, resize))
+        data = data or trained.get("data")
+    return networks, data
+
+
+def choose_images(
+    dataset, networks: list[Network], indices: list[int] | None, count: int, seed: int, correct_only: bool
+) -> list[int]:
+    """The given indices, else `count` random validation images (seeded), optionally only those
+    every network classifies correctly (the paper's selection for its study)."""
+    if indices:
+        for i in indices:
+            if not 0 <= i < len(dataset):
+                raise DataError(f"image index {i} is outside the split's {len(dataset)} images")
+        return list(indices)
+    order = np.random.default_rng(seed).permutation(len(dataset)).tolist()
+    chosen = []
+    for i in order:
+        image, label = dataset[i]
+        if not correct_only or all(_predict(n, image) == label for n in networks):
+            chosen.append(i)
+        if len(chosen) == count:
+            break
+    if not chosen:
+        raise DataError("no image is classified correctly by every network")
+    return chosen
+
+
+def _predict(network: Network, image: Image.Image) -> int:
+    x = eval_transform(network.image_size, network.resize)(image.convert("RGB")).unsqueeze(0)
+    with torch.no_grad():
+        return int(network.model(x).argmax(1))
+
+
+def draw_figure(
+    networks: list[Network], data: str, output: Path, *, split: str = "val", indices: list[int] | None = None,
+    count: int = 4, seed: int = 0, correct_only: bool = False, method: str = "gradcam",
+) -> list[int]:  # fmt: skip
+    """Write the grid to `output` (PNG, or PDF by suffix); returns the dataset indices shown."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    dataset = open_split(data, split)
+    names = class_names(dataset)
+    shown = choose_images(dataset, networks, indices, count, seed, correct_only)
+    rows, cols = len(shown), len(networks) + 1
+    fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols + 0.6, 2.5 * rows), squeeze=False)
+    mappable = None
+    for r, index in enumerate(shown):
+        image, label = dataset[index]
+        rgb = image.convert("RGB")
+        size = networks[0].image_size
+        display = eval_transform(size, networks[0].resize).transforms[:2]  # resize and crop, no normalisation
+        shown_image = np.asarray(display[1](display[0](rgb)))
+        axes[r][0].imshow(shown_image)
+        axes[r][0].set_title(f"{names[label]}", fontsize=11)
+        for c, network in enumerate(networks, start=1):
+            x = eval_transform(network.image_size, network.resize)(rgb).unsqueeze(0)
+            cams, probs = grad_cam(network.model, x, targets=[label], method=method)
+            axes[r][c].imshow(shown_image)
+            mappable = axes[r][c].imshow(
+                np.asarray(Image.fromarray(cams[0].numpy()).resize(shown_image.shape[1::-1])),
+                cmap="jet", alpha=0.5, vmin=0.0, vmax=1.0,
+            )  # fmt: skip
+            if r == 0:
+                axes[r][c].set_title(network.label, fontsize=11)
+            axes[r][c].set_xlabel(f"P = {probs[0]:.2f}", fontsize=10)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    axes[0][0].set_ylabel("input", fontsize=10)
+    fig.colorbar(mappable, ax=axes, shrink=0.6, label=f"{method} (normalised)")
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(output, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return shown

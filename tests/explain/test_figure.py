@@ -1,0 +1,30 @@
+"""`cbam cam`: the Fig. 4 grid, one row per image and one column per network after the input."""
+
+from __future__ import annotations
+
+from PIL import Image
+
+from cbam.cli import main
+from cbam.engine.train import fit
+from tests.engine.conftest import tiny_config, write_image_folder
+
+
+def test_cam_figure_has_a_row_per_image_and_a_column_per_network(tmp_path, capsys) -> None:
+    data = write_image_folder(tmp_path / "data")
+    fit(tiny_config(data, tmp_path / "run", epochs=1))
+    checkpoint = str(tmp_path / "run" / "best.pt")
+    sizes = {}
+    for rows, columns in ((1, 1), (3, 1), (3, 3)):
+        output = tmp_path / f"fig-{rows}-{columns}.png"
+        args = ["cam", *["--checkpoint", checkpoint] * columns, "--count", str(rows), "--output", str(output)]
+        assert main(args) == 0
+        with Image.open(output) as image:
+            assert image.format == "PNG"
+            sizes[rows, columns] = image.size
+    assert sizes[3, 1][1] > 2.5 * sizes[1, 1][1], "three rows are about three times as tall as one"
+    assert sizes[3, 3][0] > 1.5 * sizes[3, 1][0], "two more networks add two columns"
+    assert main(["cam", "--checkpoint", checkpoint, "--images", "0", "2", "--output", str(tmp_path / "f.pdf")]) == 0
+    assert (tmp_path / "f.pdf").read_bytes().startswith(b"%PDF")
+    assert "f.pdf: 2 images (0, 2)" in capsys.readouterr().out
+    assert main(["cam", "--checkpoint", checkpoint, "--images", "999", "--output", str(tmp_path / "g.png")]) == 2
+    assert "outside the split" in capsys.readouterr().err
