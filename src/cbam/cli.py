@@ -269,7 +269,7 @@ def cmd_cam(args: argparse.Namespace) -> int:
     indices = [int(i) for i in args.images] if args.images else None
     shown = draw_figure(
         networks, data, Path(args.output), split=args.split, indices=indices, count=args.count, seed=args.seed,
-        correct_only=args.correct_only, method=args.method,
+        correct_only=args.correct_only, method=args.method, layer=args.layer,
     )  # fmt: skip
     print(f"{args.output}: {len(shown)} images ({', '.join(map(str, shown))}) x {len(networks)} networks")
     return 0
@@ -285,6 +285,7 @@ def cmd_localize(args: argparse.Namespace) -> int:
         "split": args.split,
         "boxes": Path(args.boxes) if args.boxes else None,
         "method": args.method,
+        "layer": args.layer,
         "threshold": args.threshold,
         "batch_size": args.batch_size,
         "limit": args.limit,
@@ -448,6 +449,7 @@ def build_parser() -> argparse.ArgumentParser:
     cam.add_argument("--seed", type=int, default=0)
     cam.add_argument("--correct-only", action="store_true", help="only images every network classifies correctly")
     cam.add_argument("--method", default="gradcam", choices=CAM_METHODS)
+    cam.add_argument("--layer", help="the module to explain, by dotted name (default: the last block)")
     cam.add_argument("--output", required=True, help="the figure (.png, or .pdf)")
     cam.set_defaults(func=cmd_cam)
 
@@ -459,6 +461,7 @@ def build_parser() -> argparse.ArgumentParser:
     localize.add_argument("--split", default="val")
     localize.add_argument("--boxes", help="a COCO .json or a folder of VOC .xml (default: the data's annotations/)")
     localize.add_argument("--method", default="gradcam", choices=CAM_METHODS)
+    localize.add_argument("--layer", help="the module to explain, by dotted name (default: the last block)")
     localize.add_argument("--threshold", type=float, default=0.6, help="CAM level of the region for IoU (paper: 0.6)")
     localize.add_argument("--limit", type=int, help="only the first N images with a box")
     localize.add_argument("--batch-size", type=int, default=32)

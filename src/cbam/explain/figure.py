@@ -71,7 +71,7 @@ def _predict(network: Network, image: Image.Image) -> int:
 
 def draw_figure(
     networks: list[Network], data: str, output: Path, *, split: str = "val", indices: list[int] | None = None,
-    count: int = 4, seed: int = 0, correct_only: bool = False, method: str = "gradcam",
+    count: int = 4, seed: int = 0, correct_only: bool = False, method: str = "gradcam", layer: str | None = None,
 ) -> list[int]:  # fmt: skip
     """Write the grid to `output` (PNG, or PDF by suffix); returns the dataset indices shown."""
     import matplotlib
@@ -95,7 +95,7 @@ def draw_figure(
         axes[r][0].set_title(f"{names[label]}", fontsize=11)
         for c, network in enumerate(networks, start=1):
             x = eval_transform(network.image_size, network.resize)(rgb).unsqueeze(0)
-            cams, probs = grad_cam(network.model, x, targets=[label], method=method)
+            cams, probs = grad_cam(network.model, x, targets=[label], layer=layer, method=method)
             axes[r][c].imshow(shown_image)
             mappable = axes[r][c].imshow(
                 np.asarray(Image.fromarray(cams[0].numpy()).resize(shown_image.shape[1::-1])),

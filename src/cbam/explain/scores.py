@@ -48,6 +48,7 @@ def localize_checkpoint(
     split: str = "val",
     boxes: Path | None = None,
     method: str = "gradcam",
+    layer: str | None = None,
     threshold: float = DISPLAY_THRESHOLD,
     batch_size: int = 32,
     limit: int | None = None,
@@ -88,7 +89,7 @@ def localize_checkpoint(
             targets.append(boxes_after_eval_transform(own, rgb.width, rgb.height, image_size, resize))
             images.append(transform(rgb))
             labels.append(label)
-        cams, _ = grad_cam(model, torch.stack(images).to(device), targets=labels, method=method)
+        cams, _ = grad_cam(model, torch.stack(images).to(device), targets=labels, layer=layer, method=method)
         for cam, target in zip(cams, targets, strict=True):
             hits.append(float(pointing_game(cam, target)))
             energies.append(energy_in_boxes(cam, target))
