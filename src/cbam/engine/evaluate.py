@@ -16,7 +16,7 @@ from cbam.engine.distributed import init_distributed
 from cbam.engine.train import EvalResult, build_model, evaluate
 
 
-def _load_network(path: Path) -> tuple[nn.Module, list[str] | None, dict[str, Any]]:
+def load_network(path: Path) -> tuple[nn.Module, list[str] | None, dict[str, Any]]:
     """(model, class names if known, how it was trained) from a checkpoint or a `.safetensors` file."""
     if path.suffix == ".safetensors":
         from cbam.convert import load_pretrained
@@ -43,7 +43,7 @@ def evaluate_checkpoint(
 ) -> EvalResult:
     """Top-1/top-5 error of a checkpoint on `split` of `data` (default: the data it was trained on)."""
     path = Path(path)
-    model, classes, trained = _load_network(path)
+    model, classes, trained = load_network(path)
     data = data or trained.get("data")
     if not data:
         raise DataError("give --data: this weights file does not record its dataset")

@@ -27,11 +27,11 @@ class Network:
 
 def load_networks(paths: list[Path]) -> tuple[list[Network], str | None]:
     """Each checkpoint's network (eval mode) and the dataset the first one was trained on."""
-    from cbam.engine.evaluate import _load_network
+    from cbam.engine.evaluate import load_network
 
     networks, data = [], None
     for path in paths:
-        model, _, trained = _load_network(Path(path))
+        model, _, trained = load_network(Path(path))
         size = trained.get("image_size", 224)
         resize = trained.get("eval_resize") or round(size * 256 / 224)
         label = str(trained.get("attention", "")) or Path(path).parent.name

@@ -55,9 +55,9 @@ def localize_checkpoint(
     device: str = "cpu",
 ) -> LocalizationScores:
     """Grad-CAM of the ground-truth class for every image with a box of that class, scored against it."""
-    from cbam.engine.evaluate import _load_network
+    from cbam.engine.evaluate import load_network
 
-    model, _, trained = _load_network(Path(path))
+    model, _, trained = load_network(Path(path))
     data = data or trained.get("data")
     if not data:
         raise DataError("give --data: this weights file does not record its dataset")
