@@ -260,18 +260,30 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_cam(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from cbam.explain.figure import draw_figure, load_networks
+    from cbam.explain.figure import draw_figure, load_networks, write_gallery
 
+    if not (args.output or args.html):
+        raise CommandError("give --output FIGURE (.png or .pdf), --html FOLDER, or both")
     networks, trained_on = load_networks([Path(p) for p in args.checkpoint])
     data = args.data or trained_on
     if not data:
         raise CommandError("give --data: the checkpoint does not record its dataset")
     indices = [int(i) for i in args.images] if args.images else None
-    shown = draw_figure(
-        networks, data, Path(args.output), split=args.split, indices=indices, count=args.count, seed=args.seed,
-        correct_only=args.correct_only, method=args.method, layer=args.layer,
-    )  # fmt: skip
-    print(f"{args.output}: {len(shown)} images ({', '.join(map(str, shown))}) x {len(networks)} networks")
+    options = {
+        "split": args.split,
+        "indices": indices,
+        "seed": args.seed,
+        "correct_only": args.correct_only,
+        "method": args.method,
+        "layer": args.layer,
+        "with_attention_maps": args.attention_maps,
+    }
+    if args.html:
+        page = write_gallery(networks, data, Path(args.html), count=args.count, **options)
+        print(f"gallery: {page}")
+    if args.output:
+        shown = draw_figure(networks, data, Path(args.output), count=args.count, **options)
+        print(f"{args.output}: {len(shown)} images ({', '.join(map(str, shown))}) x {len(networks)} networks")
     return 0
 
 
@@ -450,7 +462,9 @@ def build_parser() -> argparse.ArgumentParser:
     cam.add_argument("--correct-only", action="store_true", help="only images every network classifies correctly")
     cam.add_argument("--method", default="gradcam", choices=CAM_METHODS)
     cam.add_argument("--layer", help="the module to explain, by dotted name (default: the last block)")
-    cam.add_argument("--output", required=True, help="the figure (.png, or .pdf)")
+    cam.add_argument("--attention-maps", action="store_true", help="add each CBAM stage's spatial map Ms")
+    cam.add_argument("--output", help="the figure (.png, or .pdf)")
+    cam.add_argument("--html", help="also (or instead) an HTML gallery in this folder, one row per image")
     cam.set_defaults(func=cmd_cam)
 
     localize = commands.add_parser(

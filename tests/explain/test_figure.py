@@ -28,3 +28,21 @@ def test_cam_figure_has_a_row_per_image_and_a_column_per_network(tmp_path, capsy
     assert "f.pdf: 2 images (0, 2)" in capsys.readouterr().out
     assert main(["cam", "--checkpoint", checkpoint, "--images", "999", "--output", str(tmp_path / "g.png")]) == 2
     assert "outside the split" in capsys.readouterr().err
+
+
+def test_attention_maps_add_a_column_per_stage_and_the_gallery_links_every_image(tmp_path, capsys) -> None:
+    data = write_image_folder(tmp_path / "data")
+    fit(tiny_config(data, tmp_path / "run", epochs=1))  # a CBAM network with four stages
+    checkpoint = str(tmp_path / "run" / "best.pt")
+    plain, maps = tmp_path / "plain.png", tmp_path / "maps.png"
+    assert main(["cam", "--checkpoint", checkpoint, "--count", "1", "--output", str(plain)]) == 0
+    assert main(["cam", "--checkpoint", checkpoint, "--count", "1", "--attention-maps", "--output", str(maps)]) == 0
+    with Image.open(plain) as a, Image.open(maps) as b:
+        assert b.size[0] > 2.0 * a.size[0], "four stage maps beside the Grad-CAM"
+    gallery = tmp_path / "gallery"
+    assert main(["cam", "--checkpoint", checkpoint, "--images", "1", "4", "--html", str(gallery)]) == 0
+    page = (gallery / "index.html").read_text()
+    assert page.count("<img ") == 2 and 'src="image-000001.png"' in page and 'src="image-000004.png"' in page
+    assert (gallery / "image-000004.png").exists()
+    assert main(["cam", "--checkpoint", checkpoint]) == 2
+    assert "give --output" in capsys.readouterr().err

@@ -13,6 +13,7 @@ from torch import nn
 from cbam.data.loading import DataError, class_names, open_split
 from cbam.data.transforms import eval_transform
 from cbam.explain.cam import grad_cam
+from cbam.explain.maps import attention_maps
 
 
 @dataclass(frozen=True)
@@ -72,8 +73,13 @@ def _predict(network: Network, image: Image.Image) -> int:
 def draw_figure(
     networks: list[Network], data: str, output: Path, *, split: str = "val", indices: list[int] | None = None,
     count: int = 4, seed: int = 0, correct_only: bool = False, method: str = "gradcam", layer: str | None = None,
+    with_attention_maps: bool = False,
 ) -> list[int]:  # fmt: skip
-    """Write the grid to `output` (PNG, or PDF by suffix); returns the dataset indices shown."""
+    """Write the grid to `output` (PNG, or PDF by suffix); returns the dataset indices shown.
+
+    `with_attention_maps` adds, after each network's Grad-CAM, the spatial map Ms of the last
+    attention block of every stage (CBAM networks only).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -82,7 +88,8 @@ def draw_figure(
     dataset = open_split(data, split)
     names = class_names(dataset)
     shown = choose_images(dataset, networks, indices, count, seed, correct_only)
-    rows, cols = len(shown), len(networks) + 1
+    stages = {n.label: _stage_blocks(n) if with_attention_maps else [] for n in networks}
+    rows, cols = len(shown), 1 + sum(1 + len(stages[n.label]) for n in networks)
     fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols + 0.6, 2.5 * rows), squeeze=False)
     mappable = None
     for r, index in enumerate(shown):
@@ -93,24 +100,83 @@ def draw_figure(
         shown_image = np.asarray(display[1](display[0](rgb)))
         axes[r][0].imshow(shown_image)
         axes[r][0].set_title(f"{names[label]}", fontsize=11)
-        for c, network in enumerate(networks, start=1):
+        c = 1
+        for network in networks:
             x = eval_transform(network.image_size, network.resize)(rgb).unsqueeze(0)
             cams, probs = grad_cam(network.model, x, targets=[label], layer=layer, method=method)
-            axes[r][c].imshow(shown_image)
-            mappable = axes[r][c].imshow(
-                np.asarray(Image.fromarray(cams[0].numpy()).resize(shown_image.shape[1::-1])),
-                cmap="jet", alpha=0.5, vmin=0.0, vmax=1.0,
-            )  # fmt: skip
+            mappable = _overlay(axes[r][c], shown_image, cams[0])
             if r == 0:
                 axes[r][c].set_title(network.label, fontsize=11)
             axes[r][c].set_xlabel(f"P = {probs[0]:.2f}", fontsize=10)
+            c += 1
+            if stages[network.label]:
+                maps = attention_maps(network.model, x)
+                for block in stages[network.label]:
+                    _overlay(axes[r][c], shown_image, maps[block].spatial[0, 0])
+                    if r == 0:
+                        axes[r][c].set_title(f"{network.label}: Ms {block.split('.')[0]}", fontsize=9)
+                    c += 1
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
     axes[0][0].set_ylabel("input", fontsize=10)
-    fig.colorbar(mappable, ax=axes, shrink=0.6, label=f"{method} (normalised)")
+    scale = f"{method} (normalised)" + (", attention Ms" if with_attention_maps else "")
+    fig.colorbar(mappable, ax=axes, shrink=0.6, label=scale)
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(output, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return shown
+
+
+def _overlay(ax, image: np.ndarray, heat: torch.Tensor):
+    """`heat` (any size, values in [0, 1]) over `image`, on the shared colour scale."""
+    ax.imshow(image)
+    resized = Image.fromarray(heat.float().numpy()).resize(image.shape[1::-1], Image.BILINEAR)
+    return ax.imshow(np.asarray(resized), cmap="jet", alpha=0.5, vmin=0.0, vmax=1.0)
+
+
+def _stage_blocks(network: Network) -> list[str]:
+    """The last CBAM block of every stage (`layer1.1.attention` ...), in order."""
+    from cbam.layers import CBAM
+
+    last: dict[str, str] = {}
+    for name, module in network.model.named_modules():
+        if isinstance(module, CBAM) and module.spatial is not None:
+            last[name.split(".")[0]] = name
+    return list(last.values())
+
+
+def write_gallery(
+    networks: list[Network], data: str, folder: Path, *, split: str = "val", indices: list[int] | None = None,
+    count: int = 24, seed: int = 0, correct_only: bool = False, method: str = "gradcam", layer: str | None = None,
+    with_attention_maps: bool = False,
+) -> Path:  # fmt: skip
+    """An HTML page with one figure row per image (`folder/index.html`, images beside it)."""
+    import html
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    dataset = open_split(data, split)
+    names = class_names(dataset)
+    shown = choose_images(dataset, networks, indices, count, seed, correct_only)
+    items = []
+    for index in shown:
+        draw_figure(
+            networks, data, folder / f"image-{index:06d}.png", split=split, indices=[index], method=method,
+            layer=layer, with_attention_maps=with_attention_maps,
+        )  # fmt: skip
+        label = html.escape(names[dataset[index][1]])
+        items.append(f'<figure><img src="image-{index:06d}.png" alt="image {index}, class {label}">'
+                     f"<figcaption>#{index}: {label}</figcaption></figure>")  # fmt: skip
+    columns = html.escape(", ".join(n.label for n in networks))
+    page = (
+        '<!doctype html><html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{method}: {columns}</title><style>img{{max-width:100%}}figure{{margin:1em 0}}</style>"
+        f"</head><body><h1>{method} on {html.escape(data)} ({split})</h1><p>Columns: input, {columns}.</p>"
+        + "".join(items)
+        + "</body></html>\n"
+    )
+    (folder / "index.html").write_text(page)
+    return folder / "index.html"
