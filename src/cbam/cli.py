@@ -292,7 +292,6 @@ def cmd_localize(args: argparse.Namespace) -> int:
 
     from cbam.explain.scores import format_interval, localize_checkpoint
 
-    device = args.device if args.device != "auto" else "cuda" if torch_cuda_available() else "cpu"
     options = {
         "split": args.split,
         "boxes": Path(args.boxes) if args.boxes else None,
@@ -301,7 +300,7 @@ def cmd_localize(args: argparse.Namespace) -> int:
         "threshold": args.threshold,
         "batch_size": args.batch_size,
         "limit": args.limit,
-        "device": device,
+        "device": args.device,
     }
     scores = [localize_checkpoint(Path(path), args.data, **options) for path in args.checkpoint]
     if args.json:
@@ -317,12 +316,6 @@ def cmd_localize(args: argparse.Namespace) -> int:
     if args.csv:
         write_csv(args.csv, header, rows)
     return 0
-
-
-def torch_cuda_available() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 def write_csv(path: str, header: list[str], rows: list[list[str]]) -> None:

@@ -30,6 +30,12 @@ def load_network(path: Path) -> tuple[nn.Module, list[str] | None, dict[str, Any
     return model, state["classes"], config.to_dict()
 
 
+def eval_geometry(trained: dict[str, Any]) -> tuple[int, int]:
+    """(image_size, eval_resize) a network was trained for: its single-crop evaluation input."""
+    image_size = trained.get("image_size") or 224
+    return image_size, trained.get("eval_resize") or round(image_size * 256 / 224)
+
+
 def evaluate_checkpoint(
     path: Path,
     data: str | None = None,
@@ -47,8 +53,10 @@ def evaluate_checkpoint(
     data = data or trained.get("data")
     if not data:
         raise DataError("give --data: this weights file does not record its dataset")
-    image_size = image_size or trained.get("image_size", 224)
-    eval_resize = eval_resize or trained.get("eval_resize", round(image_size * 256 / 224))
+    if image_size is None:
+        image_size, trained_resize = eval_geometry(trained)
+        eval_resize = eval_resize or trained_resize
+    eval_resize = eval_resize or trained.get("eval_resize") or round(image_size * 256 / 224)
     base = open_split(data, split, download=bool(trained.get("download")))
     data_classes = class_names(base)
     num_classes = len(classes) if classes is not None else model.fc.out_features

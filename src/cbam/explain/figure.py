@@ -28,13 +28,12 @@ class Network:
 
 def load_networks(paths: list[Path]) -> tuple[list[Network], str | None]:
     """Each checkpoint's network (eval mode) and the dataset the first one was trained on."""
-    from cbam.engine.evaluate import load_network
+    from cbam.engine.evaluate import eval_geometry, load_network
 
     networks, data = [], None
     for path in paths:
         model, _, trained = load_network(Path(path))
-        size = trained.get("image_size", 224)
-        resize = trained.get("eval_resize") or round(size * 256 / 224)
+        size, resize = eval_geometry(trained)
         label = str(trained.get("attention", "")) or Path(path).parent.name
         networks.append(Network(label if label != "none" else "baseline", model.eval(), size, resize))
         data = data or trained.get("data")

@@ -11,6 +11,7 @@ from PIL import Image
 from cbam.data.cluttered_digits import ensure_cluttered_digits
 from cbam.data.loading import DataError, class_names, open_split
 from cbam.data.transforms import eval_transform
+from cbam.engine.distributed import resolve_device
 from cbam.explain.boxes import boxes_after_eval_transform, split_boxes
 from cbam.explain.cam import grad_cam
 from cbam.explain.localize import (
@@ -52,23 +53,23 @@ def localize_checkpoint(
     threshold: float = DISPLAY_THRESHOLD,
     batch_size: int = 32,
     limit: int | None = None,
-    device: str = "cpu",
+    device: str = "auto",
 ) -> LocalizationScores:
     """Grad-CAM of the ground-truth class for every image with a box of that class, scored against it."""
-    from cbam.engine.evaluate import load_network
+    from cbam.engine.evaluate import eval_geometry, load_network
 
     model, _, trained = load_network(Path(path))
     data = data or trained.get("data")
     if not data:
         raise DataError("give --data: this weights file does not record its dataset")
-    image_size = trained.get("image_size", 224)
-    resize = trained.get("eval_resize") or round(image_size * 256 / 224)
+    image_size, resize = eval_geometry(trained)
     base = open_split(data, split)
     names = class_names(base)
     root = data_root(data) / split
     files = [str(Path(p).relative_to(root)) for p, _ in base.samples]
     truth = split_boxes(data_root(data), split, files, boxes)
     transform = eval_transform(image_size, resize)
+    device = resolve_device(device)
     model = model.to(device).eval()
     hits: list[float] = []
     energies: list[float] = []
