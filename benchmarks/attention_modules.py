@@ -14,10 +14,11 @@ import argparse
 from collections.abc import Callable
 
 import torch
-from bench_utils import interleaved_medians, machine_line, markdown, saved_activation_ratio
+from bench_utils import interleaved_medians, machine_line, markdown
 from torch import nn
 
 import cbam
+from cbam.profile import saved_activation_ratio
 
 STAGES: tuple[tuple[int, int], ...] = ((256, 56), (512, 28), (1024, 14), (2048, 7))
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}

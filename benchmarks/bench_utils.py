@@ -1,4 +1,4 @@
-"""Shared by the benchmarks: interleaved median timing, saved-activation bytes, the machine line."""
+"""Shared by the benchmarks: interleaved median timing, the machine line, the table."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import time
 from collections.abc import Callable
 
 import torch
-from torch import Tensor, nn
+
+from cbam.report import format_markdown_table
 
 
 def synchronize(device: torch.device) -> None:
@@ -35,22 +36,6 @@ def interleaved_medians(
     return {name: statistics.median(times) for name, times in samples.items()}
 
 
-def saved_activation_ratio(module: nn.Module, x: Tensor) -> float:
-    """Bytes the forward keeps for backward (distinct storages, parameters and buffers excluded) / x's bytes."""
-    own = {t.untyped_storage().data_ptr() for t in [*module.parameters(), *module.buffers()]}
-    kept: dict[int, int] = {}
-
-    def pack(t: Tensor) -> Tensor:
-        storage = t.untyped_storage()
-        if storage.data_ptr() not in own:
-            kept[storage.data_ptr()] = storage.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        module(x.detach().requires_grad_())
-    return sum(kept.values()) / (x.numel() * x.element_size())
-
-
 def machine_line(device: torch.device) -> str:
     """The hardware and versions a result belongs to."""
     if device.type == "cuda":
@@ -67,10 +52,6 @@ def machine_line(device: torch.device) -> str:
 
 
 def markdown(rows: list[dict[str, object]]) -> str:
-    """A list of same-keyed dicts as a markdown table."""
-    keys = list(rows[0])
-    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-    for row in rows:
-        cells = [f"{v:.2f}" if isinstance(v, float) else str(v) for v in row.values()]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    """Same-keyed dicts as a markdown table, floats to two decimals."""
+    cells = [[f"{v:.2f}" if isinstance(v, float) else v for v in row.values()] for row in rows]
+    return format_markdown_table(list(rows[0]), cells)

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from cbam.layers.create import AttentionSpec
@@ -64,6 +64,22 @@ def count_macs(model: nn.Module, input_size: Sequence[int] = INPUT_SIZE) -> int:
     with FlopCounterMode(display=False) as counter:
         forward_zeros(model, input_size)
     return counter.get_total_flops() // 2
+
+
+def saved_activation_ratio(module: nn.Module, x: Tensor) -> float:
+    """Bytes a forward keeps for backward (distinct storages; parameters and buffers excluded) / x's bytes."""
+    own = {t.untyped_storage().data_ptr() for t in [*module.parameters(), *module.buffers()]}
+    kept: dict[int, int] = {}
+
+    def pack(t: Tensor) -> Tensor:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in own:
+            kept[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        module(x.detach().requires_grad_())
+    return sum(kept.values()) / (x.numel() * x.element_size())
 
 
 def measure(model: nn.Module, input_size: Sequence[int] = INPUT_SIZE) -> Complexity:
