@@ -28,7 +28,7 @@ from cbam.profile import (
     measure_arch,
 )
 from cbam.registry import create_model, list_models, model_entry
-from cbam.report import format_markdown_table
+from cbam.report import format_markdown_table, write_csv
 
 
 class CommandError(Exception):
@@ -316,15 +316,6 @@ def cmd_localize(args: argparse.Namespace) -> int:
     if args.csv:
         write_csv(args.csv, header, rows)
     return 0
-
-
-def write_csv(path: str, header: list[str], rows: list[list[str]]) -> None:
-    import csv
-
-    with open(path, "w", newline="") as out:
-        writer = csv.writer(out)
-        writer.writerow(header)
-        writer.writerows(rows)
 
 
 def cmd_compare(args: argparse.Namespace) -> int:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import csv
+import io
 from collections.abc import Sequence
+from pathlib import Path
 
 
 def _escape(cell: object) -> str:
@@ -18,3 +21,14 @@ def format_markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]
     lines = ["| " + " | ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) + " |" for row in cells]
     lines.insert(1, "| " + " | ".join("-" * w for w in widths) + " |")
     return "\n".join(lines)
+
+
+def write_csv(path: str | Path, header: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+    """The same table as CSV, written atomically."""
+    from cbam.engine.checkpoint import atomic_write
+
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(header)
+    writer.writerows(rows)
+    atomic_write(Path(path), lambda tmp: tmp.write_text(buffer.getvalue()))

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import json
 import re
 from dataclasses import dataclass
@@ -20,7 +18,7 @@ from cbam.engine.distributed import is_main_process
 from cbam.engine.train import BEST, LAST, RunResult, fit
 from cbam.layers.create import AttentionSpec
 from cbam.paper import paper_rows
-from cbam.report import format_markdown_table
+from cbam.report import format_markdown_table, write_csv
 
 COMPARE_PRESETS: tuple[str, ...] = ("table1", "table2", "table3", "table4", "table5")
 
@@ -187,11 +185,7 @@ def write_reports(
     """comparison.md, comparison.csv and curves.png (validation error per epoch) in `output`."""
     table = format_markdown_table(header, rows)
     atomic_write(output / "comparison.md", lambda tmp: tmp.write_text(table + "\n"))
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(header)
-    writer.writerows(rows)
-    atomic_write(output / "comparison.csv", lambda tmp: tmp.write_text(buffer.getvalue()))
+    write_csv(output / "comparison.csv", header, rows)
     atomic_write(output / "curves.png", lambda tmp: plot_curves(results, tmp))
 
 
