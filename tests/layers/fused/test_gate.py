@@ -107,11 +107,9 @@ def test_max_pool_ties_send_the_gradient_to_the_first_maximum(name: str) -> None
 def test_plain_pytorch_kernels_match_eager(name: str) -> None:
     """The fused op on `primitives.py` alone: the fallback where no C compiler exists."""
     eager = randomize_(LAYERS[name](16, "eager"))
+    reset = copy.deepcopy(eager)
     x = torch.randn(2, 16, 7, 5)
     expected = run(eager, x)
-    channel = eager if name == "se" else getattr(eager, "channel", None)
-    spatial = eager if name == "spatial" else getattr(eager, "spatial", None)
-    reset = copy.deepcopy(eager)
     channel = reset if name == "se" else getattr(reset, "channel", None)
     spatial = reset if name == "spatial" else getattr(reset, "spatial", None)
     xg = x.clone().requires_grad_()
@@ -236,11 +234,16 @@ def test_triton_on_cpu_without_the_interpreter_is_a_clear_error(monkeypatch: pyt
 @CPU_KERNELS
 def test_hooks_on_a_branch_run_the_eager_modules(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(fused, "AUTO_MIN_ELEMENTS", 0)
-    model = cbam.create_model("resnet18_cbam", num_classes=3).eval()
-    with cbam.AttentionRecorder(model) as recorder:
-        model(torch.randn(1, 3, 32, 32))
-    spatial = recorder.maps["layer1.0.attention.spatial"]
-    assert spatial.shape == (1, 1, 8, 8)
+    model = randomize_(cbam.create_model("resnet18_cbam", num_classes=3)).eval()
+    eager = fused.set_attention_impl(copy.deepcopy(model), "eager")
+    images = torch.randn(1, 3, 32, 32)
+    with cbam.AttentionRecorder(model) as recorder, cbam.AttentionRecorder(eager) as reference:
+        out, expected = model(images), eager(images)
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)  # the hooked branches ran the eager ops
+    assert recorder.maps.keys() == reference.maps.keys()
+    for name, value in reference.maps.items():
+        torch.testing.assert_close(recorder.maps[name], value, rtol=0, atol=0, msg=name)
+    assert recorder.maps["layer1.0.attention.spatial"].shape == (1, 1, 8, 8)
 
 
 def test_without_a_compiler_the_build_error_is_readable(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
