@@ -8,13 +8,13 @@ import torch
 from torch import Tensor, nn
 
 from cbam.layers.channel import ChannelAttention
-from cbam.layers.fused import backend_for, channel_fusable, check_impl, fused_gate, spatial_fusable
+from cbam.layers.fused import FusableAttention, channel_fusable, check_impl, spatial_fusable
 from cbam.layers.spatial import SpatialAttention
 
 ARRANGEMENTS: tuple[str, ...] = ("channel-spatial", "spatial-channel", "parallel")
 
 
-class CBAM(nn.Module):
+class CBAM(FusableAttention, nn.Module):
     """Convolutional Block Attention Module: F' = Mc(F) * F, then F'' = Ms(F') * F', eq. (1).
 
     `arrangement` chooses the order of Table 3: `"channel-spatial"` (the paper's), the
@@ -77,23 +77,15 @@ class CBAM(nn.Module):
             return self.spatial(x)
         return x
 
-    @torch.jit.unused
-    def _fused(self, x: Tensor, shortcut: Tensor | None = None, overwrite_input: bool = False) -> Tensor | None:
-        if self.channel is None or self.spatial is None:
-            branch = self.channel if self.channel is not None else self.spatial
-            return branch._fused(x, shortcut, overwrite_input) if shortcut is not None else None
-        if self.arrangement != "channel-spatial":
+    def _fused_branches(self) -> tuple[nn.Module | None, nn.Module | None] | None:
+        """Both branches in the paper's order, or the one branch there is; None where they cannot fuse."""
+        if self.channel is not None and self.spatial is not None and self.arrangement != "channel-spatial":
             return None
-        fusable = channel_fusable(self.channel) and spatial_fusable(self.spatial)
-        backend = backend_for(self.impl, x) if fusable else None
-        if backend is None:
+        if self.channel is not None and not channel_fusable(self.channel):
             return None
-        return fused_gate(x, self.channel, self.spatial, backend, shortcut, shortcut is not None, overwrite_input)
-
-    @torch.jit.unused
-    def fused_residual(self, x: Tensor, shortcut: Tensor, overwrite_input: bool = False) -> Tensor | None:
-        """relu(self(x) + shortcut) in one fused pass, or None where this module runs eagerly on x."""
-        return self._fused(x, shortcut, overwrite_input)
+        if self.spatial is not None and not spatial_fusable(self.spatial):
+            return None
+        return self.channel, self.spatial
 
     def extra_repr(self) -> str:
         return f"arrangement={self.arrangement}, impl={self.impl}"

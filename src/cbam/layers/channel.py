@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from cbam.layers.fused import backend_for, channel_fusable, check_impl, fused_gate
+from cbam.layers.fused import FusableAttention, channel_fusable, check_impl
 from cbam.layers.pooling import global_pool, parse_pool_types
 
 
@@ -24,7 +24,7 @@ def hidden_width(channels: int, reduction: float) -> int:
     return max(1, int(channels / reduction + 0.5))
 
 
-class ChannelAttention(nn.Module):
+class ChannelAttention(FusableAttention, nn.Module):
     """Channel attention Mc(F) = sigmoid(sum_p MLP(Pool_p(F))), paper eq. (2).
 
     One MLP (C -> C/r -> C, ReLU, with biases) is shared by every pooled descriptor and the
@@ -73,17 +73,8 @@ class ChannelAttention(nn.Module):
                 return fused
         return x * self.attention_map(x)
 
-    @torch.jit.unused
-    def _fused(self, x: Tensor, shortcut: Tensor | None = None, overwrite_input: bool = False) -> Tensor | None:
-        backend = backend_for(self.impl, x) if channel_fusable(self) else None
-        if backend is None:
-            return None
-        return fused_gate(x, self, None, backend, shortcut, shortcut is not None, overwrite_input)
-
-    @torch.jit.unused
-    def fused_residual(self, x: Tensor, shortcut: Tensor, overwrite_input: bool = False) -> Tensor | None:
-        """relu(self(x) + shortcut) in one fused pass, or None where this layer runs eagerly on x."""
-        return self._fused(x, shortcut, overwrite_input)
+    def _fused_branches(self) -> tuple[nn.Module | None, nn.Module | None] | None:
+        return (self, None) if channel_fusable(self) else None
 
     def extra_repr(self) -> str:
         return f"pool_types={'+'.join(self.pool_types)}, impl={self.impl}"

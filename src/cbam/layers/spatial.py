@@ -5,13 +5,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from cbam.layers.fused import backend_for, check_impl, fused_gate, spatial_fusable
+from cbam.layers.fused import FusableAttention, check_impl, spatial_fusable
 from cbam.layers.pooling import channel_pool
 
 SPATIAL_DESCRIPTORS: tuple[str, ...] = ("pool", "conv")
 
 
-class SpatialAttention(nn.Module):
+class SpatialAttention(FusableAttention, nn.Module):
     """Spatial attention Ms(F) = sigmoid(f_kxk([AvgPool_c(F); MaxPool_c(F)])), paper eq. (3).
 
     `descriptor="pool"` pools mean and max across channels (the paper's choice); `"conv"` is
@@ -72,17 +72,8 @@ class SpatialAttention(nn.Module):
                 return fused
         return x * self.attention_map(x)
 
-    @torch.jit.unused
-    def _fused(self, x: Tensor, shortcut: Tensor | None = None, overwrite_input: bool = False) -> Tensor | None:
-        backend = backend_for(self.impl, x) if spatial_fusable(self) else None
-        if backend is None:
-            return None
-        return fused_gate(x, None, self, backend, shortcut, shortcut is not None, overwrite_input)
-
-    @torch.jit.unused
-    def fused_residual(self, x: Tensor, shortcut: Tensor, overwrite_input: bool = False) -> Tensor | None:
-        """relu(self(x) + shortcut) in one fused pass, or None where this layer runs eagerly on x."""
-        return self._fused(x, shortcut, overwrite_input)
+    def _fused_branches(self) -> tuple[nn.Module | None, nn.Module | None] | None:
+        return (None, self) if spatial_fusable(self) else None
 
     def extra_repr(self) -> str:
         return f"descriptor={self.descriptor}, impl={self.impl}"

@@ -182,6 +182,30 @@ def attention_impl(model: nn.Module, impl: str) -> Iterator[nn.Module]:
             module.impl = own
 
 
+class FusableAttention:
+    """What an attention layer needs to run through the fused gate: it names its branches, this does the rest.
+
+    Subclasses (nn.Modules with an `impl`) return from `_fused_branches` the (channel, spatial)
+    pair the gate computes, either may be None, or None when their configuration cannot fuse.
+    """
+
+    def _fused_branches(self) -> tuple[nn.Module | None, nn.Module | None] | None:
+        raise NotImplementedError
+
+    @torch.jit.unused
+    def _fused(self, x: Tensor, shortcut: Tensor | None = None, overwrite_input: bool = False) -> Tensor | None:
+        branches = self._fused_branches()
+        backend = backend_for(self.impl, x) if branches is not None else None
+        if backend is None:
+            return None
+        return fused_gate(x, *branches, backend, shortcut, shortcut is not None, overwrite_input)
+
+    @torch.jit.unused
+    def fused_residual(self, x: Tensor, shortcut: Tensor, overwrite_input: bool = False) -> Tensor | None:
+        """relu(self(x) + shortcut) in one fused pass, or None where this layer runs eagerly on x."""
+        return self._fused(x, shortcut, overwrite_input)
+
+
 def residual_tail(attention: nn.Module, x: Tensor, shortcut: Tensor, overwrite_input: bool = False) -> Tensor | None:
     """relu(attention(x) + shortcut), the tail of a residual block, as one fused pass; None where the
     attention layer has no fused path for x (the caller then runs the ops one by one).
@@ -198,6 +222,7 @@ def residual_tail(attention: nn.Module, x: Tensor, shortcut: Tensor, overwrite_i
 __all__ = [
     "AUTO_MIN_ELEMENTS",
     "IMPLS",
+    "FusableAttention",
     "attention_impl",
     "backend_for",
     "check_impl",
