@@ -136,6 +136,7 @@ def main() -> int:
     if os.environ.get("TRITON_INTERPRET") != "1":
         print("set TRITON_INTERPRET=1 in the environment: there is no GPU to run the kernels on otherwise")
         return 2
+    torch.manual_seed(0)
     failures, count = [], 0
 
     def run(tag: str, cases: Iterator[tuple[str, tuple]], dtype: torch.dtype) -> None:
@@ -189,7 +190,9 @@ LAYER_TOL = {torch.float32: 1e-5, torch.float16: 4e-3, torch.bfloat16: 2e-2}
 
 def layer_error(name: str, train: bool, layout: torch.memory_format, dtype: torch.dtype) -> str | None:
     """A whole layer with impl='triton' against the same layer run eagerly in float32 on the same (rounded)
-    inputs and weights: output, every gradient, BN buffers, within the dtype's tolerance of their scale."""
+    inputs and weights: output, every gradient, BN buffers, within the dtype's tolerance of their scale or,
+    where summing many rounded terms costs more than that (BN weight gradients in bf16), no further off
+    than twice PyTorch's own eager layer in that dtype."""
     import copy
 
     import cbam
@@ -203,16 +206,18 @@ def layer_error(name: str, train: bool, layout: torch.memory_format, dtype: torc
     fused = set_attention_impl(copy.deepcopy(eager), "triton").to(dtype)
     x = torch.relu(torch.randn(2, 12, 5, 6)).to(dtype).contiguous(memory_format=layout)  # zeros: max-pool ties
     upstream = torch.randn(2, 12, 5, 6)
+    eager_low = copy.deepcopy(eager).to(dtype)
     results = []
-    for layer, inputs in ((eager.to(dtype).float(), x.float()), (fused, x)):
+    for layer, inputs in ((eager.to(dtype).float(), x.float()), (fused, x), (eager_low, x)):
         xg = inputs.clone().requires_grad_()
         out = layer(xg)
         out.backward(upstream.to(out.dtype))
         results.append([out, xg.grad, *(p.grad for p in layer.parameters()), *layer.buffers()])
-    for expected, got in zip(*results, strict=True):
+    for expected, got, baseline in zip(*results, strict=True):
         error = (got.float() - expected.float()).abs().max().item()
-        if error > LAYER_TOL[dtype] * max(expected.abs().max().item(), 1.0):
-            return f"max difference {error:.3g}"
+        eager_error = (baseline.float() - expected.float()).abs().max().item()
+        if error > max(LAYER_TOL[dtype] * max(expected.abs().max().item(), 1.0), 2 * eager_error):
+            return f"max difference {error:.3g} (eager {dtype} layer: {eager_error:.3g})"
     return None
 
 
