@@ -29,6 +29,8 @@ from cbam.profile import (
 )
 from cbam.registry import create_model, list_models, model_entry
 from cbam.report import format_markdown_table, write_csv
+from cbam.survey.commands import add_survey_commands
+from cbam.survey.study import StudyError
 
 
 class CommandError(Exception):
@@ -468,6 +470,8 @@ def build_parser() -> argparse.ArgumentParser:
     localize.add_argument("--csv", help="also write the table to this CSV file")
     localize.set_defaults(func=cmd_localize)
 
+    add_survey_commands(commands)
+
     convert = commands.add_parser("convert", help="an authors' checkpoint (Jongchan/attention-module) -> safetensors")
     convert.add_argument("source", help="their .pth.tar (train_imagenet.py's checkpoint)")
     convert.add_argument("destination", help="the .safetensors file to write")
@@ -499,6 +503,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         DataError,
         CheckpointError,
         TrainingError,
+        StudyError,
     ) as err:
         print(f"cbam {args.command}: error: {err}", file=sys.stderr)
         return 2
