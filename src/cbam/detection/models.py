@@ -1,0 +1,3 @@
+"""Imports every detector module so that its builders register (see `cbam.detection.registry`)."""
+
+from cbam.detection import rcnn, ssd  # noqa: F401

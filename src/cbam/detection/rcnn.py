@@ -1,0 +1,326 @@
+"""Faster R-CNN on the zoo's ResNets, attention in every block (paper Sec. 4.5, Table 7).
+
+The paper plugs CBAM into the *base network* and keeps the detector as it is: its training code
+follows the single-scale ResNet "C4" Faster R-CNN, `faster_rcnn_c4` here: stem to layer3 shared
+(stride 16), the RPN on that one map, RoIAlign to 14x14, then layer4, with its attention, as the
+box head. `faster_rcnn_fpn` is the common multi-scale variant (layer1-4 -> FPN). Everything but
+the backbones comes from `torchvision.models.detection`, so both keep torchvision's contract.
+
+Fine-tuning conventions (Detectron, torchvision): every BatchNorm is frozen and the stem and
+layer1 do not train (`trainable_layers=3`). The BatchNorm that CBAM's spatial gate owns stays a
+`BatchNorm2d` pinned in eval mode (`EvalBatchNorm2d`), not torchvision's `FrozenBatchNorm2d`:
+the fused attention kernels run only for a real BatchNorm2d (`cbam.layers.fused.spatial_fusable`)
+and fall back to the slower eager modules for anything else.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torchvision.models.detection import FasterRCNN
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
+from torchvision.models.detection.rpn import RPNHead
+from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
+from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
+from torchvision.ops.misc import FrozenBatchNorm2d
+
+from cbam.detection.registry import register_detector
+from cbam.detection.weights import load_backbone, read_backbone_state
+from cbam.layers.create import AttentionSpec
+from cbam.layers.fused import FusableAttention
+from cbam.models.resnet import ResNet
+from cbam.registry import create_model, list_models, model_entry
+
+PAPER_ANCHOR_SIZES: tuple[float, ...] = (32, 64, 128, 256, 512)
+"""Anchor sides in pixels of the resized image (Faster R-CNN, COCO)."""
+ASPECT_RATIOS: tuple[float, ...] = (0.5, 1.0, 2.0)
+TRAINABLE_STAGES: tuple[str, ...] = ("layer4", "layer3", "layer2", "layer1", "stem")
+"""What `trainable_layers=k` trains: the first k of these, as torchvision counts them."""
+C4_RPN_DEFAULTS: Mapping[str, int] = {
+    "rpn_pre_nms_top_n_train": 12000,
+    "rpn_pre_nms_top_n_test": 6000,
+    "rpn_post_nms_top_n_train": 2000,
+    "rpn_post_nms_top_n_test": 1000,
+}
+"""Proposal counts of the single-map C4 RPN (Detectron); torchvision's defaults are per FPN level."""
+C4_ROI_SIZE = 14  # RoIAlign output; layer4's stride 2 makes it 7x7
+
+
+# ---------------------------------------------------------------------------------------- frozen BatchNorm
+
+
+class EvalBatchNorm1d(nn.BatchNorm1d):
+    """A BatchNorm1d that never leaves eval mode: fixed running statistics, whatever `train()` says."""
+
+    def train(self, mode: bool = True) -> EvalBatchNorm1d:
+        return super().train(False)
+
+
+class EvalBatchNorm2d(nn.BatchNorm2d):
+    """A BatchNorm2d that never leaves eval mode; still a BatchNorm2d, so the fused attention gate takes it."""
+
+    def train(self, mode: bool = True) -> EvalBatchNorm2d:
+        return super().train(False)
+
+
+def _frozen_copy(bn: nn.BatchNorm1d | nn.BatchNorm2d, owner: nn.Module) -> nn.Module:
+    """The frozen replacement of `bn`, with its statistics and affine values."""
+    factory = {"device": bn.running_mean.device, "dtype": bn.running_mean.dtype}
+    if isinstance(bn, nn.BatchNorm2d) and not isinstance(owner, FusableAttention):
+        frozen: nn.Module = FrozenBatchNorm2d(bn.num_features, eps=bn.eps).to(**factory)
+    else:
+        cls = EvalBatchNorm2d if isinstance(bn, nn.BatchNorm2d) else EvalBatchNorm1d
+        frozen = cls(bn.num_features, bn.eps, bn.momentum, bn.affine, track_running_stats=True, **factory)
+    with torch.no_grad():
+        frozen.running_mean.copy_(bn.running_mean)
+        frozen.running_var.copy_(bn.running_var)
+        if bn.affine:
+            frozen.weight.copy_(bn.weight)
+            frozen.bias.copy_(bn.bias)
+    return frozen.requires_grad_(False).eval()
+
+
+def freeze_batch_norm(module: nn.Module) -> nn.Module:
+    """Replace every BatchNorm in `module` by a frozen one, in place; returns `module`.
+
+    BatchNorm2d becomes torchvision's `FrozenBatchNorm2d` (statistics and affine as buffers),
+    except where an attention layer that runs the fused gate owns it (CBAM's spatial gate): there
+    it becomes an `EvalBatchNorm2d` whose parameters have `requires_grad=False`, so the fused
+    kernels still run. BatchNorm1d (BAM's channel MLP) becomes an `EvalBatchNorm1d` likewise.
+    """
+    for owner in list(module.modules()):
+        for name, child in list(owner.named_children()):
+            if type(child) in (nn.BatchNorm1d, nn.BatchNorm2d) and child.track_running_stats:
+                setattr(owner, name, _frozen_copy(child, owner))
+    return module
+
+
+def freeze_stages(net: ResNet, trainable_layers: int) -> None:
+    """Stop gradients to all but the last `trainable_layers` stages (0-5, torchvision's count)."""
+    if not 0 <= trainable_layers <= len(TRAINABLE_STAGES):
+        raise ValueError(f"trainable_layers must be between 0 and {len(TRAINABLE_STAGES)}, got {trainable_layers}")
+    trained = set(TRAINABLE_STAGES[:trainable_layers])
+    stem = [net.conv1, net.bn1]
+    stages = [(f"layer{i}", getattr(net, f"layer{i}")) for i in range(1, 5)]
+    # stage attention (BAM) after layer i belongs to stage i
+    stages += [(f"layer{i + 1}", att) for i, att in enumerate(net.stage_attention)]
+    for module in stem:
+        module.requires_grad_("stem" in trained)
+    for name, module in stages:
+        module.requires_grad_(name in trained)
+    for module in net.modules():  # frozen BatchNorm stays frozen in a trained stage
+        if isinstance(module, (EvalBatchNorm1d, EvalBatchNorm2d)):
+            module.requires_grad_(False)
+
+
+# ---------------------------------------------------------------------------------------- backbones
+
+
+def resnet_names() -> list[str]:
+    """Zoo networks a Faster R-CNN backbone may be: the ResNets, Wide ResNets and ResNeXts."""
+    return [n for n in list_models(include_shortcuts=False) if model_entry(n).builder.__module__ == ResNet.__module__]
+
+
+def build_resnet(
+    backbone: str,
+    attention: AttentionSpec,
+    backbone_weights: str | Path | None,
+    trainable_layers: int,
+    batch_norm: str,
+    backbone_kwargs: Mapping[str, Any] | None,
+) -> ResNet:
+    """A zoo ResNet with its classification weights (`backbone_weights`, classifier dropped), then frozen
+    as detection fine-tuning does. `batch_norm` is "frozen" or "train"."""
+    try:
+        is_resnet = model_entry(backbone).builder.__module__ == ResNet.__module__
+    except ValueError:
+        is_resnet = False
+    if not is_resnet:
+        raise ValueError(f"backbone {backbone!r} is not a ResNet; choose from {', '.join(resnet_names())}")
+    if batch_norm not in ("frozen", "train"):
+        raise ValueError(f"batch_norm must be 'frozen' or 'train', got {batch_norm!r}")
+    net = create_model(backbone, attention=attention, **dict(backbone_kwargs or {}))
+    if backbone_weights is not None:
+        state = read_backbone_state(backbone_weights, arch=backbone)
+        load_backbone(net, state, str(backbone_weights), ignore=("fc.",))
+    if batch_norm == "frozen":
+        freeze_batch_norm(net)
+    freeze_stages(net, trainable_layers)
+    return net
+
+
+def _stage_channels(net: ResNet, stage: int) -> int:
+    """Channels out of layer`stage` (1-4)."""
+    if stage == 4:
+        return net.num_features
+    return getattr(net, f"layer{stage + 1}")[0].conv1.in_channels
+
+
+class ResNetFeatures(nn.Module):
+    """The stem and the first stages of a zoo ResNet, returning the maps after `return_stages`.
+
+    Module names are the ResNet's own (`conv1`, `layer1`, `stage_attention`), so a
+    classification state dict maps onto it by name. Out: `{"0": map, "1": ...}` in stage order.
+    """
+
+    def __init__(self, net: ResNet, return_stages: Sequence[int]) -> None:
+        super().__init__()
+        if not return_stages or sorted(set(return_stages)) != list(return_stages) or min(return_stages) < 1:
+            raise ValueError(f"return_stages must be increasing stages from 1 to 4, got {list(return_stages)}")
+        self.depth = max(return_stages)
+        if self.depth > 4:
+            raise ValueError(f"a ResNet has stages 1 to 4, got {list(return_stages)}")
+        self.return_stages = tuple(return_stages)
+        self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
+        for stage in range(1, self.depth + 1):
+            setattr(self, f"layer{stage}", getattr(net, f"layer{stage}"))
+        self.stage_attention = nn.ModuleList(net.stage_attention[: min(self.depth, 3)])
+        self.channels = [_stage_channels(net, s) for s in self.return_stages]
+
+    def forward(self, x: Tensor) -> OrderedDict[str, Tensor]:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        out: OrderedDict[str, Tensor] = OrderedDict()
+        for stage in range(1, self.depth + 1):
+            x = getattr(self, f"layer{stage}")(x)
+            if stage <= len(self.stage_attention):
+                x = self.stage_attention[stage - 1](x)
+            if stage in self.return_stages:
+                out[str(len(out))] = x
+        return out
+
+
+class C4Backbone(ResNetFeatures):
+    """Stem to layer3 (stride 16 with the ImageNet stem): the one map the C4 RPN and RoI pooling read."""
+
+    def __init__(self, net: ResNet) -> None:
+        super().__init__(net, (3,))
+        self.out_channels = self.channels[0]
+
+
+class ResNetFPN(nn.Module):
+    """layer1-4 into a feature pyramid (strides 4-32, plus a max-pooled level at 64), `out_channels` each."""
+
+    def __init__(self, net: ResNet, out_channels: int = 256) -> None:
+        super().__init__()
+        self.body = ResNetFeatures(net, (1, 2, 3, 4))
+        self.fpn = FeaturePyramidNetwork(self.body.channels, out_channels, extra_blocks=LastLevelMaxPool())
+        self.out_channels = out_channels
+
+    def forward(self, x: Tensor) -> OrderedDict[str, Tensor]:
+        return self.fpn(self.body(x))
+
+
+class Res5BoxHead(nn.Module):
+    """The C4 box head: layer4, attention included, on every RoI, then global average pooling.
+
+    (R, C3, 14, 14) -> layer4 (stride 2) -> (R, C4, 7, 7) -> (R, C4).
+    """
+
+    def __init__(self, net: ResNet) -> None:
+        super().__init__()
+        self.layer4 = net.layer4
+        self.out_channels = net.num_features
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.layer4(x).mean(dim=(2, 3))
+
+
+# ---------------------------------------------------------------------------------------- detectors
+
+
+def _anchor_generator(sizes: Sequence[Sequence[float]], aspect_ratios: Sequence[float]) -> AnchorGenerator:
+    ratios = tuple(float(r) for r in aspect_ratios)
+    if not ratios or min(ratios) <= 0:
+        raise ValueError(f"aspect_ratios must be positive numbers, got {list(aspect_ratios)}")
+    if any(not level or min(level) <= 0 for level in sizes):
+        raise ValueError(f"anchor sizes must be positive numbers, got {[list(level) for level in sizes]}")
+    return AnchorGenerator(tuple(tuple(level) for level in sizes), (ratios,) * len(sizes))
+
+
+@register_detector
+def faster_rcnn_c4(
+    *,
+    backbone: str,
+    attention: AttentionSpec = "none",
+    num_classes: int,
+    backbone_weights: str | Path | None = None,
+    trainable_layers: int = 3,
+    batch_norm: str = "frozen",
+    anchor_sizes: Sequence[float] = PAPER_ANCHOR_SIZES,
+    aspect_ratios: Sequence[float] = ASPECT_RATIOS,
+    min_size: int = 600,
+    max_size: int = 1000,
+    backbone_kwargs: Mapping[str, Any] | None = None,
+    **kwargs: Any,
+) -> FasterRCNN:
+    """The paper's Faster R-CNN (Table 7): a ResNet's stem..layer3 shared, the RPN on its stride-16 map
+    (every anchor size x ratio there), RoIAlign 14x14, layer4 with attention as the box head.
+
+    `num_classes` counts the background. `backbone_weights` is a classification checkpoint or state
+    dict of the same network (its `fc` is ignored). `batch_norm="train"` keeps ordinary BatchNorm
+    (training from scratch). Other keywords go to torchvision's `FasterRCNN` (`box_detections_per_img`,
+    `rpn_*`, `image_mean`, ...); `backbone_kwargs` to `cbam.create_model` (`impl`, `stride_in_1x1`).
+    """
+    net = build_resnet(backbone, attention, backbone_weights, trainable_layers, batch_norm, backbone_kwargs)
+    trunk = C4Backbone(net)
+    anchors = _anchor_generator([anchor_sizes], aspect_ratios)
+    box_head = Res5BoxHead(net)
+    options = {**C4_RPN_DEFAULTS, **kwargs}
+    return FasterRCNN(
+        trunk,
+        min_size=min_size,
+        max_size=max_size,
+        rpn_anchor_generator=anchors,
+        rpn_head=RPNHead(trunk.out_channels, anchors.num_anchors_per_location()[0]),
+        box_roi_pool=MultiScaleRoIAlign(["0"], output_size=C4_ROI_SIZE, sampling_ratio=0),
+        box_head=box_head,
+        box_predictor=FastRCNNPredictor(box_head.out_channels, num_classes),
+        **options,
+    )
+
+
+@register_detector
+def faster_rcnn_fpn(
+    *,
+    backbone: str,
+    attention: AttentionSpec = "none",
+    num_classes: int,
+    backbone_weights: str | Path | None = None,
+    trainable_layers: int = 3,
+    batch_norm: str = "frozen",
+    anchor_sizes: Sequence[float] = PAPER_ANCHOR_SIZES,
+    aspect_ratios: Sequence[float] = ASPECT_RATIOS,
+    min_size: int = 800,
+    max_size: int = 1333,
+    fpn_channels: int = 256,
+    backbone_kwargs: Mapping[str, Any] | None = None,
+    **kwargs: Any,
+) -> FasterRCNN:
+    """Faster R-CNN with a feature pyramid on layer1-4 (torchvision's `fasterrcnn_resnet50_fpn` layout):
+    one anchor size per pyramid level (five: strides 4 to 64), torchvision's RPN and RoI heads.
+
+    Keywords as `faster_rcnn_c4`; `fpn_channels` is the pyramid's width.
+    """
+    net = build_resnet(backbone, attention, backbone_weights, trainable_layers, batch_norm, backbone_kwargs)
+    pyramid = ResNetFPN(net, fpn_channels)
+    levels = len(pyramid.body.channels) + 1  # + the max-pooled level
+    if len(anchor_sizes) != levels:
+        raise ValueError(
+            f"faster_rcnn_fpn takes one anchor size per pyramid level ({levels}), got {list(anchor_sizes)}"
+        )
+    anchors = _anchor_generator([(size,) for size in anchor_sizes], aspect_ratios)
+    return FasterRCNN(
+        pyramid,
+        num_classes=num_classes,
+        min_size=min_size,
+        max_size=max_size,
+        rpn_anchor_generator=anchors,
+        rpn_head=RPNHead(pyramid.out_channels, anchors.num_anchors_per_location()[0]),
+        **kwargs,
+    )

@@ -1,0 +1,58 @@
+"""Detectors by name: `register_detector`, `create_detector`, `list_detectors`.
+
+A detector builder takes `backbone` (a zoo name such as "resnet50" or "vgg16"), `attention`
+(an attention spec as in `cbam.create_model`) and `num_classes` (background included), plus its
+own keywords, and returns a torchvision-style detector: `model(images, targets)` gives a loss
+dict in train mode and a list of `{"boxes", "labels", "scores"}` in eval mode.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Callable
+from typing import Any
+
+from torch import nn
+
+from cbam._errors import unknown_name
+
+DetectorBuilder = Callable[..., nn.Module]
+
+_DETECTORS: dict[str, DetectorBuilder] = {}
+
+
+def register_detector(builder: DetectorBuilder) -> DetectorBuilder:
+    """Register `builder` under its function name; returns it unchanged."""
+    name = builder.__name__
+    if name in _DETECTORS:
+        raise ValueError(f"detector name {name!r} is registered twice")
+    _DETECTORS[name] = builder
+    return builder
+
+
+def _load_builtin_detectors() -> None:
+    import cbam.detection.models  # noqa: F401  (registers the detectors on import)
+
+
+def list_detectors(pattern: str = "*") -> list[str]:
+    """Registered detector names matching a shell-style `pattern`, sorted."""
+    _load_builtin_detectors()
+    return sorted(n for n in _DETECTORS if fnmatch.fnmatchcase(n, pattern))
+
+
+def create_detector(
+    name: str, *, backbone: str, attention: Any = "none", num_classes: int = 21, **kwargs: Any
+) -> nn.Module:
+    """Build a registered detector: `create_detector("faster_rcnn_c4", backbone="resnet50", attention="cbam",
+    num_classes=81)`. `num_classes` counts the background class."""
+    _load_builtin_detectors()
+    if name not in _DETECTORS:
+        raise unknown_name("detector", name, _DETECTORS)
+    if num_classes < 2:
+        raise ValueError(f"num_classes counts the background and must be at least 2, got {num_classes}")
+    try:
+        return _DETECTORS[name](backbone=backbone, attention=attention, num_classes=num_classes, **kwargs)
+    except TypeError as err:
+        if "unexpected keyword argument" in str(err):
+            raise TypeError(f"{name}: {err}") from None
+        raise

@@ -1,0 +1,356 @@
+"""Faster R-CNN on attention ResNets (paper Table 7): sizes, frozen BatchNorm, training, backbone weights."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+from torchvision.models.detection import FasterRCNN
+from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
+from torchvision.ops.misc import FrozenBatchNorm2d
+
+import cbam
+from cbam.detection import rcnn
+from cbam.detection.weights import load_backbone, read_backbone_state
+from cbam.engine.checkpoint import CheckpointError, save_checkpoint, save_safetensors
+from cbam.engine.config import TrainConfig
+from cbam.engine.train import CHECKPOINT_FORMAT
+from cbam.layers import CBAM
+from cbam.layers.fused import set_attention_impl, spatial_fusable
+from cbam.layers.spatial import SpatialAttention
+from tests.conftest import randomize_
+
+BUILDERS = {"c4": rcnn.faster_rcnn_c4, "fpn": rcnn.faster_rcnn_fpn}
+# 64 px images: anchors that fit them, and few RoIs so the C4 box head (layer4 per RoI) stays fast on a CPU
+SMALL = {"min_size": 64, "max_size": 64, "box_batch_size_per_image": 32, "rpn_post_nms_top_n_train": 64}
+SMALL_ANCHORS = {"c4": (8, 16, 32), "fpn": (8, 16, 24, 32, 48)}
+BLOCKS = {"resnet18": 8, "resnet50": 16, "resnet101": 33}
+
+
+def small_detector(kind: str, attention="cbam", **kwargs) -> nn.Module:
+    options = {**SMALL, "anchor_sizes": SMALL_ANCHORS[kind], "rpn_post_nms_top_n_test": 32, **kwargs}
+    return BUILDERS[kind](backbone="resnet18", attention=attention, num_classes=11, **options)
+
+
+def batch() -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]:
+    """Two 64 px images with one random box each, as `cluttered-digits` has."""
+    images = [torch.rand(3, 64, 64) for _ in range(2)]
+    targets = []
+    for _ in images:
+        x0, y0 = torch.randint(0, 40, (2,)).tolist()
+        w, h = torch.randint(10, 24, (2,)).tolist()
+        box = torch.tensor([[x0, y0, x0 + w, y0 + h]], dtype=torch.float32)
+        targets.append({"boxes": box, "labels": torch.randint(1, 11, (1,))})
+    return images, targets
+
+
+def n_params(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def backbone_key(detector_key: str) -> str | None:
+    """The classification network's name for a detector weight (None for the detection heads)."""
+    if detector_key.startswith("roi_heads.box_head.layer4."):  # the C4 box head
+        return detector_key.removeprefix("roi_heads.box_head.")
+    for prefix in ("backbone.body.", "backbone."):
+        if detector_key.startswith(prefix) and not detector_key.startswith("backbone.fpn."):
+            return detector_key.removeprefix(prefix)
+    return None
+
+
+def assert_backbone_equal(detector: nn.Module, classifier_state: dict[str, torch.Tensor]) -> None:
+    own = {backbone_key(k): v for k, v in detector.state_dict().items() if backbone_key(k) and "num_batches" not in k}
+    expected = {k: v for k, v in classifier_state.items() if not k.startswith("fc.") and "num_batches" not in k}
+    assert set(own) == set(expected)
+    for key, value in expected.items():
+        torch.testing.assert_close(own[key], value, rtol=0, atol=0, msg=key)
+
+
+# ---------------------------------------------------------------------------------------- sizes
+
+
+# measured: 81 classes (COCO), torch 2.14.1 / torchvision 0.29.1; frozen BatchNorm holds buffers, not parameters
+C4_PARAMS = {
+    ("resnet50", "none"): 33_799_840,
+    ("resnet50", "cbam"): 36_332_432,
+    ("resnet101", "none"): 52_739_744,
+    ("resnet101", "cbam"): 57_520_756,
+}
+
+
+@pytest.mark.parametrize(("arch", "attention"), list(C4_PARAMS))
+def test_c4_full_size_parameters(arch, attention):
+    detector = rcnn.faster_rcnn_c4(backbone=arch, attention=attention, num_classes=81)
+    assert n_params(detector) == C4_PARAMS[arch, attention]
+    modules = [m for m in detector.modules() if isinstance(m, CBAM)]
+    assert len(modules) == (BLOCKS[arch] if attention == "cbam" else 0)
+    box_head_blocks = len(detector.roi_heads.box_head.layer4)
+    assert sum(isinstance(m, CBAM) for m in detector.roi_heads.box_head.modules()) == (
+        box_head_blocks if attention == "cbam" else 0
+    )
+
+
+@pytest.mark.parametrize("arch", ["resnet50", "resnet101"])
+def test_cbam_adds_exactly_the_classification_networks_cbam_parameters(arch):
+    classification = n_params(cbam.create_model(arch, attention="cbam")) - n_params(cbam.create_model(arch))
+    assert C4_PARAMS[arch, "cbam"] - C4_PARAMS[arch, "none"] == classification
+
+
+def test_c4_parameters_follow_the_formula():
+    """Backbone (no classifier, BatchNorm affine as frozen buffers) + RPN head + box predictor."""
+    classes, net = 81, cbam.create_model("resnet50", attention="cbam")
+    trunk_bn = sum(
+        m.weight.numel() * 2
+        for name, m in net.named_modules()
+        if isinstance(m, nn.BatchNorm2d) and ".attention." not in name
+    )
+    backbone = n_params(net) - n_params(net.fc) - trunk_bn
+    c3, anchors = 1024, 15
+    rpn = c3 * c3 * 9 + c3 + (c3 + 1) * anchors + (c3 + 1) * 4 * anchors
+    predictor = (2048 + 1) * classes * 5
+    assert C4_PARAMS["resnet50", "cbam"] == backbone + rpn + predictor
+
+
+def test_fpn_matches_torchvisions_resnet50_fpn():
+    """With no attention the FPN detector has torchvision's fasterrcnn_resnet50_fpn weights, shape for shape."""
+    ours = rcnn.faster_rcnn_fpn(backbone="resnet50", num_classes=81)
+    # what fasterrcnn_resnet50_fpn builds from a trained backbone, without reading any weights
+    body = resnet_fpn_backbone(backbone_name="resnet50", weights=None, norm_layer=FrozenBatchNorm2d, trainable_layers=3)
+    theirs = FasterRCNN(body, num_classes=81)
+    assert n_params(ours) == 41_704_036 == n_params(theirs)
+    trained = [sum(p.numel() for p in m.parameters() if p.requires_grad) for m in (ours, theirs)]
+    assert trained[0] == trained[1]
+
+    def shapes(model):
+        return sorted(tuple(v.shape) for k, v in model.state_dict().items() if "num_batches" not in k)
+
+    assert shapes(ours) == shapes(theirs)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("arch", "attention", "expected"),
+    [
+        ("resnet50", "cbam", 44_236_628),
+        ("resnet101", "none", 60_643_940),
+        ("resnet101", "cbam", 65_424_952),
+    ],
+)
+def test_fpn_full_size_parameters(arch, attention, expected):
+    detector = rcnn.faster_rcnn_fpn(backbone=arch, attention=attention, num_classes=81)
+    assert n_params(detector) == expected
+    assert sum(isinstance(m, CBAM) for m in detector.modules()) == (BLOCKS[arch] if attention == "cbam" else 0)
+
+
+def test_resnext_backbone_and_bad_names():
+    detector = rcnn.faster_rcnn_c4(backbone="resnext50_32x4d", attention="se", num_classes=3, min_size=64, max_size=64)
+    assert detector.backbone.out_channels == 1024 and detector.roi_heads.box_head.out_channels == 2048
+    with pytest.raises(ValueError, match=r"not a ResNet.*resnet50"):
+        rcnn.faster_rcnn_c4(backbone="mobilenet_v1", num_classes=3)
+    with pytest.raises(ValueError, match="not a ResNet"):
+        rcnn.faster_rcnn_c4(backbone="resnet5O", num_classes=3)
+    with pytest.raises(ValueError, match="one anchor size per pyramid level"):
+        rcnn.faster_rcnn_fpn(backbone="resnet18", num_classes=3, anchor_sizes=(8, 16, 32))
+    with pytest.raises(ValueError, match="trainable_layers"):
+        rcnn.faster_rcnn_c4(backbone="resnet18", num_classes=3, trainable_layers=6)
+
+
+# ---------------------------------------------------------------------------------------- freezing
+
+
+def bn_buffers(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in model.named_buffers() if "running" in k or "num_batches" in k}
+
+
+@pytest.mark.parametrize(("kind", "attention"), [("c4", "cbam"), ("c4", "bam"), ("fpn", "cbam")])
+def test_batch_norm_is_frozen(kind, attention):
+    model = small_detector(kind, attention)
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    assert all(isinstance(m, (rcnn.EvalBatchNorm1d, rcnn.EvalBatchNorm2d)) for m in norms)
+    assert norms, "the attention layers' BatchNorm stays a BatchNorm (pinned in eval mode)"
+    assert any(isinstance(m, FrozenBatchNorm2d) for m in model.modules())
+    model.train()
+    assert not any(m.training for m in norms)
+    before = bn_buffers(randomize_(model))
+    images, targets = batch()
+    model(images, targets)
+    after = bn_buffers(model)
+    assert before.keys() == after.keys()
+    for key in before:
+        torch.testing.assert_close(after[key], before[key], rtol=0, atol=0, msg=key)
+
+
+def test_cbam_spatial_gate_keeps_the_fused_path():
+    model = small_detector("c4")
+    gates = [m for m in model.modules() if isinstance(m, SpatialAttention)]
+    assert len(gates) == BLOCKS["resnet18"]
+    assert all(spatial_fusable(g) and not g.bn.weight.requires_grad for g in gates)
+
+
+def test_stem_and_layer1_do_not_train():
+    model = small_detector("c4", "bam")
+    for name, p in model.named_parameters():
+        frozen = name.startswith(("backbone.conv1.", "backbone.layer1.", "backbone.stage_attention.0."))
+        pinned_bn = ".bn." in name or "channel_mlp.1." in name  # attention BatchNorm: frozen everywhere
+        assert p.requires_grad == (not frozen and not pinned_bn), name
+    everything = small_detector("fpn", trainable_layers=5)
+    trained = {n for n, p in everything.named_parameters() if p.requires_grad}
+    assert "backbone.body.conv1.weight" in trained and "backbone.body.layer1.0.conv1.weight" in trained
+    nothing = small_detector("fpn", trainable_layers=0)
+    assert not any(p.requires_grad for n, p in nothing.named_parameters() if n.startswith("backbone.body."))
+
+
+def test_batch_norm_train_keeps_ordinary_batch_norm():
+    model = small_detector("c4", batch_norm="train").train()
+    assert not any(isinstance(m, (FrozenBatchNorm2d, rcnn.EvalBatchNorm2d)) for m in model.modules())
+    assert model.backbone.layer2[0].bn1.training
+
+
+def test_frozen_gate_fused_equals_eager():
+    """CBAM with its BatchNorm frozen (as in the box head): the fused kernels give the eager modules' output
+    and gradients, and the BatchNorm's own parameters get none."""
+    gate = rcnn.freeze_batch_norm(randomize_(CBAM(256))).train()
+    assert isinstance(gate.spatial.bn, rcnn.EvalBatchNorm2d) and spatial_fusable(gate.spatial)
+    rois = torch.randn(6, 256, 7, 7)
+    results = []
+    for impl in ("eager", "compiled"):
+        set_attention_impl(gate, impl)
+        gate.zero_grad()
+        x = rois.clone().requires_grad_()
+        out = gate(x)
+        out.square().sum().backward()
+        grads = {n: p.grad.clone() for n, p in gate.named_parameters() if p.grad is not None}
+        results.append((out.detach(), x.grad, grads))
+    (out_e, dx_e, grads_e), (out_f, dx_f, grads_f) = results
+    torch.testing.assert_close(out_f, out_e, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(dx_f, dx_e, rtol=1e-4, atol=1e-4)
+    assert grads_f.keys() == grads_e.keys() == {n for n, _ in gate.named_parameters() if ".bn." not in n}
+    for key in grads_e:
+        torch.testing.assert_close(grads_f[key], grads_e[key], rtol=1e-4, atol=1e-4, msg=key)
+
+
+# ---------------------------------------------------------------------------------------- train and eval
+
+
+@pytest.mark.parametrize("kind", ["c4", "fpn"])
+def test_train_step_and_inference(kind):
+    model = small_detector(kind)
+    with torch.no_grad():  # a trained spatial gate: its frozen BatchNorm scale is not the initial 0
+        for gate in (m for m in model.modules() if isinstance(m, SpatialAttention)):
+            gate.bn.weight.fill_(1.0)
+    images, targets = batch()
+    losses = model.train()(images, targets)
+    assert set(losses) == {"loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg"}
+    assert all(math.isfinite(v.item()) for v in losses.values())
+    sum(losses.values()).backward()
+    params = dict(model.named_parameters())
+    layer2 = [p for n, p in params.items() if ".layer2." in n and n.endswith("conv1.weight")]
+    attention4 = [p for n, p in params.items() if ".layer4." in n and ".attention." in n and p.requires_grad]
+    assert layer2 and attention4
+    assert any(n.endswith("attention.spatial.conv.weight") for n, p in params.items() if ".layer4." in n)
+    for p in layer2 + attention4:
+        assert p.grad is not None and p.grad.abs().sum() > 0
+
+    model.eval()
+    with torch.no_grad():
+        detections = model(images)
+    assert len(detections) == 2
+    for found in detections:
+        assert set(found) == {"boxes", "labels", "scores"}
+        assert found["boxes"].shape == (len(found["labels"]), 4) and found["scores"].shape == found["labels"].shape
+        if len(found["labels"]):
+            assert found["labels"].min() >= 1 and found["labels"].max() <= 10
+            assert found["boxes"].min() >= 0 and found["boxes"].max() <= 64
+
+
+def test_create_detector_builds_both():
+    from cbam.detection.registry import create_detector
+
+    model = create_detector("faster_rcnn_c4", backbone="resnet18", attention="cbam", num_classes=11, **SMALL)
+    assert model.transform.min_size == (64,) and model.roi_heads.box_predictor.cls_score.out_features == 11
+
+
+def test_paper_defaults():
+    c4 = rcnn.faster_rcnn_c4(backbone="resnet18", num_classes=81)
+    assert (c4.transform.min_size, c4.transform.max_size) == ((600,), 1000)
+    assert c4.rpn.anchor_generator.sizes == ((32, 64, 128, 256, 512),)
+    assert c4.rpn.anchor_generator.num_anchors_per_location() == [15]
+    assert c4.roi_heads.box_roi_pool.output_size == (14, 14)
+    fpn = rcnn.faster_rcnn_fpn(backbone="resnet18", num_classes=81)
+    assert (fpn.transform.min_size, fpn.transform.max_size) == ((800,), 1333)
+    assert fpn.rpn.anchor_generator.sizes == ((32,), (64,), (128,), (256,), (512,))
+
+
+# ---------------------------------------------------------------------------------------- backbone weights
+
+
+def cbam_checkpoint(tmp_path, arch="resnet18", attention="cbam"):
+    """A classification network saved as `cbam train` saves it: last.pt and last.safetensors."""
+    model = randomize_(cbam.create_model(arch, attention=attention, num_classes=10))
+    config = TrainConfig(arch=arch, attention=attention).to_dict()
+    checkpoint = {"format": CHECKPOINT_FORMAT, "config": config, "classes": list("0123456789"), "epoch": 1}
+    save_checkpoint(tmp_path / "last.pt", {**checkpoint, "model": model.state_dict()})
+    metadata = {"arch": arch, "attention": attention, "model_kwargs": {}, "classes": list("0123456789")}
+    save_safetensors(tmp_path / "last.safetensors", model, metadata)
+    return model.state_dict()
+
+
+@pytest.mark.parametrize("file", ["last.pt", "last.safetensors"])
+def test_cbam_train_checkpoint_loads(tmp_path, file):
+    state = cbam_checkpoint(tmp_path)
+    model = small_detector("c4", backbone_weights=tmp_path / file)
+    assert_backbone_equal(model, state)
+
+
+def test_torchvision_state_dict_loads(tmp_path):
+    state = torchvision.models.resnet18().state_dict()
+    torch.save(state, tmp_path / "resnet18.pth")
+    assert_backbone_equal(small_detector("fpn", "none", backbone_weights=tmp_path / "resnet18.pth"), state)
+    wrapped = {"state_dict": {f"module.{k}": v for k, v in state.items()}}  # DataParallel, as the authors saved
+    torch.save(wrapped, tmp_path / "wrapped.pth")
+    assert read_backbone_state(tmp_path / "wrapped.pth").keys() == state.keys()
+    assert_backbone_equal(small_detector("c4", "none", backbone_weights=tmp_path / "wrapped.pth"), state)
+
+
+def test_wrong_arch_checkpoint_is_refused(tmp_path):
+    cbam_checkpoint(tmp_path, arch="resnet34")
+    for file in ("last.pt", "last.safetensors"):
+        with pytest.raises(CheckpointError, match=rf"{file}.* resnet34, not of the resnet18"):
+            small_detector("c4", backbone_weights=tmp_path / file)
+
+
+def test_bad_files_give_one_clear_error(tmp_path):
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match=r"corrupt\.pt"):
+        small_detector("c4", backbone_weights=corrupt)
+    with pytest.raises(CheckpointError, match=r"missing\.pt.*does not exist"):
+        small_detector("c4", backbone_weights=tmp_path / "missing.pt")
+    (tmp_path / "bad.safetensors").write_bytes(b"\x00" * 16)
+    with pytest.raises(CheckpointError, match=r"bad\.safetensors"):
+        read_backbone_state(tmp_path / "bad.safetensors")
+    torch.save({"conv1.weight": torch.zeros(1), "note": "text"}, tmp_path / "mixed.pt")
+    with pytest.raises(CheckpointError, match=r"mixed\.pt is not a state dict: 'note'"):
+        read_backbone_state(tmp_path / "mixed.pt")
+
+
+def test_attention_mismatch_names_the_keys(tmp_path):
+    cbam_checkpoint(tmp_path)
+    with pytest.raises(CheckpointError, match=r"last.pt does not fit .*attention=.*unexpected layer1.0.attention"):
+        small_detector("c4", "none", backbone_weights=tmp_path / "last.pt")
+
+
+def test_load_backbone_is_strict_and_reports_shapes():
+    net = cbam.create_model("resnet18")
+    state = {k: v for k, v in net.state_dict().items() if not k.startswith("layer4.1.")}
+    state["conv1.weight"] = torch.zeros(64, 3, 3, 3)
+    state["extra.weight"] = torch.zeros(1)
+    with pytest.raises(CheckpointError) as err:
+        load_backbone(net, state, "weights.pt", ignore=("fc.",))
+    message = str(err.value)
+    assert "missing layer4.1.conv1.weight" in message and "unexpected extra.weight" in message
+    assert "conv1.weight (64, 3, 3, 3) vs (64, 3, 7, 7)" in message
+    assert "fc." not in message
