@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from cbam.data.loading import DataError
+from cbam.detection.commands import add_detect_commands
 from cbam.engine.checkpoint import CheckpointError
 from cbam.engine.compare import COMPARE_PRESETS
 from cbam.engine.config import recipe_names
@@ -471,6 +472,7 @@ def build_parser() -> argparse.ArgumentParser:
     localize.set_defaults(func=cmd_localize)
 
     add_survey_commands(commands)
+    add_detect_commands(commands)
 
     convert = commands.add_parser("convert", help="an authors' checkpoint (Jongchan/attention-module) -> safetensors")
     convert.add_argument("source", help="their .pth.tar (train_imagenet.py's checkpoint)")

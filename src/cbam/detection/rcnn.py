@@ -256,6 +256,7 @@ def faster_rcnn_c4(
     aspect_ratios: Sequence[float] = ASPECT_RATIOS,
     min_size: int = 600,
     max_size: int = 1000,
+    roi_size: int = C4_ROI_SIZE,
     backbone_kwargs: Mapping[str, Any] | None = None,
     **kwargs: Any,
 ) -> FasterRCNN:
@@ -264,7 +265,8 @@ def faster_rcnn_c4(
 
     `num_classes` counts the background. `backbone_weights` is a classification checkpoint or state
     dict of the same network (its `fc` is ignored). `batch_norm="train"` keeps ordinary BatchNorm
-    (training from scratch). Other keywords go to torchvision's `FasterRCNN` (`box_detections_per_img`,
+    (training from scratch). `roi_size` (14: layer4 then sees 7x7) may be smaller where layer4 per RoI is
+    too dear (a CPU run on small images). Other keywords go to torchvision's `FasterRCNN` (`box_detections_per_img`,
     `rpn_*`, `image_mean`, ...); `backbone_kwargs` to `cbam.create_model` (`impl`, `stride_in_1x1`).
     """
     net = build_resnet(backbone, attention, backbone_weights, trainable_layers, batch_norm, backbone_kwargs)
@@ -278,7 +280,7 @@ def faster_rcnn_c4(
         max_size=max_size,
         rpn_anchor_generator=anchors,
         rpn_head=RPNHead(trunk.out_channels, anchors.num_anchors_per_location()[0]),
-        box_roi_pool=MultiScaleRoIAlign(["0"], output_size=C4_ROI_SIZE, sampling_ratio=0),
+        box_roi_pool=MultiScaleRoIAlign(["0"], output_size=roi_size, sampling_ratio=0),
         box_head=box_head,
         box_predictor=FastRCNNPredictor(box_head.out_channels, num_classes),
         **options,

@@ -45,15 +45,16 @@ def _to_float() -> v2.ToDtype:
     return v2.ToDtype(torch.float32, scale=True)  # images only; boxes and labels keep their dtypes
 
 
-def ssd_train_transforms(size: int = SSD_SIZE) -> v2.Compose:
+def ssd_train_transforms(size: int = SSD_SIZE, hflip: bool = True) -> v2.Compose:
     """SSD's augmentation: photometric distortion, zoom-out onto the mean colour, IoU-constrained crop,
-    horizontal flip, resize to `size` x `size`, drop degenerate boxes, to float."""
+    horizontal flip (unless `hflip` is False: mirrored digits are other digits), resize to `size` x `size`,
+    drop degenerate boxes, to float."""
     return v2.Compose(
         [
             v2.RandomPhotometricDistort(p=0.5),
             v2.RandomZoomOut(fill={tv_tensors.Image: MEAN_COLOUR, "others": 0}, side_range=(1.0, 4.0), p=0.5),
             _IoUCrop(),
-            v2.RandomHorizontalFlip(p=0.5),
+            v2.RandomHorizontalFlip(p=0.5 if hflip else 0.0),
             v2.Resize((size, size), antialias=True),
             _sanitize(),
             _to_float(),
@@ -66,9 +67,10 @@ def ssd_eval_transforms(size: int = SSD_SIZE) -> v2.Compose:
     return v2.Compose([v2.Resize((size, size), antialias=True), _to_float()])
 
 
-def rcnn_train_transforms() -> v2.Compose:
-    """Faster R-CNN's augmentation: horizontal flip only; the model's GeneralizedRCNNTransform resizes."""
-    return v2.Compose([v2.RandomHorizontalFlip(p=0.5), _to_float()])
+def rcnn_train_transforms(hflip: bool = True) -> v2.Compose:
+    """Faster R-CNN's augmentation: horizontal flip only (if `hflip`); the model's GeneralizedRCNNTransform
+    resizes."""
+    return v2.Compose([v2.RandomHorizontalFlip(p=0.5 if hflip else 0.0), _to_float()])
 
 
 def rcnn_eval_transforms() -> v2.Compose:

@@ -1,0 +1,244 @@
+"""`cbam detect train | eval | predict | compare | profile | models`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from cbam.report import format_markdown_table, write_csv
+
+
+def _parse_kwargs(pairs: list[str]) -> dict[str, Any]:
+    import ast
+
+    values = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--detector-arg takes KEY=VALUE, got {pair!r}")
+        try:
+            values[key] = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            values[key] = text
+    return values
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    values = {
+        key: getattr(args, key, None)
+        for key in ("data", "output", "detector", "backbone", "attention", "backbone_weights", "epochs", "iterations",
+                    "batch_size", "lr", "workers", "seed", "device", "metric")
+    }  # fmt: skip
+    if getattr(args, "amp", None):
+        values["amp"] = True
+    if getattr(args, "detector_arg", None):
+        values["detector_kwargs"] = _parse_kwargs(args.detector_arg)
+    return values
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from cbam.detection.config import build_detect_config
+    from cbam.detection.engine import fit_detector, resolve_resume, resume_detect_config
+
+    overrides = _overrides(args)
+    if args.resume is not None:
+        checkpoint = resolve_resume(args.resume, Path(args.output))
+        allowed = ("epochs", "iterations", "workers", "output", "device")
+        config = resume_detect_config(checkpoint, **{k: overrides[k] for k in allowed})
+    else:
+        checkpoint = None
+        config = build_detect_config(args.preset, **overrides)
+    result = fit_detector(config, resume=checkpoint)
+    print(f"done: best {100 * result.best_map:.2f} mAP at epoch {result.best_epoch}; run in {result.output}")
+    return 0
+
+
+def _paper_rows(config: Any, metrics: dict[str, Any]) -> str:
+    """The paper's rows this detector reproduces, for reading beside our figure."""
+    from cbam.detection.tables import table_rows
+
+    preset = "table7" if config.detector.startswith("faster_rcnn") else "table8"
+    rows = [r for r in table_rows(preset) if r.backbone == config.backbone]
+    if not rows:
+        return ""
+    keys = ("map", "map50", "map75") if preset == "table7" else ("map50",)
+    header = ["Paper row", *keys]
+    body = [[r.description, *(f"{r.paper[k]:.1f}" for k in keys)] for r in rows]
+    return f"\nThe paper ({preset}):\n\n" + format_markdown_table(header, body)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    import torch
+
+    from cbam.detection.data import open_detection_data
+    from cbam.detection.engine import collect_detections, eval_loader, eval_transforms, load_detector, score
+    from cbam.engine.checkpoint import CheckpointError, atomic_write
+    from cbam.engine.distributed import init_distributed
+    from cbam.engine.train import SkipLog
+
+    dist = init_distributed(args.device)
+    loaded = load_detector(Path(args.checkpoint), dist.device)
+    config = loaded.config
+    data = args.data or config.data
+    dataset = open_detection_data(data, args.split or config.val_split, eval_transforms(config), config.seed)
+    if list(dataset.class_names) != loaded.classes:
+        raise CheckpointError(
+            f"the checkpoint detects {len(loaded.classes)} classes ({', '.join(loaded.classes[:5])}, ...); "
+            f"{data} has {len(dataset.class_names)} ({', '.join(dataset.class_names[:5])}, ...)"
+        )
+    metric = args.metric or config.metric
+    skips = SkipLog()
+    with torch.no_grad():
+        found = collect_detections(loaded.model, eval_loader(dataset, args.batch_size, args.workers, dist), config,
+                                   dist, skips)  # fmt: skip
+    if not dist.is_main:
+        return 0
+    metrics, evaluator = score(found, dataset, metric, loaded.classes, loaded.category_ids)
+    ground_truth = str(dataset.annotation_file) if dataset.annotation_file else f"{data} ({args.split or 'val'})"
+    report = {**metrics, "metric": metric, "images": len(found), "skipped": skips.count, "ground_truth": ground_truth,
+              "checkpoint": str(args.checkpoint)}  # fmt: skip
+    if args.save_predictions:
+        results = evaluator.results()
+        atomic_write(Path(args.save_predictions), lambda tmp: tmp.write_text(json.dumps(results)))
+        report["predictions"] = str(args.save_predictions)
+    if args.json:
+        print(json.dumps(report, indent=2, default=float))
+        return 0
+    if metric == "coco":
+        header, keys = ["mAP@[.5:.95]", "mAP@.5", "mAP@.75"], ("map", "map50", "map75")
+    else:
+        header, keys = ["mAP@.5"], ("map50",)
+    print(
+        format_markdown_table(["Checkpoint", *header], [[args.checkpoint, *(f"{100 * metrics[k]:.1f}" for k in keys)]])
+    )
+    if metric != "coco":
+        per_class = [[name, "-" if ap != ap else f"{100 * ap:.1f}"] for name, ap in metrics["per_class"].items()]
+        print("\n" + format_markdown_table(["Class", "AP@.5"], per_class))
+    print(f"\n{len(found)} images of {ground_truth}" + (f"; {skips.count} unreadable skipped" if skips.count else ""))
+    print(_paper_rows(config, metrics))
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from cbam.detection.predict import predict_files
+
+    written = predict_files(Path(args.checkpoint), [Path(p) for p in args.images], Path(args.output),
+                            score_threshold=args.score_threshold, device=args.device)  # fmt: skip
+    print(f"{len(written)} images with their detections drawn in {args.output}; detections.json beside them")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from cbam.detection.config import build_detect_config
+    from cbam.detection.tables import compare_detectors
+
+    recipe = args.recipe or ("cluttered-digits" if args.data in (None, "cluttered-digits") else
+                             {"table7": "coco-faster-rcnn", "table8": "voc-stairnet"}[args.preset])  # fmt: skip
+    overrides = _overrides(args)
+    overrides.pop("backbone")
+    base = build_detect_config(recipe, **overrides)
+    runs = Path(args.backbone_runs) if args.backbone_runs else None
+    header, rows = compare_detectors(args.preset, base, Path(args.output), backbones=args.backbone,
+                                     backbone_runs=runs)  # fmt: skip
+    print(f"\n## {args.preset} on {base.data}\n")
+    print(format_markdown_table(header, rows))
+    print(f"\nwritten: {Path(args.output) / 'comparison.md'}, comparison.csv")
+    return 0
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    from cbam.detection.tables import profile_table
+
+    header, rows, records = profile_table(args.preset, args.backbone)
+    if args.json:
+        print(json.dumps(records, indent=2))
+        return 0
+    print(format_markdown_table(header, rows))
+    if args.csv:
+        write_csv(args.csv, header, rows)
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from cbam.detection import list_detectors
+
+    print("\n".join(list_detectors(args.pattern)))
+    return 0
+
+
+def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", help="cluttered-digits (default), a VOC folder or a COCO folder")
+    parser.add_argument("--output", required=True, help="run folder for checkpoints, metrics and reports")
+    parser.add_argument("--backbone-weights", help="a `cbam train` checkpoint or torchvision-layout state dict")
+    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--iterations", type=int, help="run length in steps (instead of epochs)")
+    parser.add_argument("--batch-size", type=int, help="global, over all processes")
+    parser.add_argument("--lr", type=float)
+    parser.add_argument("--workers", type=int)
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--device", help="auto, cpu, cuda, cuda:N")
+    parser.add_argument("--metric", choices=["coco", "voc07", "voc"])
+    parser.add_argument("--amp", action="store_true", help="mixed precision (bf16 on CPU, fp16 on CUDA)")
+    parser.add_argument("--detector-arg", action="append", default=[], metavar="KEY=VALUE",
+                        help="detector option (min_size=800, size=512, anchor_sizes=[32,64])")  # fmt: skip
+
+
+def add_detect_commands(commands: argparse._SubParsersAction) -> None:
+    """`cbam detect ...` under the main parser's commands."""
+    from cbam.detection.config import PRESETS
+    from cbam.detection.tables import DETECT_PRESETS
+
+    detect = commands.add_parser("detect", help="object detection: Faster R-CNN (Table 7), SSD/StairNet (Table 8)")
+    actions = detect.add_subparsers(dest="detect_command", required=True, metavar="ACTION")
+
+    train = actions.add_parser("train", help="train a detector (default: Faster R-CNN C4 on cluttered-digits)")
+    train.add_argument("--preset", default="cluttered-digits", choices=sorted(PRESETS), help="a recipe")
+    train.add_argument("--detector", help="see `cbam detect models`")
+    train.add_argument("--backbone", help="resnet18/50/101, resnext..., vgg16, mobilenet_v1")
+    train.add_argument("--attention", help="none, se, cbam, ...")
+    train.add_argument("--resume", nargs="?", const="last", help="continue the run in --output (or a checkpoint)")
+    _add_run_arguments(train)
+    train.set_defaults(func=cmd_train)
+
+    evaluate = actions.add_parser("eval", help="COCO mAP or VOC07 mAP@.5 of a checkpoint, beside the paper's")
+    evaluate.add_argument("--checkpoint", required=True)
+    evaluate.add_argument("--data", help="default: the data it was trained on")
+    evaluate.add_argument("--split", help="default: the run's validation split")
+    evaluate.add_argument("--metric", choices=["coco", "voc07", "voc"], help="default: the run's")
+    evaluate.add_argument("--batch-size", type=int, default=8)
+    evaluate.add_argument("--workers", type=int, default=2)
+    evaluate.add_argument("--device", default="auto")
+    evaluate.add_argument("--json", action="store_true")
+    evaluate.add_argument("--save-predictions", metavar="FILE", help="the detections in COCO results format")
+    evaluate.set_defaults(func=cmd_eval)
+
+    predict = actions.add_parser("predict", help="draw a checkpoint's detections on images")
+    predict.add_argument("--checkpoint", required=True)
+    predict.add_argument("images", nargs="+", help="image files")
+    predict.add_argument("--output", required=True, help="folder for the drawn PNGs and detections.json")
+    predict.add_argument("--score-threshold", type=float, default=0.5)
+    predict.add_argument("--device", default="auto")
+    predict.set_defaults(func=cmd_predict)
+
+    compare = actions.add_parser("compare", help="train the rows of Table 7 or 8 under one recipe and seed")
+    compare.add_argument("--preset", required=True, choices=DETECT_PRESETS)
+    compare.add_argument("--recipe", choices=sorted(PRESETS), help="default: by the data")
+    compare.add_argument("--backbone", nargs="+", help="only (or instead) these backbones")
+    compare.add_argument(
+        "--backbone-runs", help="a `cbam compare` folder: each row starts from <backbone>[-<attn>]/best.pt"
+    )
+    _add_run_arguments(compare)
+    compare.set_defaults(func=cmd_compare, detector=None, attention=None)
+
+    profile = actions.add_parser("profile", help="parameters of a table's detectors beside the paper's")
+    profile.add_argument("--preset", required=True, choices=DETECT_PRESETS)
+    profile.add_argument("--backbone", nargs="+", help="only these backbones")
+    profile.add_argument("--json", action="store_true")
+    profile.add_argument("--csv")
+    profile.set_defaults(func=cmd_profile)
+
+    models = actions.add_parser("models", help="list the registered detectors")
+    models.add_argument("pattern", nargs="?", default="*")
+    models.set_defaults(func=cmd_models)

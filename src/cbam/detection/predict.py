@@ -1,0 +1,55 @@
+"""`cbam detect predict`: a checkpoint's detections drawn on images (PNG) and listed in detections.json."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torchvision.io import write_png
+from torchvision.utils import draw_bounding_boxes
+
+from cbam.data.loading import IMAGE_ERRORS, DataError
+from cbam.detection.data import read_image
+from cbam.detection.engine import detect, load_detector
+from cbam.engine.checkpoint import atomic_write
+from cbam.engine.distributed import resolve_device
+
+
+def predict_files(
+    checkpoint: Path, images: list[Path], output: Path, *, score_threshold: float = 0.5, device: str = "auto"
+) -> list[Path]:
+    """Detect on each image, draw the boxes scoring at least `score_threshold` with label and score, and write
+    `output/<name>.png` per image and `output/detections.json` (all of them, in the image's pixels)."""
+    missing = [str(p) for p in images if not Path(p).is_file()]
+    if missing:
+        raise DataError(f"no such image file: {', '.join(missing)}")
+    target = resolve_device(device)
+    loaded = load_detector(checkpoint, target)
+    output.mkdir(parents=True, exist_ok=True)
+    listing, written = [], []
+    for path in images:
+        try:
+            image = read_image(Path(path))
+        except IMAGE_ERRORS as err:
+            raise DataError(f"{path} is not a readable image ({type(err).__name__}: {err})") from None
+        found = detect(loaded, [image], target)[0]
+        keep = found["scores"] >= score_threshold
+        boxes, labels, scores = found["boxes"][keep], found["labels"][keep], found["scores"][keep]
+        captions = [f"{loaded.classes[int(k) - 1]} {s:.2f}" for k, s in zip(labels, scores, strict=True)]
+        drawn = draw_bounding_boxes(image.as_subclass(torch.Tensor), boxes, captions, colors="red", width=2)
+        destination = output / f"{Path(path).stem}.png"
+        atomic_write(destination, lambda tmp, drawn=drawn: write_png(drawn, str(tmp)))
+        written.append(destination)
+        listing.append(
+            {
+                "image": str(path),
+                "drawn": str(destination),
+                "detections": [
+                    {"box": [round(float(v), 2) for v in box], "label": loaded.classes[int(k) - 1], "score": float(s)}
+                    for box, k, s in zip(found["boxes"], found["labels"], found["scores"], strict=True)
+                ],
+            }
+        )
+    atomic_write(output / "detections.json", lambda tmp: tmp.write_text(json.dumps(listing, indent=2)))
+    return written

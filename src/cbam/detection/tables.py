@@ -1,0 +1,137 @@
+"""The rows of the paper's detection tables (7: Faster R-CNN on COCO; 8: SSD/StairNet on VOC 2007), counted,
+and trained under one recipe and seed for `cbam detect compare`."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cbam._errors import unknown_name
+from cbam.detection.config import SMALL_INPUT_KWARGS, DetectConfig
+from cbam.detection.engine import BEST, LAST, fit_detector, resolve_resume
+from cbam.detection.registry import create_detector
+from cbam.engine.checkpoint import atomic_write
+from cbam.paper import load_tables
+from cbam.report import format_markdown_table, write_csv
+
+DETECT_PRESETS: tuple[str, ...] = ("table7", "table8")
+BACKBONES = {"ResNet50": "resnet50", "ResNet101": "resnet101", "VGG16": "vgg16", "MobileNet": "mobilenet_v1"}
+DETECTORS = {"SSD": ("ssd300", "none"), "StairNet": ("stairnet300", "none"), "StairNet+SE": ("stairnet300", "se"),
+             "StairNet+CBAM": ("stairnet300", "cbam")}  # fmt: skip
+CLASSES = {"table7": 80, "table8": 20}
+
+
+@dataclass(frozen=True)
+class DetectRow:
+    """One detector of a paper table, with the paper's figures for it."""
+
+    name: str
+    description: str
+    detector: str
+    backbone: str
+    attention: str
+    paper: dict[str, float]
+
+
+def table_rows(preset: str, backbones: list[str] | None = None) -> list[DetectRow]:
+    """The rows of Table 7 or 8; `backbones` keeps only those (or, for a backbone the table lacks, puts it in
+    place of the table's, e.g. resnet18 on small data)."""
+    if preset not in DETECT_PRESETS:
+        raise unknown_name("detection preset", preset, DETECT_PRESETS)
+    rows = []
+    if preset == "table7":
+        for entry in load_tables()["table7_coco_faster_rcnn"]:
+            paper = {k: entry[k] for k in ("map", "map50", "map75")}
+            backbone, attention = BACKBONES[entry["backbone"]], entry["attention"]
+            description = f"{entry['backbone']}{' + CBAM' if attention == 'cbam' else ''}"
+            rows.append(DetectRow("", description, "faster_rcnn_c4", backbone, attention, paper))
+    else:
+        for entry in load_tables()["table8_voc2007_stairnet"]:
+            detector, attention = DETECTORS[entry["detector"]]
+            paper = {"map50": entry["map50"], "params_m": entry["params_m"]}
+            rows.append(DetectRow("", f"{entry['detector']} ({entry['backbone']})", detector,
+                                  BACKBONES[entry["backbone"]], attention, paper))  # fmt: skip
+    if backbones:
+        present = [r for r in rows if r.backbone in backbones]
+        if not present:  # another backbone in the place of the table's first
+            first = rows[0].backbone
+            present = [dataclasses.replace(r, backbone=b) for b in backbones for r in rows if r.backbone == first]
+        rows = present
+    return [
+        dataclasses.replace(r, name=f"{r.detector}-{r.backbone}" + ("" if r.attention == "none" else f"-{r.attention}"))
+        for r in rows
+    ]
+
+
+def count_parameters(row: DetectRow, num_classes: int, **kwargs: Any) -> int:
+    model = create_detector(row.detector, backbone=row.backbone, attention=row.attention,
+                            num_classes=num_classes + 1, **kwargs)  # fmt: skip
+    return sum(p.numel() for p in model.parameters())
+
+
+def profile_table(preset: str, backbones: list[str] | None = None) -> tuple[list[str], list[list[str]], list[dict]]:
+    """Parameters of each row at the table's class count, beside the paper's (Table 8 prints them)."""
+    header = ["Detector", "Backbone", "Attention", "Params (M)", "Paper params (M)", "Difference (M)"]
+    rows, records = [], []
+    for row in table_rows(preset, backbones):
+        params = count_parameters(row, CLASSES[preset]) / 1e6
+        paper = row.paper.get("params_m")
+        difference = "-" if paper is None else f"{params - paper:+.2f}"
+        rows.append([row.detector, row.backbone, row.attention, f"{params:.2f}",
+                     "-" if paper is None else f"{paper:.2f}", difference])  # fmt: skip
+        records.append({"name": row.name, "detector": row.detector, "backbone": row.backbone,
+                        "attention": row.attention, "params": params * 1e6, "paper_params_m": paper})  # fmt: skip
+    return header, rows, records
+
+
+def _row_config(base: DetectConfig, row: DetectRow, output: Path, backbone_runs: Path | None) -> DetectConfig:
+    weights = base.backbone_weights
+    if backbone_runs is not None:
+        run = backbone_runs / (row.backbone if row.attention == "none" else f"{row.backbone}-{row.attention}")
+        weights = str(run / "best.pt")
+        if not Path(weights).is_file():
+            raise FileNotFoundError(f"no classification checkpoint for {row.name} at {weights}")
+    kwargs = base.detector_kwargs
+    if row.detector != base.detector:
+        kwargs = SMALL_INPUT_KWARGS.get(row.detector, {}) if base.data == "cluttered-digits" else {}
+    return dataclasses.replace(base, detector=row.detector, backbone=row.backbone, attention=row.attention,
+                               detector_kwargs=dict(kwargs), backbone_weights=weights,
+                               output=str(output / row.name))  # fmt: skip
+
+
+def compare_detectors(
+    preset: str, base: DetectConfig, output: Path, *, backbones: list[str] | None = None,
+    backbone_runs: Path | None = None,
+) -> tuple[list[str], list[list[str]]]:  # fmt: skip
+    """Train every row (resuming a row whose run stopped, skipping one that finished), then write
+    comparison.md and comparison.csv with our metrics beside the paper's."""
+    results = []
+    for row in table_rows(preset, backbones):
+        config = _row_config(base, row, output, backbone_runs)
+        summary = Path(config.output) / "summary.json"
+        if summary.is_file():
+            results.append((row, json.loads(summary.read_text())))
+            continue
+        resume = resolve_resume("last", Path(config.output)) if (Path(config.output) / LAST).is_file() else None
+        results.append((row, fit_detector(config, resume=resume).to_dict()))
+    coco = base.metric == "coco"
+    ours_names = ["mAP@[.5:.95]", "mAP@.5", "mAP@.75"] if coco else ["mAP@.5"]
+    paper_names = ["mAP@[.5:.95]", "mAP@.5", "mAP@.75"] if preset == "table7" else ["mAP@.5"]
+    header = ["Detector", "Params (M)", *ours_names, *(f"Paper {name}" for name in paper_names)]
+    rows = []
+    for row, summary in results:
+        final = next(h for h in summary["history"] if h["epoch"] == summary["best_epoch"])
+        ours = [final["val_map"], final["val_map50"], final["val_map75"]] if coco else [final["val_map50"]]
+        paper = [row.paper[k] for k in (("map", "map50", "map75") if preset == "table7" else ("map50",))]
+        rows.append([f"{row.description} [{row.backbone}]", f"{summary['params'] / 1e6:.2f}",
+                     *(f"{100 * v:.1f}" for v in ours), *(f"{v:.1f}" for v in paper)])  # fmt: skip
+    table = format_markdown_table(header, rows)
+    atomic_write(output / "comparison.md", lambda tmp: tmp.write_text(f"## {preset} on {base.data}\n\n{table}\n"))
+    write_csv(output / "comparison.csv", header, rows)
+    return header, rows
+
+
+__all__ = ["BEST", "DETECT_PRESETS", "DetectRow", "compare_detectors", "profile_table", "table_rows"]
