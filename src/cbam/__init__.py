@@ -2,6 +2,7 @@
 
 from cbam.attach import AttentionRecorder, attach, attention_modules, detach
 from cbam.convert import load_pretrained
+from cbam.detection.registry import create_detector, list_detectors
 from cbam.explain import attention_maps, grad_cam
 from cbam.layers import BAM, CBAM, ChannelAttention, SpatialAttention, SqueezeExcite, create_attention_factory
 from cbam.registry import create_model, list_models, register_model
@@ -20,9 +21,11 @@ __all__ = [
     "attention_maps",
     "attention_modules",
     "create_attention_factory",
+    "create_detector",
     "create_model",
     "detach",
     "grad_cam",
+    "list_detectors",
     "list_models",
     "load_pretrained",
     "register_model",

@@ -42,3 +42,28 @@ def write_coco_folder(root: Path, train: int = 16, val: int = 6, size: int = 64,
 @pytest.fixture
 def coco_folder(tmp_path: Path) -> Path:
     return write_coco_folder(tmp_path / "squares")
+
+
+def write_voc_folder(root: Path, trainval: int = 8, test: int = 4, size: int = 96, seed: int = 0) -> Path:
+    """`root/VOCdevkit/VOC2007` with red cars and blue dogs (one `difficult`) on noise, JPEG and XML."""
+    rng = np.random.default_rng(seed)
+    base = root / "VOCdevkit" / "VOC2007"
+    for folder in ("JPEGImages", "Annotations", "ImageSets/Main"):
+        (base / folder).mkdir(parents=True, exist_ok=True)
+    names = [f"{i:06d}" for i in range(1, trainval + test + 1)]
+    for i, name in enumerate(names):
+        pixels = rng.integers(0, 60, (size, size, 3), dtype=np.uint8)
+        side = int(rng.integers(20, 40))
+        x, y = (int(v) for v in rng.integers(0, size - side, 2))
+        label = ("car", "dog")[i % 2]
+        pixels[y : y + side, x : x + side] = (220, 30, 30) if label == "car" else (30, 30, 220)
+        Image.fromarray(pixels).save(base / "JPEGImages" / f"{name}.jpg", quality=95)
+        difficult = int(i == 1)
+        (base / "Annotations" / f"{name}.xml").write_text(
+            f"<annotation><size><width>{size}</width><height>{size}</height><depth>3</depth></size>"
+            f"<object><name>{label}</name><difficult>{difficult}</difficult><bndbox><xmin>{x + 1}</xmin>"
+            f"<ymin>{y + 1}</ymin><xmax>{x + side}</xmax><ymax>{y + side}</ymax></bndbox></object></annotation>"
+        )
+    (base / "ImageSets" / "Main" / "trainval.txt").write_text("\n".join(names[:trainval]) + "\n")
+    (base / "ImageSets" / "Main" / "test.txt").write_text("\n".join(names[trainval:]) + "\n")
+    return root

@@ -27,7 +27,7 @@ from cbam.detection.engine import (
     train_transforms,
 )
 from cbam.engine.checkpoint import CheckpointError
-from tests.detection.conftest import CATEGORIES, write_coco_folder
+from tests.detection.conftest import CATEGORIES, write_coco_folder, write_voc_folder
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -147,3 +147,20 @@ def test_compare_trains_each_row_and_tabulates_it_beside_the_paper(coco_folder: 
     assert "| 27.0 " in table and "| 28.1 " in table, "the paper's mAP beside ours"
     assert (tmp_path / "cmp" / "faster_rcnn_c4-resnet18-cbam" / "best.pt").is_file()
     assert main(args) == 0, "a finished comparison is read back, not retrained"
+
+
+def test_the_voc_stairnet_recipe_runs_end_to_end_on_a_voc_folder(tmp_path: Path, capsys) -> None:
+    """The paper's Table 8 recipe, shrunk: StairNet + CBAM on MobileNet at 128 px, scored with VOC07 AP."""
+    voc = write_voc_folder(tmp_path / "voc")
+    args = ["detect", "train", "--preset", "voc-stairnet", "--backbone", "mobilenet_v1", "--attention", "cbam",
+            "--detector-arg", "size=128", "--data", str(voc), "--epochs", "1", "--batch-size", "4", "--workers", "0",
+            "--output", str(tmp_path / "run")]  # fmt: skip
+    assert main(args) == 0
+    state = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    assert state["config"]["detector"] == "stairnet300" and state["config"]["metric"] == "voc07"
+    assert len(state["classes"]) == 20 and "val_map50" in state["history"][-1]
+    capsys.readouterr()
+    assert main(["detect", "eval", "--checkpoint", str(tmp_path / "run" / "last.pt"), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["images"] == 4 and set(report["per_class"]) == set(state["classes"])
+    assert report["map50"] == pytest.approx(state["history"][-1]["val_map50"], abs=1e-9)

@@ -149,9 +149,19 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
-    from cbam.detection.tables import profile_table
+    from cbam.detection.tables import DetectRow, count_parameters, profile_table
 
-    header, rows, records = profile_table(args.preset, args.backbone)
+    if args.preset:
+        header, rows, records = profile_table(args.preset, args.backbone)
+    elif args.detector and args.backbone and len(args.backbone) == 1:
+        row = DetectRow("", args.detector, args.detector, args.backbone[0], args.attention, {})
+        params = count_parameters(row, args.num_classes, **_parse_kwargs(args.detector_arg))
+        header = ["Detector", "Backbone", "Attention", "Classes", "Params (M)"]
+        rows = [[args.detector, args.backbone[0], args.attention, str(args.num_classes), f"{params / 1e6:.3f}"]]
+        records = [{"detector": args.detector, "backbone": args.backbone[0], "attention": args.attention,
+                    "num_classes": args.num_classes, "params": params}]  # fmt: skip
+    else:
+        raise ValueError("give --preset table7|table8, or --detector D --backbone B [--attention A]")
     if args.json:
         print(json.dumps(records, indent=2))
         return 0
@@ -232,9 +242,13 @@ def add_detect_commands(commands: argparse._SubParsersAction) -> None:
     _add_run_arguments(compare)
     compare.set_defaults(func=cmd_compare, detector=None, attention=None)
 
-    profile = actions.add_parser("profile", help="parameters of a table's detectors beside the paper's")
-    profile.add_argument("--preset", required=True, choices=DETECT_PRESETS)
-    profile.add_argument("--backbone", nargs="+", help="only these backbones")
+    profile = actions.add_parser("profile", help="parameters of a table's detectors beside the paper's, or of one")
+    profile.add_argument("--preset", choices=DETECT_PRESETS)
+    profile.add_argument("--detector", help="or this detector (with --backbone and --attention)")
+    profile.add_argument("--backbone", nargs="+", help="only these backbones (with --detector: the backbone)")
+    profile.add_argument("--attention", default="none")
+    profile.add_argument("--num-classes", type=int, default=20, help="object classes, without the background")
+    profile.add_argument("--detector-arg", action="append", default=[], metavar="KEY=VALUE")
     profile.add_argument("--json", action="store_true")
     profile.add_argument("--csv")
     profile.set_defaults(func=cmd_profile)
