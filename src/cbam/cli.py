@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import ast
 import json
 import sys
 from collections.abc import Sequence
 from typing import Any
 
+from cbam._cli_args import parse_key_values
 from cbam.data.loading import DataError
 from cbam.detection.commands import add_detect_commands
 from cbam.engine.checkpoint import CheckpointError
@@ -49,17 +49,8 @@ def _parse_attention(text: str) -> AttentionSpec:
 
 
 def _parse_model_args(pairs: Sequence[str]) -> dict[str, Any]:
-    """`KEY=VALUE` pairs; values are Python literals (`0.7`, `True`) or else strings."""
-    kwargs: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise CommandError(f"--model-arg expects KEY=VALUE, got {pair!r}")
-        try:
-            kwargs[key] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            kwargs[key] = value
-    return kwargs
+    """`KEY=VALUE` pairs of `--model-arg`; values are Python literals (`0.7`, `True`) or else strings."""
+    return parse_key_values(pairs, "--model-arg")
 
 
 def _fmt(value: float | None, decimals: int) -> str:

@@ -7,22 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from cbam._cli_args import parse_key_values
 from cbam.report import format_markdown_table, write_csv
-
-
-def _parse_kwargs(pairs: list[str]) -> dict[str, Any]:
-    import ast
-
-    values = {}
-    for pair in pairs:
-        key, sep, text = pair.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--detector-arg takes KEY=VALUE, got {pair!r}")
-        try:
-            values[key] = ast.literal_eval(text)
-        except (ValueError, SyntaxError):
-            values[key] = text
-    return values
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -34,13 +20,14 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     if getattr(args, "amp", None):
         values["amp"] = True
     if getattr(args, "detector_arg", None):
-        values["detector_kwargs"] = _parse_kwargs(args.detector_arg)
+        values["detector_kwargs"] = parse_key_values(args.detector_arg, "--detector-arg")
     return values
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from cbam.detection.config import build_detect_config
-    from cbam.detection.engine import fit_detector, resolve_resume, resume_detect_config
+    from cbam.detection.engine import fit_detector, resume_detect_config
+    from cbam.engine.train import resolve_resume
 
     overrides = _overrides(args)
     if args.resume is not None:
@@ -155,7 +142,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
         header, rows, records = profile_table(args.preset, args.backbone)
     elif args.detector and args.backbone and len(args.backbone) == 1:
         row = DetectRow("", args.detector, args.detector, args.backbone[0], args.attention, {})
-        params = count_parameters(row, args.num_classes, **_parse_kwargs(args.detector_arg))
+        params = count_parameters(row, args.num_classes, **parse_key_values(args.detector_arg, "--detector-arg"))
         header = ["Detector", "Backbone", "Attention", "Classes", "Params (M)"]
         rows = [[args.detector, args.backbone[0], args.attention, str(args.num_classes), f"{params / 1e6:.3f}"]]
         records = [{"detector": args.detector, "backbone": args.backbone[0], "attention": args.attention,

@@ -40,6 +40,8 @@ from cbam.detection.transforms import (
 from cbam.engine.checkpoint import CheckpointError, atomic_write, load_checkpoint, save_checkpoint
 from cbam.engine.distributed import Distributed, all_reduce_sum, init_distributed
 from cbam.engine.train import (
+    BEST,
+    LAST,
     SkipLog,
     TrainingError,
     _check_writable,
@@ -47,10 +49,10 @@ from cbam.engine.train import (
     _rng_state,
     _set_rng_state,
     _write_metrics,
+    resume_overrides,
 )
 
 CHECKPOINT_FORMAT = "cbam.detection-checkpoint/1"
-LAST, BEST = "last.pt", "best.pt"
 # What a resumed run may change; everything else comes from the checkpoint's config.
 RESUME_OVERRIDABLE: tuple[str, ...] = ("epochs", "iterations", "workers", "output", "device")
 
@@ -328,26 +330,10 @@ class DetectRunResult:
         return dict(self.__dict__)
 
 
-def resolve_resume(resume: str | None, output: Path) -> Path | None:
-    """`--resume` with no value (or `last`) means the last checkpoint in the output folder."""
-    if resume is None:
-        return None
-    path = output / LAST if resume in ("", "last") else Path(resume)
-    if not path.is_file():
-        raise CheckpointError(f"nothing to resume: {path} does not exist")
-    return path
-
-
 def resume_detect_config(checkpoint: Path, **overrides: Any) -> DetectConfig:
     """The config saved in `checkpoint`, with the few values a resumed run may change."""
-    refused = sorted(k for k, v in overrides.items() if v is not None and k not in RESUME_OVERRIDABLE)
-    if refused:
-        raise ValueError(
-            f"a resumed run keeps its checkpoint's config; cannot change {', '.join(refused)} "
-            f"(only {', '.join(RESUME_OVERRIDABLE)} may change)"
-        )
-    saved = detect_config_from_dict(read_detection_checkpoint(checkpoint)["config"])
-    return dataclasses.replace(saved, **{k: v for k, v in overrides.items() if v is not None})
+    changes = resume_overrides(overrides, RESUME_OVERRIDABLE)
+    return dataclasses.replace(detect_config_from_dict(read_detection_checkpoint(checkpoint)["config"]), **changes)
 
 
 def read_detection_checkpoint(path: Path) -> dict[str, Any]:

@@ -11,9 +11,10 @@ from typing import Any
 
 from cbam._errors import unknown_name
 from cbam.detection.config import SMALL_INPUT_KWARGS, DetectConfig
-from cbam.detection.engine import BEST, LAST, fit_detector, resolve_resume
+from cbam.detection.engine import BEST, LAST, fit_detector
 from cbam.detection.registry import create_detector
 from cbam.engine.checkpoint import atomic_write
+from cbam.engine.train import resolve_resume
 from cbam.paper import load_tables
 from cbam.report import format_markdown_table, write_csv
 

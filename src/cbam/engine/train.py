@@ -315,16 +315,21 @@ def resolve_resume(resume: str | None, output: Path) -> Path | None:
     return path
 
 
-def resume_config(checkpoint: Path, **overrides: Any) -> TrainConfig:
-    """The config saved in `checkpoint`, with the few values a resumed run may change."""
-    refused = sorted(k for k, v in overrides.items() if v is not None and k not in RESUME_OVERRIDABLE)
+def resume_overrides(overrides: dict[str, Any], allowed: tuple[str, ...]) -> dict[str, Any]:
+    """The values given (not None) for a resumed run; changing anything but `allowed` is refused."""
+    refused = sorted(k for k, v in overrides.items() if v is not None and k not in allowed)
     if refused:
         raise ValueError(
             f"a resumed run keeps its checkpoint's config; cannot change {', '.join(refused)} "
-            f"(only {', '.join(RESUME_OVERRIDABLE)} may change)"
+            f"(only {', '.join(allowed)} may change)"
         )
-    saved = config_from_dict(load_checkpoint(checkpoint)["config"])
-    return dataclasses.replace(saved, **{k: v for k, v in overrides.items() if v is not None})
+    return {k: v for k, v in overrides.items() if v is not None}
+
+
+def resume_config(checkpoint: Path, **overrides: Any) -> TrainConfig:
+    """The config saved in `checkpoint`, with the few values a resumed run may change."""
+    changes = resume_overrides(overrides, RESUME_OVERRIDABLE)
+    return dataclasses.replace(config_from_dict(load_checkpoint(checkpoint)["config"]), **changes)
 
 
 @dataclass(frozen=True)
