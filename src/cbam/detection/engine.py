@@ -393,12 +393,12 @@ def fit_detector(config: DetectConfig, resume: Path | None = None) -> DetectRunR
         epoch_start = time.perf_counter()
         data.train_sampler.set_epoch(epoch)
         data.train_set.set_epoch(epoch)
-        lr = optimizer.param_groups[0]["lr"]
         desc = f"epoch {epoch + 1}/{epochs}"
         steps_left = total_steps - epoch * steps_per_epoch
         stats = train_one_epoch(
             model, data.train_loader, optimizer, scheduler, scaler, config, dist, skips, steps_left, desc
         )
+        lr = optimizer.param_groups[0]["lr"]  # where the epoch's steps left it
         found = collect_detections(raw_model, data.val_loader, config, dist, skips)
         metrics, _ = score(found, data.val_set, config.metric, data.classes, data.category_ids)
         value = headline(metrics, config.metric)
