@@ -143,7 +143,8 @@ def test_compare_trains_each_row_and_tabulates_it_beside_the_paper(coco_folder: 
             "--detector-arg", "batch_norm='train'", "--output", str(tmp_path / "cmp")]  # fmt: skip
     assert main(args) == 0
     table = (tmp_path / "cmp" / "comparison.md").read_text()
-    assert "ResNet50 [resnet18]" in table and "ResNet50 + CBAM [resnet18]" in table
+    assert "| faster_rcnn_c4 resnet18 " in table and "| faster_rcnn_c4 resnet18 + cbam " in table
+    assert "| ResNet50 + CBAM " in table, "the paper's row each one stands for"
     assert "| 27.0 " in table and "| 28.1 " in table, "the paper's mAP beside ours"
     assert (tmp_path / "cmp" / "faster_rcnn_c4-resnet18-cbam" / "best.pt").is_file()
     assert main(args) == 0, "a finished comparison is read back, not retrained"

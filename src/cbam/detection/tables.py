@@ -121,14 +121,15 @@ def compare_detectors(
     coco = base.metric == "coco"
     ours_names = ["mAP@[.5:.95]", "mAP@.5", "mAP@.75"] if coco else ["mAP@.5"]
     paper_names = ["mAP@[.5:.95]", "mAP@.5", "mAP@.75"] if preset == "table7" else ["mAP@.5"]
-    header = ["Detector", "Params (M)", *ours_names, *(f"Paper {name}" for name in paper_names)]
+    header = ["Detector", "Params (M)", *ours_names, "Paper row", *(f"Paper {name}" for name in paper_names)]
     rows = []
     for row, summary in results:
         final = next(h for h in summary["history"] if h["epoch"] == summary["best_epoch"])
         ours = [final["val_map"], final["val_map50"], final["val_map75"]] if coco else [final["val_map50"]]
         paper = [row.paper[k] for k in (("map", "map50", "map75") if preset == "table7" else ("map50",))]
-        rows.append([f"{row.description} [{row.backbone}]", f"{summary['params'] / 1e6:.2f}",
-                     *(f"{100 * v:.1f}" for v in ours), *(f"{v:.1f}" for v in paper)])  # fmt: skip
+        ours_name = f"{row.detector} {row.backbone}" + ("" if row.attention == "none" else f" + {row.attention}")
+        rows.append([ours_name, f"{summary['params'] / 1e6:.2f}", *(f"{100 * v:.1f}" for v in ours),
+                     row.description, *(f"{v:.1f}" for v in paper)])  # fmt: skip
     table = format_markdown_table(header, rows)
     atomic_write(output / "comparison.md", lambda tmp: tmp.write_text(f"## {preset} on {base.data}\n\n{table}\n"))
     write_csv(output / "comparison.csv", header, rows)
