@@ -88,7 +88,7 @@ def _sample_path(dataset: Dataset, index: int) -> str:
     return str(samples[index][0]) if samples is not None else f"sample {index}"
 
 
-def _sample_seed(seed: int, epoch: int, index: int) -> int:
+def sample_seed(seed: int, epoch: int, index: int) -> int:
     return (seed * 1_000_003 + epoch) * 2_147_483_647 + index & 0x7FFF_FFFF_FFFF_FFFF
 
 
@@ -111,7 +111,7 @@ class AugmentedDataset(Dataset):
         try:
             image, target = self.base[index]
             with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(_sample_seed(self.seed, self.epoch, index))
+                torch.manual_seed(sample_seed(self.seed, self.epoch, index))
                 return self.transform(image), target
         except IMAGE_ERRORS as err:
             return Skipped(_sample_path(self.base, index), f"{type(err).__name__}: {err}")

@@ -28,7 +28,6 @@ import contextlib
 import io
 import re
 import warnings
-import xml.etree.ElementTree as ET
 from bisect import bisect_right
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -45,7 +44,8 @@ from torchvision.transforms.v2 import functional as F
 
 from cbam._errors import unknown_name
 from cbam.data import cluttered_digits
-from cbam.data.loading import IMAGE_ERRORS, DataError, Skipped, _sample_seed
+from cbam.data.loading import IMAGE_ERRORS, DataError, Skipped, sample_seed
+from cbam.data.voc import read_voc_xml
 
 VOC_CLASSES: tuple[str, ...] = (
     "aeroplane",
@@ -182,7 +182,7 @@ class DetectionDataset(Dataset):
         }
         if self.transforms is not None:
             with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(_sample_seed(self.seed, self.epoch, seed_index))
+                torch.manual_seed(sample_seed(self.seed, self.epoch, seed_index))
                 image, target = self.transforms(image, target)
         if not image.is_floating_point():
             image = F.to_dtype(image, torch.float32, scale=True)
@@ -273,35 +273,6 @@ class CocoDetection(DetectionDataset):
 
 
 # --- PASCAL VOC ------------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class VocObject:
-    name: str
-    box: tuple[float, float, float, float]  # continuous xyxy: (xmin - 1, ymin - 1, xmax, ymax)
-    difficult: bool
-
-
-def read_voc_xml(path: Path) -> tuple[tuple[int, int] | None, list[VocObject]]:
-    """The (h, w) from `<size>` (None when absent or zero) and the objects of one VOC annotation file.
-
-    VOC corners are 1-based and inclusive: (xmin, ymin, xmax, ymax) becomes (xmin - 1, ymin - 1, xmax, ymax), so
-    a plain IoU of converted boxes equals the devkit's "+1" IoU of the raw ones.
-    """
-    if not path.is_file():
-        raise DataError(f"VOC annotation file {path} does not exist")
-    try:
-        root = ET.parse(path).getroot()
-        width, height = (int(float(root.findtext(f"size/{k}") or 0)) for k in ("width", "height"))
-        objects = []
-        for obj in root.iter("object"):
-            xmin, ymin, xmax, ymax = (float(obj.findtext(f"bndbox/{k}")) for k in ("xmin", "ymin", "xmax", "ymax"))
-            name = (obj.findtext("name") or "").strip()
-            difficult = bool(int(float(obj.findtext("difficult") or 0)))
-            objects.append(VocObject(name, (xmin - 1.0, ymin - 1.0, xmax, ymax), difficult))
-    except (OSError, ET.ParseError, TypeError, ValueError) as err:
-        raise DataError(f"cannot read VOC annotation {path}: {type(err).__name__}: {err}") from None
-    return ((height, width) if width > 0 and height > 0 else None), objects
 
 
 def _voc_devkit(voc_root: Path) -> Path:

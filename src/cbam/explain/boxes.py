@@ -4,7 +4,6 @@ validation boxes come in that format), keyed by the image's path relative to the
 from __future__ import annotations
 
 import json
-import xml.etree.ElementTree as ET
 from collections import defaultdict
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import torch
 from torch import Tensor
 
 from cbam.data.loading import DataError
+from cbam.data.voc import read_voc_xml
 
 Boxes = dict[str, list[tuple[str, tuple[float, float, float, float]]]]
 """file -> [(class name, (x0, y0, x1, y1) in the original image's pixels, half-open))]."""
@@ -43,18 +43,8 @@ def read_voc_boxes(folder: Path, files: list[str]) -> Boxes:
         xml = next((c for c in candidates if c.is_file()), None)
         if xml is None:
             continue
-        try:
-            root = ET.parse(xml).getroot()
-            found[file] = [(obj.findtext("name", "").strip(), _voc_corners(obj)) for obj in root.iter("object")]
-        except (ET.ParseError, AttributeError, TypeError, ValueError) as err:
-            raise DataError(f"cannot read VOC boxes from {xml}: {err}") from None
+        found[file] = [(obj.name, obj.box) for obj in read_voc_xml(xml)[1]]
     return found
-
-
-def _voc_corners(obj: ET.Element) -> tuple[float, float, float, float]:
-    box = obj.find("bndbox")
-    xmin, ymin, xmax, ymax = (float(box.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax"))
-    return xmin - 1.0, ymin - 1.0, xmax, ymax
 
 
 def split_boxes(root: Path, split: str, files: list[str], boxes: Path | None = None) -> Boxes:
