@@ -27,6 +27,7 @@ from cbam.detection.engine import (
     train_transforms,
 )
 from cbam.engine.checkpoint import CheckpointError
+from cbam.engine.train import TrainingError
 from tests.detection.conftest import CATEGORIES, write_coco_folder, write_voc_folder
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -165,3 +166,27 @@ def test_the_voc_stairnet_recipe_runs_end_to_end_on_a_voc_folder(tmp_path: Path,
     report = json.loads(capsys.readouterr().out)
     assert report["images"] == 4 and set(report["per_class"]) == set(state["classes"])
     assert report["map50"] == pytest.approx(state["history"][-1]["val_map50"], abs=1e-9)
+
+
+def test_corrupt_images_are_skipped_and_counted(coco_folder: Path, tmp_path: Path) -> None:
+    (coco_folder / "train" / "003.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    (coco_folder / "val" / "001.png").write_bytes(b"not an image")
+    run = fit_detector(_config(coco_folder, tmp_path / "run", epochs=1))
+    assert run.history[-1]["skipped_images"] == 2
+
+
+def test_a_loss_that_is_no_longer_finite_stops_the_run_with_a_reason(coco_folder, tmp_path, monkeypatch) -> None:
+    import cbam.detection.engine as engine
+
+    class Diverged(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.ones(1))
+
+        def forward(self, images, targets=None):
+            return {"loss_classifier": self.weight * float("nan"), "loss_box_reg": self.weight}
+
+    monkeypatch.setattr(engine, "build_detector", lambda *args, **kwargs: Diverged())
+    with pytest.raises(TrainingError, match=r"the loss became nan .*the last checkpoint is kept"):
+        fit_detector(_config(coco_folder, tmp_path / "run", epochs=1))
+    assert not list((tmp_path / "run").glob("*.pt")), "nothing half-written"
