@@ -47,7 +47,6 @@ class DetectConfig:
     warmup_iterations: int = 100
     lr_milestones: tuple[float, ...] = (2 / 3, 8 / 9)
     lr_gamma: float = 0.1
-    grad_clip: float = 0.0  # max gradient norm; 0 = none
     hflip: bool = True
     metric: str = "coco"
     workers: int = 2

@@ -8,7 +8,6 @@ that stops being finite ends the run with the last checkpoint kept.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import math
@@ -23,8 +22,9 @@ import yaml
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
+from torchvision import tv_tensors
 
-from cbam.data.loading import DataError
+from cbam.data.loading import DataError, ShardSampler
 from cbam.detection.config import DetectConfig, detect_config_from_dict
 from cbam.detection.data import collate_detection_skipping, open_detection_data
 from cbam.detection.metrics import DetectionEvaluator
@@ -44,12 +44,13 @@ from cbam.engine.train import (
     LAST,
     SkipLog,
     TrainingError,
+    _autocast,
     _check_writable,
     _progress,
-    _rng_state,
-    _set_rng_state,
     _write_metrics,
+    restore_training_state,
     resume_overrides,
+    training_state,
 )
 
 CHECKPOINT_FORMAT = "cbam.detection-checkpoint/1"
@@ -109,10 +110,11 @@ def build_optimizer(model: nn.Module, config: DetectConfig) -> torch.optim.Optim
     return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
 
 
-def _autocast(config: DetectConfig, device: torch.device) -> contextlib.AbstractContextManager:
+def amp_dtype(config: DetectConfig, device: torch.device) -> torch.dtype | None:
+    """None without AMP; bf16 on the CPU, fp16 on CUDA."""
     if not config.amp:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16 if device.type == "cpu" else torch.float16)
+        return None
+    return torch.bfloat16 if device.type == "cpu" else torch.float16
 
 
 def _training_targets(targets: list[dict[str, Any]], device: torch.device) -> list[dict[str, Tensor]]:
@@ -171,8 +173,6 @@ def _loader(dataset: Any, sampler: Any, batch_size: int, workers: int, drop_last
 
 def eval_loader(dataset: Any, batch_size: int, workers: int, dist: Distributed) -> DataLoader:
     """Every image of `dataset` once over all processes (a DistributedSampler would repeat some)."""
-    from cbam.data.loading import ShardSampler
-
     return _loader(dataset, ShardSampler(len(dataset), dist.rank, dist.world_size), batch_size, workers, False)
 
 
@@ -229,7 +229,7 @@ def train_one_epoch(
         if not images:
             continue
         images = [image.to(dist.device, non_blocking=True) for image in images]
-        with _autocast(config, dist.device):
+        with _autocast(dist.device, amp_dtype(config, dist.device)):
             losses = model(images, _training_targets(targets, dist.device))
         loss = sum(losses.values())
         if not torch.isfinite(loss.detach()).item():
@@ -237,9 +237,6 @@ def train_one_epoch(
             raise TrainingError(f"the loss became {loss.item()} ({parts}); stopping, the last checkpoint is kept")
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
-        if config.grad_clip > 0:
-            scaler.unscale_(optimizer)
-            nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         scaler.step(optimizer)
         scaler.update()
         scheduler.step()
@@ -284,7 +281,7 @@ def collect_detections(
         if not images:
             continue
         inputs = [image.to(dist.device, non_blocking=True) for image in images]
-        with _autocast(config, dist.device):
+        with _autocast(dist.device, amp_dtype(config, dist.device)):
             outputs = model(inputs)
         for target, detection in zip(targets, to_original(outputs, images, targets), strict=True):
             found.append((int(target["image_id"]), detection))
@@ -369,11 +366,7 @@ def fit_detector(config: DetectConfig, resume: Path | None = None) -> DetectRunR
     history: list[dict[str, Any]] = []
     best_map, best_epoch, start_epoch = -1.0, 0, 0
     if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        _set_rng_state(state["rng"])
+        restore_training_state(state, model, optimizer, scheduler, scaler)
         history = list(state["history"])
         best_map, best_epoch, start_epoch = state["best_map"], state["best_epoch"], state["epoch"]
     raw_model = model
@@ -427,11 +420,7 @@ def fit_detector(config: DetectConfig, resume: Path | None = None) -> DetectRunR
                 "classes": data.classes,
                 "category_ids": data.category_ids,
                 "epoch": epoch + 1,
-                "model": raw_model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict(),
-                "rng": _rng_state(),
+                **training_state(raw_model, optimizer, scheduler, scaler),
                 "history": history,
                 "best_map": best_map,
                 "best_epoch": best_epoch,
@@ -486,8 +475,6 @@ def detect(loaded: LoadedDetector, images: list[Tensor], device: torch.device | 
     transform = eval_transforms(loaded.config)
     inputs, targets = [], []
     for image in images:
-        from torchvision import tv_tensors
-
         prepared = transform(tv_tensors.Image(image))
         inputs.append(prepared.as_subclass(Tensor).to(device))
         targets.append({"orig_size": tuple(image.shape[-2:])})

@@ -287,6 +287,32 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def training_state(
+    model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, scaler: torch.amp.GradScaler
+) -> dict[str, Any]:
+    """What a checkpoint needs, beyond config and history, to resume exactly: weights, optimizer, schedule,
+    loss scaler and RNG."""
+    return {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "scaler": scaler.state_dict(),
+        "rng": _rng_state(),
+    }
+
+
+def restore_training_state(
+    state: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
+    scaler: torch.amp.GradScaler,
+) -> None:  # fmt: skip
+    """Put back what `training_state` saved."""
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    scaler.load_state_dict(state["scaler"])
+    _set_rng_state(state["rng"])
+
+
 def _write_metrics(output: Path, history: list[dict[str, Any]]) -> None:
     if not history:
         return
@@ -439,11 +465,7 @@ def fit(config: TrainConfig, resume: Path | None = None) -> RunResult:
             raise CheckpointError(
                 f"the checkpoint was trained on {len(state.get('classes') or [])} classes, the data has {len(classes)}"
             )
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        _set_rng_state(state["rng"])
+        restore_training_state(state, model, optimizer, scheduler, scaler)
         history = list(state["history"])
         best_error, best_epoch, start_epoch = state["best_top1_error"], state["best_epoch"], state["epoch"]
 
@@ -519,11 +541,7 @@ def fit(config: TrainConfig, resume: Path | None = None) -> RunResult:
                 "config": config.to_dict(),
                 "classes": classes,
                 "epoch": epoch + 1,
-                "model": raw_model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict(),
-                "rng": _rng_state(),
+                **training_state(raw_model, optimizer, scheduler, scaler),
                 "history": history,
                 "best_top1_error": best_error,
                 "best_epoch": best_epoch,
