@@ -30,7 +30,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
 from cbam.survey.store import VoteStore
-from cbam.survey.study import CHOICES, Study
+from cbam.survey.study import CHOICES, Question, Study
 
 COOKIE = "respondent"
 COOKIE_MAX_AGE_S = 365 * 24 * 3600
@@ -129,20 +129,30 @@ async def _store_vote(survey: Survey, respondent: str, question_id: Any, choice:
     await run_in_threadpool(survey.store.record, respondent, question.id, choice, question.preferred(choice))
 
 
+def _question_at(survey: Survey, request: Request) -> tuple[int, Question]:
+    """The position (1..N) in the URL and its question; 404 outside the survey."""
+    position = request.path_params["position"]
+    if not 1 <= position <= len(survey.study.questions):
+        raise HTTPException(404, f"no question {position}")
+    return position, survey.study.questions[position - 1]
+
+
+def _require_content_type(request: Request, media_type: str, message: str) -> None:
+    if request.headers.get("content-type", "").split(";")[0].strip() != media_type:
+        raise HTTPException(415, message)
+
+
 async def welcome(request: Request) -> Response:
     respondent, new = _with_respondent(request)
     study = request.app.state.survey.study
-    context = {"criterion": CRITERION, "total": len(study.questions), "first": study.questions[0].id}
+    context = {"criterion": CRITERION, "total": len(study.questions)}
     return _render(request, "welcome.html", context, respondent, new)
 
 
 async def question_page(request: Request) -> Response:
     survey: Survey = request.app.state.survey
-    position = request.path_params["position"]
-    if not 1 <= position <= len(survey.study.questions):
-        raise HTTPException(404, f"no question {position}")
+    position, question = _question_at(survey, request)
     respondent, new = _with_respondent(request)
-    question = survey.study.questions[position - 1]
     answered = {} if new else await run_in_threadpool(survey.store.answers, respondent)
     context = {
         "question": question,
@@ -159,15 +169,12 @@ async def question_page(request: Request) -> Response:
 async def vote_form(request: Request) -> Response:
     """A vote from the page's form; then the next question, or the thank-you page after the last."""
     survey: Survey = request.app.state.survey
-    position = request.path_params["position"]
-    if not 1 <= position <= len(survey.study.questions):
-        raise HTTPException(404, f"no question {position}")
+    position, question = _question_at(survey, request)
     _check_origin(request)
     respondent = survey.respondent(request)
     if respondent is None:
         raise HTTPException(403, "no respondent cookie: open the survey's first page")
-    if request.headers.get("content-type", "").split(";")[0].strip() != "application/x-www-form-urlencoded":
-        raise HTTPException(415, "votes are posted by the page's form")
+    _require_content_type(request, "application/x-www-form-urlencoded", "votes are posted by the page's form")
     try:
         fields = parse_qs((await _body(request)).decode("utf-8", errors="replace"), max_num_fields=4)
     except ValueError:
@@ -176,7 +183,7 @@ async def vote_form(request: Request) -> Response:
     if not hmac.compare_digest(token, survey.form_token(respondent)):
         raise HTTPException(403, "the form's token does not match; reload the page")
     choice = fields.get("choice", [None])[0]
-    await _store_vote(survey, respondent, survey.study.questions[position - 1].id, choice)
+    await _store_vote(survey, respondent, question.id, choice)
     follows = f"/questions/{position + 1}" if position < len(survey.study.questions) else "/thanks"
     return RedirectResponse(follows, status_code=303)
 
@@ -200,8 +207,7 @@ async def api_vote(request: Request) -> Response:
     """`{"question": ID, "choice": "left" | "right" | "equal"}` as JSON, from a respondent with a cookie."""
     survey: Survey = request.app.state.survey
     _check_origin(request)
-    if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
-        raise HTTPException(415, "send the vote as application/json")
+    _require_content_type(request, "application/json", "send the vote as application/json")
     body = await _body(request)
     respondent = survey.respondent(request)
     if respondent is None:
