@@ -1,4 +1,8 @@
+import signal
+import subprocess
+import time
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -22,3 +26,13 @@ def randomize_(module: torch.nn.Module) -> torch.nn.Module:
             elif name.endswith("running_var"):
                 b.uniform_(0.5, 2.0)
     return module
+
+
+def kill_after_first_checkpoint(argv: list[str], last: Path, timeout_s: float = 300) -> None:
+    """Run a training command and SIGKILL it as soon as `last` (its first checkpoint) is on disk."""
+    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + timeout_s
+    while not last.exists() and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()

@@ -4,10 +4,7 @@ end to end on real files."""
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -28,6 +25,7 @@ from cbam.detection.engine import (
 )
 from cbam.engine.checkpoint import CheckpointError
 from cbam.engine.train import TrainingError
+from tests.conftest import kill_after_first_checkpoint
 from tests.detection.conftest import CATEGORIES, write_coco_folder, write_voc_folder
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -65,13 +63,8 @@ def test_a_killed_run_resumes_to_the_weights_of_an_uninterrupted_one(coco_folder
     flags = [f"--{key.replace('_', '-')}={value}" for key, value in options.items()]
     argv = [sys.executable, "-m", "cbam", "detect", "train", "--detector-arg", "batch_norm='train'", *flags,
             "--output", str(tmp_path / "killed")]  # fmt: skip
-    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     last = tmp_path / "killed" / "last.pt"
-    deadline = time.monotonic() + 300
-    while not last.exists() and time.monotonic() < deadline and process.poll() is None:
-        time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    kill_after_first_checkpoint(argv, last)
     assert torch.load(last, weights_only=True)["epoch"] in (1, 2)
     resumed = fit_detector(resume_detect_config(last), resume=last)
     kwargs = {**SMALL_INPUT_KWARGS["faster_rcnn_c4"], "batch_norm": "train"}

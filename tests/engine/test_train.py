@@ -12,6 +12,7 @@ from cbam.engine import train as train_module
 from cbam.engine.checkpoint import CheckpointError, load_checkpoint
 from cbam.engine.evaluate import evaluate_checkpoint
 from cbam.engine.train import TrainingError, fit, lr_factor, resume_config
+from tests.conftest import kill_after_first_checkpoint
 from tests.engine.conftest import tiny_config, write_image_folder
 
 
@@ -141,10 +142,7 @@ def test_compiled_training_matches_the_eager_loss_closely(image_folder, tmp_path
 
 def test_a_killed_run_resumes_to_the_weights_of_an_uninterrupted_one(image_folder, tmp_path):
     """Kill `cbam train` once its first checkpoint is on disk, resume it, compare with a run never stopped."""
-    import signal
-    import subprocess
     import sys
-    import time
 
     config = tiny_config(image_folder, tmp_path / "killed", epochs=4)
     argv = [
@@ -153,13 +151,8 @@ def test_a_killed_run_resumes_to_the_weights_of_an_uninterrupted_one(image_folde
         "--batch-size", "8", "--lr", "0.8", "--image-size", "16", "--eval-resize", "16",
         "--crop-scale", "0.5", "1", "--workers", "0",
     ]  # fmt: skip
-    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     last = tmp_path / "killed" / "last.pt"
-    deadline = time.monotonic() + 120
-    while not last.exists() and time.monotonic() < deadline and process.poll() is None:
-        time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    kill_after_first_checkpoint(argv, last, timeout_s=120)
     interrupted_at = load_checkpoint(last)["epoch"]
     assert 1 <= interrupted_at <= 4
     fit(resume_config(last), resume=last)
