@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -26,14 +27,13 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from cbam.detection.config import build_detect_config
-    from cbam.detection.engine import fit_detector, resume_detect_config
+    from cbam.detection.engine import RESUME_OVERRIDABLE, fit_detector, resume_detect_config
     from cbam.engine.train import resolve_resume
 
     overrides = _overrides(args)
     if args.resume is not None:
         checkpoint = resolve_resume(args.resume, Path(args.output))
-        allowed = ("epochs", "iterations", "workers", "output", "device")
-        config = resume_detect_config(checkpoint, **{k: overrides[k] for k in allowed})
+        config = resume_detect_config(checkpoint, **{k: overrides[k] for k in RESUME_OVERRIDABLE})
     else:
         checkpoint = None
         config = build_detect_config(args.preset, **overrides)
@@ -42,25 +42,32 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _paper_rows(config: Any, metrics: dict[str, Any]) -> str:
+def _paper_rows(config: Any) -> str:
     """The paper's rows this detector reproduces, for reading beside our figure."""
-    from cbam.detection.tables import table_rows
+    from cbam.detection.tables import COLUMNS, PAPER_KEYS, table_rows
 
     preset = "table7" if config.detector.startswith("faster_rcnn") else "table8"
     rows = [r for r in table_rows(preset) if r.backbone == config.backbone]
     if not rows:
         return ""
-    keys = ("map", "map50", "map75") if preset == "table7" else ("map50",)
-    header = ["Paper row", *keys]
+    keys = PAPER_KEYS[preset]
     body = [[r.description, *(f"{r.paper[k]:.1f}" for k in keys)] for r in rows]
-    return f"\nThe paper ({preset}):\n\n" + format_markdown_table(header, body)
+    return f"\nThe paper ({preset}):\n\n" + format_markdown_table(["Paper row", *(COLUMNS[k] for k in keys)], body)
+
+
+def _json_ready(value: Any) -> Any:
+    """NaN (a class or size range without ground truth) as null, so that strict JSON readers take the report."""
+    if isinstance(value, dict):
+        return {k: _json_ready(v) for k, v in value.items()}
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    import torch
-
     from cbam.detection.data import open_detection_data
     from cbam.detection.engine import collect_detections, eval_loader, eval_transforms, load_detector, score
+    from cbam.detection.tables import COLUMNS, metric_keys
     from cbam.engine.checkpoint import CheckpointError, atomic_write
     from cbam.engine.distributed import init_distributed
     from cbam.engine.train import SkipLog
@@ -68,8 +75,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     dist = init_distributed(args.device)
     loaded = load_detector(Path(args.checkpoint), dist.device)
     config = loaded.config
-    data = args.data or config.data
-    dataset = open_detection_data(data, args.split or config.val_split, eval_transforms(config), config.seed)
+    data, split = args.data or config.data, args.split or config.val_split
+    dataset = open_detection_data(data, split, eval_transforms(config), config.seed)
     if list(dataset.class_names) != loaded.classes:
         raise CheckpointError(
             f"the checkpoint detects {len(loaded.classes)} classes ({', '.join(loaded.classes[:5])}, ...); "
@@ -77,13 +84,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
         )
     metric = args.metric or config.metric
     skips = SkipLog()
-    with torch.no_grad():
-        found = collect_detections(loaded.model, eval_loader(dataset, args.batch_size, args.workers, dist), config,
-                                   dist, skips)  # fmt: skip
+    loader = eval_loader(dataset, args.batch_size, args.workers, dist)
+    found = collect_detections(loaded.model, loader, config, dist, skips)
     if not dist.is_main:
         return 0
     metrics, evaluator = score(found, dataset, metric, loaded.classes, loaded.category_ids)
-    ground_truth = str(dataset.annotation_file) if dataset.annotation_file else f"{data} ({args.split or 'val'})"
+    ground_truth = str(dataset.annotation_file) if dataset.annotation_file else f"{data} ({split})"
     report = {**metrics, "metric": metric, "images": len(found), "skipped": skips.count, "ground_truth": ground_truth,
               "checkpoint": str(args.checkpoint)}  # fmt: skip
     if args.save_predictions:
@@ -91,20 +97,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
         atomic_write(Path(args.save_predictions), lambda tmp: tmp.write_text(json.dumps(results)))
         report["predictions"] = str(args.save_predictions)
     if args.json:
-        print(json.dumps(report, indent=2, default=float))
+        print(json.dumps(_json_ready(report), indent=2, default=float))
         return 0
-    if metric == "coco":
-        header, keys = ["mAP@[.5:.95]", "mAP@.5", "mAP@.75"], ("map", "map50", "map75")
-    else:
-        header, keys = ["mAP@.5"], ("map50",)
-    print(
-        format_markdown_table(["Checkpoint", *header], [[args.checkpoint, *(f"{100 * metrics[k]:.1f}" for k in keys)]])
-    )
+    keys = metric_keys(metric)
+    ours = [args.checkpoint, *(f"{100 * metrics[k]:.1f}" for k in keys)]
+    print(format_markdown_table(["Checkpoint", *(COLUMNS[k] for k in keys)], [ours]))
     if metric != "coco":
         per_class = [[name, "-" if ap != ap else f"{100 * ap:.1f}"] for name, ap in metrics["per_class"].items()]
         print("\n" + format_markdown_table(["Class", "AP@.5"], per_class))
     print(f"\n{len(found)} images of {ground_truth}" + (f"; {skips.count} unreadable skipped" if skips.count else ""))
-    print(_paper_rows(config, metrics))
+    print(_paper_rows(config))
     return 0
 
 

@@ -11,10 +11,9 @@ from typing import Any
 
 from cbam._errors import unknown_name
 from cbam.detection.config import SMALL_INPUT_KWARGS, DetectConfig
-from cbam.detection.engine import BEST, LAST, fit_detector
+from cbam.detection.engine import LAST, fit_detector
 from cbam.detection.registry import create_detector
 from cbam.engine.checkpoint import atomic_write
-from cbam.engine.train import resolve_resume
 from cbam.paper import load_tables
 from cbam.report import format_markdown_table, write_csv
 
@@ -23,6 +22,13 @@ BACKBONES = {"ResNet50": "resnet50", "ResNet101": "resnet101", "VGG16": "vgg16",
 DETECTORS = {"SSD": ("ssd300", "none"), "StairNet": ("stairnet300", "none"), "StairNet+SE": ("stairnet300", "se"),
              "StairNet+CBAM": ("stairnet300", "cbam")}  # fmt: skip
 CLASSES = {"table7": 80, "table8": 20}
+COLUMNS = {"map": "mAP@[.5:.95]", "map50": "mAP@.5", "map75": "mAP@.75"}
+PAPER_KEYS = {"table7": ("map", "map50", "map75"), "table8": ("map50",)}  # what each table prints
+
+
+def metric_keys(metric: str) -> tuple[str, ...]:
+    """The figures a metric gives: COCO's three mAPs, or VOC's mAP@.5."""
+    return PAPER_KEYS["table7"] if metric == "coco" else PAPER_KEYS["table8"]
 
 
 @dataclass(frozen=True)
@@ -116,24 +122,18 @@ def compare_detectors(
         if summary.is_file():
             results.append((row, json.loads(summary.read_text())))
             continue
-        resume = resolve_resume("last", Path(config.output)) if (Path(config.output) / LAST).is_file() else None
-        results.append((row, fit_detector(config, resume=resume).to_dict()))
-    coco = base.metric == "coco"
-    ours_names = ["mAP@[.5:.95]", "mAP@.5", "mAP@.75"] if coco else ["mAP@.5"]
-    paper_names = ["mAP@[.5:.95]", "mAP@.5", "mAP@.75"] if preset == "table7" else ["mAP@.5"]
-    header = ["Detector", "Params (M)", *ours_names, "Paper row", *(f"Paper {name}" for name in paper_names)]
+        last = Path(config.output) / LAST
+        results.append((row, fit_detector(config, resume=last if last.is_file() else None).to_dict()))
+    ours_keys, paper_keys = metric_keys(base.metric), PAPER_KEYS[preset]
+    header = ["Detector", "Params (M)", *(COLUMNS[k] for k in ours_keys), "Paper row",
+              *(f"Paper {COLUMNS[k]}" for k in paper_keys)]  # fmt: skip
     rows = []
     for row, summary in results:
-        final = next(h for h in summary["history"] if h["epoch"] == summary["best_epoch"])
-        ours = [final["val_map"], final["val_map50"], final["val_map75"]] if coco else [final["val_map50"]]
-        paper = [row.paper[k] for k in (("map", "map50", "map75") if preset == "table7" else ("map50",))]
+        best = next(h for h in summary["history"] if h["epoch"] == summary["best_epoch"])
         ours_name = f"{row.detector} {row.backbone}" + ("" if row.attention == "none" else f" + {row.attention}")
-        rows.append([ours_name, f"{summary['params'] / 1e6:.2f}", *(f"{100 * v:.1f}" for v in ours),
-                     row.description, *(f"{v:.1f}" for v in paper)])  # fmt: skip
+        rows.append([ours_name, f"{summary['params'] / 1e6:.2f}", *(f"{100 * best[f'val_{k}']:.1f}" for k in ours_keys),
+                     row.description, *(f"{row.paper[k]:.1f}" for k in paper_keys)])  # fmt: skip
     table = format_markdown_table(header, rows)
     atomic_write(output / "comparison.md", lambda tmp: tmp.write_text(f"## {preset} on {base.data}\n\n{table}\n"))
     write_csv(output / "comparison.csv", header, rows)
     return header, rows
-
-
-__all__ = ["BEST", "DETECT_PRESETS", "DetectRow", "compare_detectors", "profile_table", "table_rows"]
