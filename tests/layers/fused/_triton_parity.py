@@ -85,6 +85,22 @@ def calls(x: Tensor, g: Tensor, ops: dict[str, Tensor], names: tuple[str, ...]) 
     return ((name, every[name]) for name in names)
 
 
+def residual(x: Tensor, shortcut: Tensor, ops: dict[str, Tensor]) -> Iterator[tuple[str, tuple]]:
+    """gate_apply as the tail of a residual block: + a shortcut in whatever layout it comes, then ReLU or not."""
+    for relu in (False, True):
+        yield "gate_apply", (x, ops["mc"], ops["ms"], shortcut, relu)
+
+
+def written_over_input(x: Tensor, shortcut: Tensor, ops: dict[str, Tensor], full_tol: float) -> str | None:
+    """None if gate_apply with out=x (inference's residual tail) puts primitives' result in x's own memory."""
+    want = ref.gate_apply(x, ops["mc"], ops["ms"], shortcut, True)
+    target = x.clone()
+    got = tk.gate_apply(target, ops["mc"], ops["ms"], shortcut, True, out=target)
+    if got.data_ptr() != target.data_ptr():
+        return "the result was not written over x"
+    return compare(got, want, full_tol)
+
+
 def absent(x: Tensor, g: Tensor, ops: dict[str, Tensor]) -> Iterator[tuple[str, tuple]]:
     """Each pass with every combination of absent operands that `primitives` accepts (no dmax without sidx)."""
 
@@ -156,7 +172,14 @@ def main() -> int:
     shapes = {shape: PASSES for shape in SHAPES} | {s: (*r, *ELEMENTWISE) for s, r in LONG_SHAPES.items()}
     for dtype, (shape, names), (fx, fg) in itertools.product(DTYPES, shapes.items(), ((NCHW, CL), (CL, NCHW))):
         x, g = maps(shape, dtype, fx), maps(shape, dtype, fg)
-        run(f"{dtype} {shape} x {fx} g {fg}", calls(x, g, operands(x), names), dtype)
+        ops = operands(x)
+        run(f"{dtype} {shape} x {fx} g {fg}", calls(x, g, ops, names), dtype)
+        for shortcut in (g, maps(shape, dtype, fx)):
+            run(f"residual {dtype} {shape} x {fx} shortcut {shortcut.stride()}", residual(x, shortcut, ops), dtype)
+        count += 1
+        error = written_over_input(x, g, ops, FULL_TOL[dtype])
+        if error:
+            failures.append(f"gate_apply over x [{dtype} {shape} x {fx} shortcut {fg}]: {error}")
         x = maps(shape, dtype, fx, "ties")
         reductions = tuple(n for n in names if n not in ELEMENTWISE)
         run(f"ties {dtype} {shape} x {fx} g {fg}", calls(x, g, operands(x, ties=True), reductions), dtype)
@@ -168,11 +191,17 @@ def main() -> int:
     for dtype, (shape, names), fmt in itertools.product(DTYPES, shapes.items(), (NCHW, CL)):
         if shape[1] >= 3 and shape[2] * shape[3] >= 2:
             x = maps(shape, dtype, fmt, "special")
-            cases = [("channel_stats", (x,)), ("spatial_stats", (x, None))]
+            shortcut = maps(shape, dtype, NCHW if fmt == CL else CL)
+            cases = [("channel_stats", (x,)), ("spatial_stats", (x, None)), *residual(x, shortcut, operands(x))]
             run(f"-inf and NaN {dtype} {shape} {fmt}", [c for c in cases if c[0] in names], dtype)
     # neither C nor P of unit stride: the kernels work on a contiguous copy
     x, g = (torch.randn(2, 5, 4 * 3)[..., ::3] for _ in range(2))
     run("strided views", calls(x, g, operands(x), PASSES), torch.float32)
+    # P of unit stride, C strided (every other channel of a wider map): the kernels take such views as they are
+    x, g = (torch.randn(2, 10, 12)[:, ::2] for _ in range(2))
+    ops = operands(x)
+    cases = [*calls(x, g, ops, PASSES), *residual(x, g, ops), *residual(x, g.contiguous(), ops)]
+    run("every other channel", cases, torch.float32)
 
     for name, tag, layout, dtype in itertools.product(("cbam", "se", "spatial"), ("train", "eval"), (NCHW, CL), DTYPES):
         count += 1

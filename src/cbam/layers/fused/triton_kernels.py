@@ -68,12 +68,10 @@ def gate_apply(
     n, c, p = x.shape
     if out is None or out.stride() != x.stride():
         out = torch.empty_like(x)
-    if shortcut is not None and shortcut.stride() != x.stride():
-        # the kernel walks the shortcut with x's strides; each element is read before it is written
-        shortcut = (out if out is not x else torch.empty_like(x)).copy_(shortcut)
     bc, bp = _tile(c, p, p_unit)
     _gate_apply_kernel[(triton.cdiv(p, bp), triton.cdiv(c, bc), n)](
-        x, _small(mc, n, c), _small(ms, n, p), shortcut, out, c, p, *x.stride(), *out.stride(),
+        x, _small(mc, n, c), _small(ms, n, p), shortcut, out, c, p,
+        *x.stride(), *(x if shortcut is None else shortcut).stride(), *out.stride(),
         RELU=relu, BLOCK_C=bc, BLOCK_P=bp, num_warps=_WARPS,
     )  # fmt: skip
     return out
@@ -285,10 +283,10 @@ def _spatial_kernel(
 
 @triton.jit
 def _gate_apply_kernel(
-    x_ptr, mc_ptr, ms_ptr, r_ptr, out_ptr, C, P, sxn, sxc, sxp, son, soc, sop,
+    x_ptr, mc_ptr, ms_ptr, r_ptr, out_ptr, C, P, sxn, sxc, sxp, srn, src, srp, son, soc, sop,
     RELU: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
 ):  # fmt: skip
-    """out = x * mc * ms (+ r, laid out like x) (then ReLU) on one [BLOCK_C, BLOCK_P] tile of one sample."""
+    """out = x * mc * ms (+ r) (then ReLU) on one [BLOCK_C, BLOCK_P] tile of one sample."""
     n = tl.program_id(2).to(tl.int64)
     c = (tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C))[:, None]
     p = (tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P))[None, :]
@@ -299,9 +297,9 @@ def _gate_apply_kernel(
     if ms_ptr is not None:
         y *= tl.load(ms_ptr + n * P + p, mask=p < P, other=0.0).to(tl.float32)
     if r_ptr is not None:
-        y += tl.load(r_ptr + n * sxn + c * sxc + p * sxp, mask=mask, other=0.0).to(tl.float32)
+        y += tl.load(r_ptr + n * srn + c * src + p * srp, mask=mask, other=0.0).to(tl.float32)
     if RELU:
-        y = tl.maximum(y, 0.0)
+        y = tl.maximum(y, 0.0, propagate_nan=tl.PropagateNan.ALL)  # NaN stays NaN, as in torch.relu
     tl.store(out_ptr + n * son + c * soc + p * sop, y.to(out_ptr.dtype.element_ty), mask=mask)
 
 
