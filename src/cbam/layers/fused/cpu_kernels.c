@@ -65,6 +65,16 @@ static inline vf vloadf(const float *restrict p) {
     memcpy(&v, p, sizeof v);
     return v;
 }
+static inline vi vbroadcast_i(int32_t v) {
+    vi r;
+    for (int j = 0; j < VL; j++) r[j] = v;
+    return r;
+}
+static inline vf vbroadcast(float v) {
+    vf r;
+    for (int j = 0; j < VL; j++) r[j] = v;
+    return r;
+}
 static inline vf vmax(vf a, vf b) {
     vi m = (vi)(a > b);
     return (vf)((m & (vi)a) | (~m & (vi)b));
@@ -72,8 +82,7 @@ static inline vf vmax(vf a, vf b) {
 
 /* The first i with w[i] * x[i] == value in a contiguous row (w may be NULL); len - 1 if none. */
 static inline I first_equal(const T *restrict x, const float *restrict w, I len, float value) {
-    vf target;
-    for (int j = 0; j < VL; j++) target[j] = value;
+    vf target = vbroadcast(value);
     I i = 0;
     for (; i + VL <= len; i += VL) {
         vf a = vload(x + i);
@@ -91,8 +100,7 @@ static inline I first_equal(const T *restrict x, const float *restrict w, I len,
 /* Sum and max of w * x over a contiguous row, and the sum of g * w * x; w and g may be NULL. */
 static inline void row_reduce(const T *restrict x, const float *restrict w, const T *restrict g, I len, float *sum,
                               float *mx, float *dot) {
-    vf s0 = {0}, s1 = {0}, d0 = {0}, d1 = {0}, m0, m1;
-    for (int j = 0; j < VL; j++) m0[j] = m1[j] = -INFINITY;
+    vf s0 = {0}, s1 = {0}, d0 = {0}, d1 = {0}, m0 = vbroadcast(-INFINITY), m1 = m0;
     I i = 0;
     for (; i + 2 * VL <= len; i += 2 * VL) {
         vf a = vload(x + i), b = vload(x + i + VL);
@@ -114,18 +122,6 @@ static inline void row_reduce(const T *restrict x, const float *restrict w, cons
     }
     *sum = total, *mx = best;
     if (dot) *dot = total_d;
-}
-
-
-static inline vi vbroadcast_i(int32_t v) {
-    vi r;
-    for (int j = 0; j < VL; j++) r[j] = v;
-    return r;
-}
-static inline vf vbroadcast(float v) {
-    vf r;
-    for (int j = 0; j < VL; j++) r[j] = v;
-    return r;
 }
 
 /* Sum, max and first argmax down P rows (stride sp) of CHUNK contiguous channels, in registers. */
@@ -300,9 +296,10 @@ void spatial_stats(const T *x, const T *g, const float *mc, I N, I C, I P, I sn,
 
 /* gate_apply: out = x * mc * ms (+ r) (then ReLU); out and r (may be NULL) are laid out like x and may be
  * x itself (each element is read before it is written), so no restrict here. */
+static inline float relu_f(float v) { return v > 0.f || v != v ? v : 0.f; } /* keeps NaN, as torch.relu does */
 static inline float finish(float v, const T *r, I at, int relu) {
     if (r) v += LD(r[at]);
-    return relu && !(v > 0.f) && v == v ? 0.f : v; /* ReLU keeps NaN, as torch.relu does */
+    return relu ? relu_f(v) : v;
 }
 
 void gate_apply(const T *x, const float *mc, const float *ms, const T *r, int relu, T *out, I N, I C, I P, I sn,
@@ -319,10 +316,7 @@ void gate_apply(const T *x, const float *mc, const float *ms, const T *r, int re
                 if (r) {
                     const T *rrow = r + base;
                     if (relu)
-                        for (I c = 0; c < C; c++) {
-                            float v = LD(row[c]) * w[c] * s + LD(rrow[c]);
-                            orow[c] = ST(v > 0.f ? v : (v == v ? 0.f : v));
-                        }
+                        for (I c = 0; c < C; c++) orow[c] = ST(relu_f(LD(row[c]) * w[c] * s + LD(rrow[c])));
                     else
                         for (I c = 0; c < C; c++) orow[c] = ST(LD(row[c]) * w[c] * s + LD(rrow[c]));
                 } else
@@ -341,10 +335,7 @@ void gate_apply(const T *x, const float *mc, const float *ms, const T *r, int re
             if (sp == 1 && r) {
                 const T *rrow = r + base;
                 if (relu)
-                    for (I p = 0; p < P; p++) {
-                        float v = LD(row[p]) * w * s[p] + LD(rrow[p]);
-                        orow[p] = ST(v > 0.f ? v : (v == v ? 0.f : v));
-                    }
+                    for (I p = 0; p < P; p++) orow[p] = ST(relu_f(LD(row[p]) * w * s[p] + LD(rrow[p])));
                 else
                     for (I p = 0; p < P; p++) orow[p] = ST(LD(row[p]) * w * s[p] + LD(rrow[p]));
             } else if (sp == 1)

@@ -83,8 +83,14 @@ def _ptr(t: Tensor | None) -> ctypes.c_void_p:
     return ctypes.c_void_p(t.data_ptr() if t is not None else None)
 
 
-def _small(t: Tensor) -> Tensor:
-    return t.float().contiguous() if t.dtype != torch.int64 else t.contiguous()
+def _small(t: Tensor | None, n: int, k: int, absent: float = 0.0, dtype: torch.dtype = torch.float32) -> Tensor:
+    """An (N, C) or (N, P) operand as the loops read it: contiguous float32 (a max index: int64), and for an
+    absent branch its neutral value everywhere, as the C code takes no NULL."""
+    if t is None:
+        return torch.full((n, k), absent, dtype=dtype, device="cpu")
+    if t.shape != (n, k):
+        raise ValueError(f"expected a ({n}, {k}) tensor, got {tuple(t.shape)}")
+    return t.to(dtype).contiguous()
 
 
 def _ints(*values: int) -> list[ctypes.c_int64]:
@@ -121,7 +127,7 @@ def _spatial(x: Tensor, g: Tensor | None, mc: Tensor | None, with_index: bool) -
     x = _map(x)
     n, c, p = x.shape
     g = _map(g) if g is not None else None
-    mc = _small(mc) if mc is not None else x.new_ones((n, c), dtype=torch.float32)
+    mc = _small(mc, n, c, absent=1.0)
     mean, mx, dms = (x.new_empty((n, p), dtype=torch.float32) for _ in range(3))
     idx = x.new_empty((n, p), dtype=torch.int64)
     g_strides = g.stride() if g is not None else (0, 0, 0)
@@ -151,8 +157,7 @@ def gate_apply(
 ) -> Tensor:
     x = _map(x)
     n, c, p = x.shape
-    mc = _small(mc) if mc is not None else x.new_ones((n, c), dtype=torch.float32)
-    ms = _small(ms) if ms is not None else x.new_ones((n, p), dtype=torch.float32)
+    mc, ms = _small(mc, n, c, absent=1.0), _small(ms, n, p, absent=1.0)
     if out is None or out.stride() != x.stride():
         out = torch.empty_like(x)
     if shortcut is not None and (shortcut.stride() != x.stride() or shortcut.dtype != x.dtype):
@@ -170,13 +175,7 @@ def _spatial_terms(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """The spatial branch's per-position tensors, neutral where the branch is absent."""
     n, _, p = g.shape
-    zeros = g.new_zeros((n, p), dtype=torch.float32)
-    return (
-        _small(ms) if ms is not None else g.new_ones((n, p), dtype=torch.float32),
-        _small(dmean) if dmean is not None else zeros,
-        _small(dmax) if dmax is not None else zeros,
-        _small(sidx) if sidx is not None else g.new_zeros((n, p), dtype=torch.int64),
-    )
+    return _small(ms, n, p, absent=1.0), _small(dmean, n, p), _small(dmax, n, p), _small(sidx, n, p, dtype=torch.int64)
 
 
 def channel_grad(
@@ -205,18 +204,15 @@ def input_grad(
 ) -> Tensor:
     g = _map(g)
     n, c, p = g.shape
-    zeros = g.new_zeros((n, c), dtype=torch.float32)
-    channel_terms = (
-        _small(mc) if mc is not None else g.new_ones((n, c), dtype=torch.float32),
+    terms = (
+        _small(mc, n, c, absent=1.0),
         *_spatial_terms(g, ms, dmean, dmax, sidx),
-        _small(davg) if davg is not None else zeros,
-        _small(dcmax) if dcmax is not None else zeros,
-        _small(cidx) if cidx is not None else g.new_zeros((n, c), dtype=torch.int64),
+        _small(davg, n, c),
+        _small(dcmax, n, c),
+        _small(cidx, n, c, dtype=torch.int64),
     )
     dx = torch.empty_like(g)
-    _library(g.dtype).input_grad(
-        _ptr(g), *(_ptr(t) for t in channel_terms), _ptr(dx), *_ints(n, c, p, *g.stride()), _threads()
-    )
+    _library(g.dtype).input_grad(_ptr(g), *(_ptr(t) for t in terms), _ptr(dx), *_ints(n, c, p, *g.stride()), _threads())
     return dx
 
 
