@@ -103,9 +103,8 @@ def test_max_pool_ties_send_the_gradient_to_the_first_maximum(name: str) -> None
     compare(name, "compiled", torch.zeros(2, 16, 5, 5))
 
 
-@pytest.mark.parametrize("name", ["cbam", "se", "spatial"])
-def test_plain_pytorch_kernels_match_eager(name: str) -> None:
-    """The fused op on `primitives.py` alone: the fallback where no C compiler exists."""
+def assert_backend_matches_eager(name: str, backend: str, **output_tolerance: float) -> None:
+    """`fused_gate` on one kernel set against the eager layer: output, input gradient, parameter gradients."""
     eager = randomize_(LAYERS[name](16, "eager"))
     reset = copy.deepcopy(eager)
     x = torch.randn(2, 16, 7, 5)
@@ -113,12 +112,18 @@ def test_plain_pytorch_kernels_match_eager(name: str) -> None:
     channel = reset if name == "se" else getattr(reset, "channel", None)
     spatial = reset if name == "spatial" else getattr(reset, "spatial", None)
     xg = x.clone().requires_grad_()
-    out = fused.fused_gate(xg, channel, spatial, "reference")
+    out = fused.fused_gate(xg, channel, spatial, backend)
     out.backward(torch.randn(out.shape, generator=torch.Generator().manual_seed(1)))
-    torch.testing.assert_close(out, expected[0])
+    torch.testing.assert_close(out, expected[0], **output_tolerance)
     torch.testing.assert_close(xg.grad, expected[1], rtol=1e-4, atol=1e-5)
     for param, grad in expected[2].items():
         torch.testing.assert_close(dict(reset.named_parameters())[param].grad, grad, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["cbam", "se", "spatial"])
+def test_plain_pytorch_kernels_match_eager(name: str) -> None:
+    """The fused op on `primitives.py` alone: the fallback where no C compiler exists."""
+    assert_backend_matches_eager(name, "reference")
 
 
 @CPU_KERNELS
@@ -288,17 +293,7 @@ def test_output_can_be_modified_in_place_like_torchvision_blocks_do() -> None:
 @pytest.mark.parametrize("name", ["cbam", "se"])
 def test_inductor_kernels_match_eager(name: str) -> None:
     """The passes compiled by inductor (the CUDA path of impl="compiled"), here on the CPU."""
-    eager = randomize_(LAYERS[name](16, "eager"))
-    reset = copy.deepcopy(eager)
-    channel = reset if name == "se" else reset.channel
-    spatial = None if name == "se" else reset.spatial
-    x = torch.randn(2, 16, 7, 5)
-    expected = run(eager, x)
-    xg = x.clone().requires_grad_()
-    out = fused.fused_gate(xg, channel, spatial, "inductor")
-    out.backward(torch.randn(out.shape, generator=torch.Generator().manual_seed(1)))
-    torch.testing.assert_close(out, expected[0], rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(xg.grad, expected[1], rtol=1e-4, atol=1e-5)
+    assert_backend_matches_eager(name, "inductor", rtol=1e-5, atol=1e-5)
 
 
 @CPU_KERNELS
@@ -337,3 +332,10 @@ def test_networks_in_inference_match_their_eager_selves(arch: str) -> None:
     x = torch.randn(2, 3, 64, 64).contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():
         torch.testing.assert_close(fused.set_attention_impl(model, "compiled")(x), eager(x), rtol=1e-4, atol=1e-4)
+
+
+@CPU_KERNELS
+def test_cpu_kernels_refuse_a_small_operand_of_the_wrong_shape() -> None:
+    """The C loops index (N, C) and (N, P) operands without bounds: a wrong shape is an error, not a stray read."""
+    with pytest.raises(ValueError, match=r"expected a \(2, 8\) tensor, got \(1, 8\)"):
+        cpu_kernels.gate_apply(torch.randn(2, 8, 12), torch.rand(1, 8), None)

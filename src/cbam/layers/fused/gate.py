@@ -235,25 +235,9 @@ def gate_forward(
     residual block in the same pass. This is the function `torch.ops.cbam.attention_gate` runs.
     """
     return _gate_forward(
-        x,
-        shortcut,
-        w1,
-        b1,
-        w2,
-        b2,
-        conv_w,
-        conv_b,
-        bn_w,
-        bn_b,
-        bn_mean,
-        bn_var,
-        use_avg,
-        use_max,
-        bn_training,
-        bn_eps,
-        backend,
-        relu,
-    )
+        x, shortcut, w1, b1, w2, b2, conv_w, conv_b, bn_w, bn_b, bn_mean, bn_var,
+        use_avg, use_max, bn_training, bn_eps, backend, relu,
+    )  # fmt: skip
 
 
 def gate_forward_into_input(*args: object) -> tuple[Tensor, Tensor, Tensor]:

@@ -3,8 +3,8 @@
 A gate multiplies the map x (N, C, P = H*W) by a channel weight mc (N, C) and a spatial weight
 ms (N, P): out = x * mc * ms. Every other step of CBAM or SE works on (N, C) or (N, 2, P)
 tensors and is cheap; these functions are the only ones that touch the full map. They define
-the semantics the Triton kernels (`triton_kernels.py`) must match, and inductor compiles them
-for the CPU (`backends.py`).
+the semantics the C and Triton kernels (`cpu_kernels.py`, `triton_kernels.py`) must match, and
+inductor compiles them as they are for CUDA (`inductor_kernels.py`).
 
 Conventions shared by every implementation:
 - x and g are (N, C, P) views of (N, C, H, W) maps, NCHW or channels_last, any float dtype;
