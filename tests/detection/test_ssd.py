@@ -20,7 +20,7 @@ from cbam.detection.ssd import (
     subsample_fc,
     upsample_padding,
 )
-from cbam.engine.checkpoint import save_checkpoint, save_safetensors
+from cbam.engine.checkpoint import CheckpointError, save_checkpoint, save_safetensors
 from cbam.layers import BAM, CBAM, ChannelAttention, SpatialAttention, SqueezeExcite
 from cbam.paper import load_tables
 from cbam.registry import create_model
@@ -135,11 +135,16 @@ def test_attention_spec_with_options_reaches_every_module():
 
 
 @pytest.mark.parametrize(
-    ("backbone", "sides"), [("vgg16", [38, 19, 10, 5, 3, 1]), ("mobilenet_v1", [19, 10, 5, 3, 2, 1])]
+    ("backbone", "sides", "channels"),
+    [
+        ("vgg16", [38, 19, 10, 5, 3, 1], (512, 1024, 512, 256, 256, 256)),
+        ("mobilenet_v1", [19, 10, 5, 3, 2, 1], (512, 1024, 512, 256, 256, 128)),
+    ],
 )
-def test_six_scales_at_300_px(backbone, sides):
+def test_six_scales_at_300_px(backbone, sides, channels):
     model = ssd300(backbone=backbone)
     assert map_sizes(model.backbone.body, 300) == sides
+    assert measured("ssd300", backbone, "none")[1] == channels
     boxes = model.anchor_generator.num_anchors_per_location()
     assert boxes == [4, 6, 6, 6, 4, 4]
     if backbone == "vgg16":
@@ -347,30 +352,30 @@ def test_mobilenet_weights_from_a_cbam_train_checkpoint_and_safetensors(tmp_path
 
 
 def test_missing_weights_file(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"nowhere\.pth"):
+    with pytest.raises(CheckpointError, match=r"nowhere\.pth does not exist"):
         ssd300(backbone="vgg16", backbone_weights=tmp_path / "nowhere.pth")
 
 
 def test_a_state_dict_that_does_not_fit_names_the_file_and_the_keys(tmp_path):
     path = tmp_path / "resnet.pth"
     torch.save({"conv1.weight": torch.randn(64, 3, 7, 7), "fc.weight": torch.randn(10, 512)}, path)
-    with pytest.raises(ValueError, match=r"resnet\.pth.*missing conv1_1\.weight.*unexpected conv1\.weight") as err:
+    with pytest.raises(CheckpointError, match=r"resnet\.pth.*missing conv1_1\.weight.*unexpected conv1\.weight") as err:
         ssd300(backbone="vgg16", backbone_weights=path)
     assert "fc.weight" in str(err.value)
 
     state = fake_torchvision_vgg16()
     state["features.0.weight"] = torch.randn(32, 3, 3, 3)
     torch.save(state, path)
-    with pytest.raises(ValueError, match=r"shape mismatch.*conv1_1\.weight \(32, 3, 3, 3\) vs \(64, 3, 3, 3\)"):
+    with pytest.raises(CheckpointError, match=r"shape mismatch.*conv1_1\.weight \(32, 3, 3, 3\) vs \(64, 3, 3, 3\)"):
         ssd300(backbone="vgg16", backbone_weights=path)
 
     path.write_text("not a checkpoint")
-    with pytest.raises(ValueError, match=r"resnet\.pth"):
+    with pytest.raises(CheckpointError, match=r"resnet\.pth"):
         ssd300(backbone="mobilenet_v1", backbone_weights=path)
 
 
 def test_a_checkpoint_of_another_network_is_refused(tmp_path):
     network = create_model("resnet18")
     save_checkpoint(tmp_path / "best.pt", {"model": network.state_dict(), "config": {"arch": "resnet18"}})
-    with pytest.raises(ValueError, match=r"best\.pt.*resnet18"):
+    with pytest.raises(CheckpointError, match=r"best\.pt.*resnet18"):
         stairnet300(backbone="mobilenet_v1", backbone_weights=tmp_path / "best.pt")

@@ -122,9 +122,16 @@ def freeze_stages(net: ResNet, trainable_layers: int) -> None:
 # ---------------------------------------------------------------------------------------- backbones
 
 
+def _is_resnet(name: str) -> bool:
+    try:
+        return model_entry(name).builder.__module__ == ResNet.__module__
+    except ValueError:  # not a zoo name
+        return False
+
+
 def resnet_names() -> list[str]:
     """Zoo networks a Faster R-CNN backbone may be: the ResNets, Wide ResNets and ResNeXts."""
-    return [n for n in list_models(include_shortcuts=False) if model_entry(n).builder.__module__ == ResNet.__module__]
+    return [n for n in list_models(include_shortcuts=False) if _is_resnet(n)]
 
 
 def build_resnet(
@@ -137,11 +144,7 @@ def build_resnet(
 ) -> ResNet:
     """A zoo ResNet with its classification weights (`backbone_weights`, classifier dropped), then frozen
     as detection fine-tuning does. `batch_norm` is "frozen" or "train"."""
-    try:
-        is_resnet = model_entry(backbone).builder.__module__ == ResNet.__module__
-    except ValueError:
-        is_resnet = False
-    if not is_resnet:
+    if not _is_resnet(backbone):
         raise ValueError(f"backbone {backbone!r} is not a ResNet; choose from {', '.join(resnet_names())}")
     if batch_norm not in ("frozen", "train"):
         raise ValueError(f"batch_norm must be 'frozen' or 'train', got {batch_norm!r}")
@@ -234,13 +237,17 @@ class Res5BoxHead(nn.Module):
 # ---------------------------------------------------------------------------------------- detectors
 
 
-def _anchor_generator(sizes: Sequence[Sequence[float]], aspect_ratios: Sequence[float]) -> AnchorGenerator:
+def _rpn(features: nn.Module, sizes: Sequence[Sequence[float]], aspect_ratios: Sequence[float]) -> dict[str, nn.Module]:
+    """`FasterRCNN`'s RPN keywords: anchors of `sizes` (one tuple per map of `features`) times `aspect_ratios`
+    on every map, and an RPN head as wide as the maps."""
     ratios = tuple(float(r) for r in aspect_ratios)
     if not ratios or min(ratios) <= 0:
         raise ValueError(f"aspect_ratios must be positive numbers, got {list(aspect_ratios)}")
     if any(not level or min(level) <= 0 for level in sizes):
         raise ValueError(f"anchor sizes must be positive numbers, got {[list(level) for level in sizes]}")
-    return AnchorGenerator(tuple(tuple(level) for level in sizes), (ratios,) * len(sizes))
+    anchors = AnchorGenerator(tuple(tuple(level) for level in sizes), (ratios,) * len(sizes))
+    rpn_head = RPNHead(features.out_channels, anchors.num_anchors_per_location()[0])
+    return {"rpn_anchor_generator": anchors, "rpn_head": rpn_head}
 
 
 @register_detector
@@ -270,20 +277,16 @@ def faster_rcnn_c4(
     `rpn_*`, `image_mean`, ...); `backbone_kwargs` to `cbam.create_model` (`impl`, `stride_in_1x1`).
     """
     net = build_resnet(backbone, attention, backbone_weights, trainable_layers, batch_norm, backbone_kwargs)
-    trunk = C4Backbone(net)
-    anchors = _anchor_generator([anchor_sizes], aspect_ratios)
-    box_head = Res5BoxHead(net)
-    options = {**C4_RPN_DEFAULTS, **kwargs}
+    trunk, box_head = C4Backbone(net), Res5BoxHead(net)
     return FasterRCNN(
         trunk,
         min_size=min_size,
         max_size=max_size,
-        rpn_anchor_generator=anchors,
-        rpn_head=RPNHead(trunk.out_channels, anchors.num_anchors_per_location()[0]),
+        **_rpn(trunk, [anchor_sizes], aspect_ratios),
         box_roi_pool=MultiScaleRoIAlign(["0"], output_size=roi_size, sampling_ratio=0),
         box_head=box_head,
         box_predictor=FastRCNNPredictor(box_head.out_channels, num_classes),
-        **options,
+        **{**C4_RPN_DEFAULTS, **kwargs},
     )
 
 
@@ -316,13 +319,11 @@ def faster_rcnn_fpn(
         raise ValueError(
             f"faster_rcnn_fpn takes one anchor size per pyramid level ({levels}), got {list(anchor_sizes)}"
         )
-    anchors = _anchor_generator([(size,) for size in anchor_sizes], aspect_ratios)
     return FasterRCNN(
         pyramid,
         num_classes=num_classes,
         min_size=min_size,
         max_size=max_size,
-        rpn_anchor_generator=anchors,
-        rpn_head=RPNHead(pyramid.out_channels, anchors.num_anchors_per_location()[0]),
+        **_rpn(pyramid, [(size,) for size in anchor_sizes], aspect_ratios),
         **kwargs,
     )

@@ -24,11 +24,12 @@ from torchvision.models.detection.anchor_utils import DefaultBoxGenerator
 from torchvision.models.detection.ssd import SSD, SSDScoringHead
 
 from cbam._errors import unknown_name
+from cbam.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from cbam.detection.registry import register_detector
 from cbam.detection.weights import load_backbone, read_backbone_state
 from cbam.engine.checkpoint import CheckpointError
 from cbam.layers.create import AttentionSpec, create_attention_factory
-from cbam.models._helpers import attention_or_identity
+from cbam.models._helpers import attention_or_identity, initialize_weights
 from cbam.registry import create_model
 
 BACKBONES: tuple[str, ...] = ("vgg16", "mobilenet_v1")
@@ -37,7 +38,8 @@ SSD300_ASPECT_RATIOS: tuple[tuple[int, ...], ...] = ((2,), (2, 3), (2, 3), (2, 3
 TABLE8_ASPECT_RATIOS: tuple[tuple[int, ...], ...] = ((2, 3),) * 4 + ((2,),) * 2
 """Six boxes on the first scale too (6, 6, 6, 6, 4, 4): with these, all four VGG16 rows of Table 8 match as printed."""
 VOC_BOX_SCALES: tuple[float, ...] = (0.1, 0.2, 0.37, 0.54, 0.71, 0.88, 1.05)
-"""Box sides as fractions of the image, SSD300 on VOC (conv4_3 at 0.1, then s_min 0.2 to s_max 0.9 in equal steps)."""
+"""Box sides as fractions of the image, SSD300 on VOC: conv4_3 at 0.1, then from s_min 0.2 in SSD's integer-percent
+steps toward s_max 0.9 (floor((90 - 20) / 4) = 17), the last being the extra box of the coarsest scale."""
 L2NORM_SCALE = 20.0
 """Initial per-channel scale of the L2-normalised conv4_3 map (ParseNet, as SSD uses it)."""
 
@@ -105,15 +107,26 @@ def xavier_init_(module: nn.Module) -> None:
             nn.init.zeros_(layer.bias)
 
 
-def extra_layers(config: Sequence[tuple[int, int, int, int, int]], batch_norm: bool) -> nn.ModuleList:
+class ExtraLayers(nn.ModuleList):
     """SSD's extra layers: a 1x1 conv that narrows, then a 3x3 conv that shrinks the map, per coarse scale."""
-    return nn.ModuleList(
-        nn.Sequential(
-            conv_relu(c_in, mid, 1, batch_norm=batch_norm),
-            conv_relu(mid, c_out, 3, stride, padding, batch_norm=batch_norm),
+
+    def __init__(self, config: Sequence[tuple[int, int, int, int, int]], batch_norm: bool) -> None:
+        super().__init__(
+            nn.Sequential(
+                conv_relu(c_in, mid, 1, batch_norm=batch_norm),
+                conv_relu(mid, c_out, 3, stride, padding, batch_norm=batch_norm),
+            )
+            for c_in, mid, c_out, stride, padding in config
         )
-        for c_in, mid, c_out, stride, padding in config
-    )
+        self.out_channels = [c_out for _, _, c_out, _, _ in config]
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        """The map after each extra layer, finest first, starting from the trunk's last map `x`."""
+        maps = []
+        for extra in self:
+            x = extra(x)
+            maps.append(x)
+        return maps
 
 
 # ---------------------------------------------------------------------------------------- backbones
@@ -154,9 +167,7 @@ class VGG16Trunk(nn.Module):
             for i, width in enumerate(widths, 1):
                 self.add_module(f"conv{stage}_{i}", nn.Conv2d(channels, width, 3, padding=1))
                 channels = width
-        for conv in self.children():  # torchvision's VGG init, for training from scratch
-            nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
-            nn.init.zeros_(conv.bias)
+        initialize_weights(self)  # Kaiming fan-out, zero bias: torchvision's VGG init too, for training from scratch
 
     def _stage(self, x: Tensor, stage: int) -> Tensor:
         for i in range(1, len(VGG16_STAGES[stage - 1]) + 1):
@@ -181,19 +192,15 @@ class VGG16Body(nn.Module):
         self.l2norm = L2Norm(VGG16_STAGES[3][-1])
         self.fc6 = nn.Conv2d(VGG16_STAGES[4][-1], VGG16_FC_WIDTH, 3, padding=6, dilation=6)
         self.fc7 = nn.Conv2d(VGG16_FC_WIDTH, VGG16_FC_WIDTH, 1)
-        self.extras = extra_layers(VGG16_EXTRAS, batch_norm=False)
+        self.extras = ExtraLayers(VGG16_EXTRAS, batch_norm=False)
         xavier_init_(nn.ModuleList([self.fc6, self.fc7, self.extras]))
-        self.out_channels = [VGG16_STAGES[3][-1], VGG16_FC_WIDTH] + [c[2] for c in VGG16_EXTRAS]
+        self.out_channels = [VGG16_STAGES[3][-1], VGG16_FC_WIDTH, *self.extras.out_channels]
 
     def forward(self, x: Tensor) -> list[Tensor]:
         conv4_3, conv5_3 = self.trunk(x)
         x = F.max_pool2d(conv5_3, 3, stride=1, padding=1)  # pool5
         x = F.relu(self.fc7(F.relu(self.fc6(x), inplace=True)), inplace=True)
-        maps = [self.l2norm(conv4_3), x]
-        for extra in self.extras:
-            x = extra(x)
-            maps.append(x)
-        return maps
+        return [self.l2norm(conv4_3), x, *self.extras(x)]
 
 
 class MobileNetV1Trunk(nn.Module):
@@ -215,19 +222,15 @@ class MobileNetV1Body(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.trunk = MobileNetV1Trunk()
-        self.extras = extra_layers(MOBILENET_EXTRAS, batch_norm=True)
+        self.extras = ExtraLayers(MOBILENET_EXTRAS, batch_norm=True)
         xavier_init_(self.extras)
         features = self.trunk.features
         self.out_channels = [features[MOBILENET_TAP][-1].conv.out_channels, features[-1][-1].conv.out_channels]
-        self.out_channels += [c[2] for c in MOBILENET_EXTRAS]
+        self.out_channels += self.extras.out_channels
 
     def forward(self, x: Tensor) -> list[Tensor]:
         stride16, x = self.trunk(x)
-        maps = [stride16, x]
-        for extra in self.extras:
-            x = extra(x)
-            maps.append(x)
-        return maps
+        return [stride16, x, *self.extras(x)]
 
 
 def _build_body(backbone: str) -> VGG16Body | MobileNetV1Body:
@@ -283,7 +286,7 @@ class StairNet(nn.Module):
             nn.Sequential(nn.Conv2d(c, channels, 1, bias=False), nn.BatchNorm2d(channels)) for c in in_channels
         )
         self.up = nn.ModuleList()
-        for coarse, fine in zip(sizes[1:], sizes[:-1], strict=False):
+        for coarse, fine in zip(sizes[1:], sizes[:-1], strict=True):
             padding, output_padding = upsample_padding(coarse, fine)
             groups = channels if separable else 1
             deconv = nn.ConvTranspose2d(channels, channels, 3, 2, padding, output_padding, groups=groups, bias=False)
@@ -320,15 +323,13 @@ class SSDFeatures(nn.Module):
     (the paper's "right before every classifier"); `nn.Identity` where there is no attention.
     """
 
-    def __init__(
-        self, body: nn.Module, fusion: StairNet | None, attention: AttentionSpec, in_channels: Sequence[int]
-    ) -> None:
+    def __init__(self, body: VGG16Body | MobileNetV1Body, fusion: StairNet | None, attention: AttentionSpec) -> None:
         super().__init__()
         self.body = body
         self.fusion = fusion
+        self.out_channels = list(fusion.out_channels if fusion is not None else body.out_channels)
         factory = create_attention_factory(attention)
-        self.attention = nn.ModuleList(attention_or_identity(factory, c) for c in in_channels)
-        self.out_channels = list(in_channels)
+        self.attention = nn.ModuleList(attention_or_identity(factory, c) for c in self.out_channels)
 
     def forward(self, x: Tensor) -> OrderedDict[str, Tensor]:
         maps = self.body(x)
@@ -384,22 +385,21 @@ def subsample_fc(w6: Tensor, b6: Tensor, w7: Tensor, b7: Tensor, width: int) -> 
     }
 
 
-def _fc_from_classifier(body: VGG16Body, state: Mapping[str, Tensor], source: str) -> bool:
+def _fc_from_classifier(body: VGG16Body, state: Mapping[str, Tensor], source: str) -> None:
     """Load fc6/fc7 from the file's classifier where it has one (torchvision's "features only" weights store
-    NaN there, which counts as none); True when it did."""
+    NaN there, which counts as none)."""
     keys = ("classifier.0.weight", "classifier.0.bias", "classifier.3.weight", "classifier.3.bias")
     if not all(k in state for k in keys) or not all(torch.isfinite(state[k]).all() for k in keys):
-        return False
+        return
     try:
         fc = subsample_fc(*(state[k] for k in keys), width=VGG16_FC_WIDTH)
     except ValueError as err:
-        raise ValueError(f"{source}: {err}") from None
+        raise CheckpointError(f"{source}: {err}") from None
     own = body.state_dict()
     wrong = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in fc.items() if v.shape != own[k].shape]
     if wrong:
-        raise ValueError(f"{source}: the classifier does not subsample to fc6/fc7: {', '.join(wrong)}")
+        raise CheckpointError(f"{source}: the classifier does not subsample to fc6/fc7: {', '.join(wrong)}")
     body.load_state_dict(fc, strict=False)
-    return True
 
 
 def load_backbone_weights(body: VGG16Body | MobileNetV1Body, path: str | Path, backbone: str) -> None:
@@ -407,28 +407,23 @@ def load_backbone_weights(body: VGG16Body | MobileNetV1Body, path: str | Path, b
 
     mobilenet_v1: a `cbam train` checkpoint (`.pt` or `.safetensors`) or any state dict with the zoo's
     `features.*` keys (`fc.*` is ignored). vgg16: torchvision's layout, `features.N.*` -> conv1_1 ...
-    conv5_3, `classifier.0/.3` -> fc6/fc7 when present. Never downloads.
+    conv5_3, `classifier.0/.3` -> fc6/fc7 when present. Never downloads. Every problem with the file raises
+    one `CheckpointError` that names it, as for the Faster R-CNN backbones.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"backbone weights {path} do not exist")
     source = str(path)
-    try:
-        state = read_backbone_state(path, arch=backbone)
-        if backbone == "mobilenet_v1":
-            load_backbone(body.trunk, state, source, ignore=("fc.",))
-            return
-        renamed: dict[str, Tensor] = {}
-        for key, value in state.items():
-            index, dot, param = key.removeprefix("features.").partition(".")
-            if key.startswith("features.") and dot and index.isdigit() and int(index) in TORCHVISION_VGG16_CONVS:
-                renamed[f"{TORCHVISION_VGG16_CONVS[int(index)]}.{param}"] = value
-            elif not key.startswith("classifier."):
-                renamed[key] = value  # reported as unexpected under its own name
-        load_backbone(body.trunk, renamed, f"{source} (torchvision vgg16 layout: features.N -> conv1_1..conv5_3)")
-        _fc_from_classifier(body, state, source)
-    except CheckpointError as err:
-        raise ValueError(str(err)) from None
+    state = read_backbone_state(path, arch=backbone)
+    if backbone == "mobilenet_v1":
+        load_backbone(body.trunk, state, source, ignore=("fc.",))
+        return
+    renamed: dict[str, Tensor] = {}
+    for key, value in state.items():
+        index, dot, param = key.removeprefix("features.").partition(".")
+        if key.startswith("features.") and dot and index.isdigit() and int(index) in TORCHVISION_VGG16_CONVS:
+            renamed[f"{TORCHVISION_VGG16_CONVS[int(index)]}.{param}"] = value
+        elif not key.startswith("classifier."):
+            renamed[key] = value  # reported as unexpected under its own name
+    load_backbone(body.trunk, renamed, f"{source} (torchvision vgg16 layout: features.N -> conv1_1..conv5_3)")
+    _fc_from_classifier(body, state, source)
 
 
 # ---------------------------------------------------------------------------------------- builders
@@ -441,32 +436,33 @@ def _build(
     size: int,
     backbone_weights: str | Path | None,
     aspect_ratios: Sequence[Sequence[int]] | None,
-    stairnet: bool,
-    fusion_channels: int | None,
     kwargs: dict[str, Any],
+    *,
+    stairnet: bool = False,
+    fusion_channels: int | None = None,
 ) -> SSD:
+    """SSD on `backbone`, with StairNet's fusion (`fusion_channels` wide, or the layout's width) if `stairnet`."""
     if num_classes < 2:
         raise ValueError(f"num_classes counts the background and must be at least 2, got {num_classes}")
     body = _build_body(backbone)
     layout = LAYOUTS[backbone]
     if backbone_weights is not None:
         load_backbone_weights(body, backbone_weights, backbone)
-    sizes = map_sizes(body, size)
-    channels = list(body.out_channels)
+    sizes = map_sizes(body, size)  # also refuses a size too small for the six scales
     fusion = None
     if stairnet:
         width = fusion_channels if fusion_channels is not None else layout.fusion_channels
         if width < 1:
             raise ValueError(f"fusion_channels must be positive, got {width}")
-        fusion = StairNet(channels, sizes, width, layout.separable)
-        channels = fusion.out_channels
+        fusion = StairNet(body.out_channels, sizes, width, layout.separable)
+    features = SSDFeatures(body, fusion, attention)
+    channels = features.out_channels
     ratios = [list(r) for r in (aspect_ratios if aspect_ratios is not None else SSD300_ASPECT_RATIOS)]
     if len(ratios) != len(channels):
         raise ValueError(f"aspect_ratios needs one list per scale ({len(channels)}), got {len(ratios)}")
     boxes = DefaultBoxGenerator(ratios, scales=list(VOC_BOX_SCALES))  # centres at (i + 0.5) / map side (SSD eq. 4)
-    features = SSDFeatures(body, fusion, attention, channels)
     head = SSDPredictionHead(channels, boxes.num_anchors_per_location(), num_classes, layout.head_kernel_size)
-    options = {"image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225], **kwargs}
+    options = {"image_mean": list(IMAGENET_MEAN), "image_std": list(IMAGENET_STD), **kwargs}
     return SSD(features, boxes, (size, size), num_classes, head=head, **options)
 
 
@@ -486,7 +482,7 @@ def ssd300(
     `attention` goes on each of the six maps before its classifier (none in the paper's SSD rows).
     `aspect_ratios` replaces SSD300's (4, 6, 6, 6, 4, 4 boxes); other keywords go to torchvision's `SSD`.
     """
-    return _build(backbone, attention, num_classes, size, backbone_weights, aspect_ratios, False, None, kwargs)
+    return _build(backbone, attention, num_classes, size, backbone_weights, aspect_ratios, kwargs)
 
 
 @register_detector
@@ -506,5 +502,13 @@ def stairnet300(
     `fusion_channels` is the fused maps' width (256 for VGG16, 128 for MobileNet v1).
     """
     return _build(
-        backbone, attention, num_classes, size, backbone_weights, aspect_ratios, True, fusion_channels, kwargs
+        backbone,
+        attention,
+        num_classes,
+        size,
+        backbone_weights,
+        aspect_ratios,
+        kwargs,
+        stairnet=True,
+        fusion_channels=fusion_channels,
     )

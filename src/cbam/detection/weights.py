@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from cbam.convert import convert_authors_state, is_authors_checkpoint, load_state_into
 from cbam.engine.checkpoint import CheckpointError, load_safetensors, read_torch_file
+from cbam.registry import model_entry
 
 WRAPPER_PREFIXES: tuple[str, ...] = ("module.", "_orig_mod.")
 """Prefixes that DataParallel/DistributedDataParallel and `torch.compile` put before every key."""
@@ -29,8 +30,6 @@ SHOWN_KEYS = 5
 
 def _base_arch(arch: str) -> str:
     """The builder behind a zoo name (`resnet50_cbam` -> `resnet50`); unknown names stay as they are."""
-    from cbam.registry import model_entry
-
     try:
         return model_entry(arch).builder.__name__
     except ValueError:
@@ -38,12 +37,8 @@ def _base_arch(arch: str) -> str:
 
 
 def _strip_wrappers(key: str) -> str:
-    stripped = True
-    while stripped:
-        stripped = False
-        for prefix in WRAPPER_PREFIXES:
-            if key.startswith(prefix):
-                key, stripped = key.removeprefix(prefix), True
+    while key.startswith(WRAPPER_PREFIXES):  # nested wrappers: `module._orig_mod.conv1.weight`
+        key = key.partition(".")[2]
     return key
 
 
