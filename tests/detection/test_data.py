@@ -15,6 +15,7 @@ from torchvision import tv_tensors
 
 import cbam.data.cluttered_digits as cd
 from cbam.data.loading import DataError, Skipped
+from cbam.data.voc import read_voc_xml
 from cbam.detection.data import (
     VOC_CLASSES,
     AnnotationWarning,
@@ -25,7 +26,6 @@ from cbam.detection.data import (
     VocDetection,
     collate_detection,
     open_detection_data,
-    read_voc_xml,
     voc_union,
 )
 from cbam.detection.transforms import (

@@ -40,6 +40,7 @@ from pycocotools.coco import COCO
 from torch import Tensor
 from torch.utils.data import ConcatDataset, Dataset
 from torchvision import tv_tensors
+from torchvision.ops import box_convert, clip_boxes_to_image
 from torchvision.transforms.v2 import functional as F
 
 from cbam._errors import unknown_name
@@ -103,8 +104,7 @@ class BoxCheck:
 
     def clean(self, boxes: Tensor, size: tuple[int, int], where: str) -> tuple[Tensor, Tensor]:
         """The clipped `boxes` (N, 4) xyxy that keep a positive width and height, and the mask of those kept."""
-        height, width = size
-        clipped = boxes.clamp(min=0).minimum(torch.tensor([width, height, width, height], dtype=boxes.dtype))
+        clipped = clip_boxes_to_image(boxes, size)
         keep = (clipped[:, 2] > clipped[:, 0]) & (clipped[:, 3] > clipped[:, 1])
         moved = (clipped != boxes).any(dim=1) & keep
         if (~keep).any() or moved.any():
@@ -248,8 +248,7 @@ class CocoDetection(DetectionDataset):
                             f"which is not among its categories {category_ids}"
                         )
                 xywh = torch.tensor([[float(v) for v in a["bbox"]] for a in annotations], dtype=torch.float32)
-                xyxy = torch.cat([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], dim=1) if annotations else xywh.view(0, 4)
-                boxes, keep = check.clean(xyxy, size, f"image {image_id}")
+                boxes, keep = check.clean(box_convert(xywh.view(-1, 4), "xywh", "xyxy"), size, f"image {image_id}")
                 labels = torch.tensor([label_of[a["category_id"]] for a in annotations], dtype=torch.int64)
                 crowd = torch.tensor([bool(a.get("iscrowd", 0)) for a in annotations], dtype=torch.bool)
                 records.append(

@@ -36,6 +36,9 @@ import numpy as np
 import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
+from torchvision.ops import box_convert
+
+from cbam._errors import unknown_name
 
 COCO_METRIC_NAMES = (
     "map",
@@ -68,7 +71,7 @@ def coco_results(
         boxes = det["boxes"].detach().cpu().double().reshape(-1, 4)
         labels = _labels(det["labels"], len(category_ids), "detection")
         scores = det["scores"].detach().cpu().double().reshape(-1)
-        xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1)
+        xywh = box_convert(boxes, "xyxy", "xywh")
         for box, label, score in zip(xywh.tolist(), labels.tolist(), scores.tolist(), strict=True):
             results.append(
                 {"image_id": int(image_id), "category_id": int(category_ids[label - 1]), "bbox": box, "score": score}
@@ -83,9 +86,7 @@ def coco_ground_truth(
 
     Difficult boxes become `iscrowd=1` (neither counted nor penalised); `area` is the box's w * h.
     """
-    category_ids = list(range(1, len(class_names) + 1)) if category_ids is None else list(category_ids)
-    if len(category_ids) != len(class_names):
-        raise ValueError(f"{len(category_ids)} category ids for {len(class_names)} class names; give one per class")
+    category_ids = _category_ids(class_names, category_ids)
     images, annotations, seen = [], [], set()
     for record in records:
         image_id = int(record["image_id"])
@@ -96,18 +97,17 @@ def coco_ground_truth(
         if record.get("orig_size") is not None:
             image["height"], image["width"] = (int(v) for v in record["orig_size"])
         images.append(image)
-        boxes = record["boxes"].detach().cpu().double().reshape(-1, 4)
+        xywh = box_convert(record["boxes"].detach().cpu().double().reshape(-1, 4), "xyxy", "xywh")
         labels = _labels(record["labels"], len(class_names), "ground-truth")
         difficult = _difficult(record, len(labels))
-        for box, label, hard in zip(boxes.tolist(), labels.tolist(), difficult.tolist(), strict=True):
-            w, h = box[2] - box[0], box[3] - box[1]
+        for box, label, hard in zip(xywh.tolist(), labels.tolist(), difficult.tolist(), strict=True):
             annotations.append(
                 {
                     "id": len(annotations) + 1,
                     "image_id": image_id,
                     "category_id": category_ids[label - 1],
-                    "bbox": [box[0], box[1], w, h],
-                    "area": w * h,
+                    "bbox": box,
+                    "area": box[2] * box[3],
                     "iscrowd": int(hard),
                 }
             )
@@ -166,7 +166,7 @@ def _complete(dataset: dict[str, Any]) -> dict[str, Any]:
     for i, ann in enumerate(dataset.get("annotations", [])):
         w, h = ann["bbox"][2], ann["bbox"][3]
         annotations.append({"id": i + 1, "area": w * h, "iscrowd": 0, **ann})
-    return {"info": {}, "licenses": [], **dataset, "annotations": annotations}
+    return {**dataset, "annotations": annotations}
 
 
 def _empty_results(coco_gt: COCO) -> COCO:
@@ -290,6 +290,14 @@ def _box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return inter / (area_a[:, None] + area_b[None, :] - inter)
 
 
+def _category_ids(class_names: Sequence[str], category_ids: Sequence[int] | None) -> list[int]:
+    """The dataset's category id of each label 1..K: `category_ids`, by default the label itself."""
+    ids = list(range(1, len(class_names) + 1)) if category_ids is None else list(category_ids)
+    if len(ids) != len(class_names):
+        raise ValueError(f"{len(ids)} category ids for {len(class_names)} class names; give one per class")
+    return ids
+
+
 def _labels(labels: torch.Tensor, num_classes: int, what: str) -> torch.Tensor:
     labels = labels.detach().cpu().long().reshape(-1)
     if len(labels) and (int(labels.min()) < 1 or int(labels.max()) > num_classes):
@@ -322,11 +330,7 @@ class DetectionEvaluator:
         annotation_file: str | os.PathLike | None = None,
     ) -> None:
         self.class_names = list(class_names)
-        self.category_ids = list(range(1, len(self.class_names) + 1)) if category_ids is None else list(category_ids)
-        if len(self.category_ids) != len(self.class_names):
-            raise ValueError(
-                f"{len(self.category_ids)} category ids for {len(self.class_names)} class names; give one per class"
-            )
+        self.category_ids = _category_ids(self.class_names, category_ids)
         self.annotation_file = annotation_file
         self.reset()
 
@@ -371,7 +375,7 @@ class DetectionEvaluator:
     def compute(self, metric: str = "coco", iou_threshold: float = 0.5) -> dict[str, Any]:
         """Scores of the collected images: `COCO_METRIC_NAMES` for "coco", `map50` and `per_class` for VOC."""
         if metric not in METRICS:
-            raise ValueError(f"unknown metric {metric!r}; valid metrics: {', '.join(METRICS)}")
+            raise unknown_name("metric", metric, METRICS, METRICS)
         if not self.image_ids:
             raise ValueError("nothing to score: call update() with at least one image first")
         if metric == "coco" and self.annotation_file is not None:

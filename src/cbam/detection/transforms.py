@@ -16,8 +16,10 @@ from torch import Tensor
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
+from cbam.data.transforms import IMAGENET_MEAN
+
 SSD_SIZE = 300  # the paper's fixed input size for the VOC detectors (Sect. 4.6)
-MEAN_COLOUR = (124, 116, 104)  # the ImageNet mean in uint8 RGB: zoom-out fills the new border with it, as SSD does
+MEAN_COLOUR = tuple(round(255 * m) for m in IMAGENET_MEAN)  # uint8 RGB: zoom-out fills the new border with it, as SSD
 
 
 def _labels_and_difficult(inputs: Any) -> tuple[Tensor, ...]:
