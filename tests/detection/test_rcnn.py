@@ -266,11 +266,29 @@ def test_train_step_and_inference(kind):
             assert found["boxes"].min() >= 0 and found["boxes"].max() <= 64
 
 
-def test_create_detector_builds_both():
+@pytest.mark.parametrize("kind", ["c4", "fpn"])
+def test_create_detector_builds_both(kind):
     from cbam.detection.registry import create_detector
 
-    model = create_detector("faster_rcnn_c4", backbone="resnet18", attention="cbam", num_classes=11, **SMALL)
+    options = {**SMALL, "anchor_sizes": SMALL_ANCHORS[kind]}
+    model = create_detector(f"faster_rcnn_{kind}", backbone="resnet18", attention="cbam", num_classes=11, **options)
     assert model.transform.min_size == (64,) and model.roi_heads.box_predictor.cls_score.out_features == 11
+    assert sum(isinstance(m, CBAM) for m in model.modules()) == BLOCKS["resnet18"]
+
+
+def test_feature_strides_and_the_c4_box_head():
+    """C4: one stride-16 map, and layer4 takes the 14x14 RoIs to 7x7 then pools; FPN: strides 4 to 64."""
+    image = torch.rand(1, 3, 64, 64)
+    c4 = small_detector("c4", "none").eval()
+    with torch.no_grad():
+        [c4_map] = c4.backbone(image).values()
+        assert c4_map.shape == (1, 256, 4, 4)
+        rois = torch.rand(3, 256, 14, 14)
+        assert c4.roi_heads.box_head.layer4(rois).shape == (3, 512, 7, 7)
+        assert c4.roi_heads.box_head(rois).shape == (3, 512)
+        pyramid = small_detector("fpn", "none").eval().backbone(image)
+    assert list(pyramid) == ["0", "1", "2", "3", "pool"]
+    assert [tuple(m.shape[1:]) for m in pyramid.values()] == [(256, 64 // s, 64 // s) for s in (4, 8, 16, 32, 64)]
 
 
 def test_paper_defaults():
@@ -312,6 +330,8 @@ def test_torchvision_state_dict_loads(tmp_path):
     wrapped = {"state_dict": {f"module.{k}": v for k, v in state.items()}}  # DataParallel, as the authors saved
     torch.save(wrapped, tmp_path / "wrapped.pth")
     assert read_backbone_state(tmp_path / "wrapped.pth").keys() == state.keys()
+    torch.save({f"_orig_mod.module.{k}": v for k, v in state.items()}, tmp_path / "compiled.pth")  # compile(DDP)
+    assert read_backbone_state(tmp_path / "compiled.pth").keys() == state.keys()
     assert_backbone_equal(small_detector("c4", "none", backbone_weights=tmp_path / "wrapped.pth"), state)
 
 
