@@ -8,7 +8,7 @@ from torch import nn
 
 import cbam
 from cbam.cli import main
-from cbam.convert import convert_authors_state, convert_file, load_pretrained
+from cbam.convert import convert_authors_state, convert_file, load_pretrained, shown_names
 from cbam.engine.checkpoint import CheckpointError
 
 
@@ -221,3 +221,8 @@ def test_bad_files_are_refused_plainly(tmp_path):
         load_pretrained(tmp_path / "plain.pth")
     with pytest.raises(CheckpointError, match="not a checkpoint of the authors' code"):
         convert_file(tmp_path / "plain.pth", tmp_path / "out.safetensors")
+
+
+def test_shown_names_lists_the_first_and_counts_the_rest() -> None:
+    assert shown_names(["a", "b"]) == "a, b"
+    assert shown_names([f"k{i}" for i in range(10)], limit=3) == "k0, k1, k2, ... (10 in all)"

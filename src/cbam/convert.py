@@ -11,7 +11,7 @@ it onto the zoo's names, so the converted network computes what theirs did.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -99,6 +99,13 @@ def convert_authors_state(state: Mapping[str, Any]) -> AuthorsNetwork:
     return AuthorsNetwork(arch, attention, converted["fc.weight"].shape[0], converted)
 
 
+def shown_names(names: Iterable[str], limit: int = 8) -> str:
+    """The first `limit` names, comma-separated, and how many there are in all when some are left out."""
+    names = list(names)
+    more = f", ... ({len(names)} in all)" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
+
+
 @dataclass(frozen=True)
 class LoadReport:
     """Which weights loaded, and which did not: nothing is dropped silently."""
@@ -116,8 +123,7 @@ class LoadReport:
             ("shape mismatch", self.mismatched),
         ):
             if names:
-                shown = ", ".join(names[:8]) + (f", ... ({len(names)} in all)" if len(names) > 8 else "")
-                lines.append(f"  {title}: {shown}")
+                lines.append(f"  {title}: {shown_names(names)}")
         return "\n".join(lines)
 
 

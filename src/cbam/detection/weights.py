@@ -15,7 +15,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from cbam.convert import convert_authors_state, is_authors_checkpoint, load_state_into
+from cbam.convert import convert_authors_state, is_authors_checkpoint, load_state_into, shown_names
 from cbam.engine.checkpoint import CheckpointError, load_safetensors, read_torch_file
 from cbam.registry import model_entry
 
@@ -24,8 +24,6 @@ WRAPPER_PREFIXES: tuple[str, ...] = ("module.", "_orig_mod.")
 
 OPTIONAL_SUFFIXES: tuple[str, ...] = ("num_batches_tracked",)
 """Keys a file may have or lack without changing the network (frozen BatchNorm keeps no counter)."""
-
-SHOWN_KEYS = 5
 
 
 def _base_arch(arch: str) -> str:
@@ -84,12 +82,6 @@ def read_backbone_state(path: str | Path, *, arch: str | None = None) -> dict[st
     return state
 
 
-def _shown(keys: Iterable[str]) -> str:
-    keys = list(keys)
-    more = f", ... ({len(keys)} in all)" if len(keys) > SHOWN_KEYS else ""
-    return ", ".join(keys[:SHOWN_KEYS]) + more
-
-
 def load_backbone(module: nn.Module, state: Mapping[str, Tensor], source: str, ignore: Iterable[str] = ()) -> None:
     """Load `state` into `module`, strictly: every weight of the module must come from `state` and every
     weight in `state` must have a place, except keys starting with an `ignore` prefix (a classifier,
@@ -106,13 +98,13 @@ def load_backbone(module: nn.Module, state: Mapping[str, Tensor], source: str, i
     unexpected = [k for k in report.unexpected if not k.endswith(OPTIONAL_SUFFIXES)]
     problems = []
     if missing:
-        problems.append(f"missing {_shown(missing)}")
+        problems.append(f"missing {shown_names(missing)}")
     if unexpected:
-        problems.append(f"unexpected {_shown(unexpected)}")
+        problems.append(f"unexpected {shown_names(unexpected)}")
     if report.mismatched:
         own = module.state_dict()
         shapes = [f"{k} {tuple(kept[k].shape)} vs {tuple(own[k].shape)}" for k in report.mismatched]
-        problems.append(f"shape mismatch (file vs backbone) {_shown(shapes)}")
+        problems.append(f"shape mismatch (file vs backbone) {shown_names(shapes)}")
     if problems:
         hint = ""
         if any(".attention." in k or "stage_attention." in k for k in missing + unexpected):
