@@ -5,7 +5,11 @@ numbers compare across machines. For each ResNet50 stage shape: forward and forw
 passes, and saved-for-backward bytes / input bytes, for our eager, compiled and Triton CBAM,
 timm's CbamModule, and SE.
 
-    python benchmarks/attention_modules.py [--device cuda] [--dtype bf16] [--batch 8 64]
+    python benchmarks/attention_modules.py [--device cuda] [--dtype bf16] [--batch 8 64] [--cold]
+
+`--cold` evicts the caches before every timed call (a 1 GiB fill by default), so each layer and
+the clone it is measured against read their maps from memory, as inside a network. A machine
+with a large last-level cache otherwise serves both from the cache.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import argparse
 from collections.abc import Callable
 
 import torch
-from bench_utils import interleaved_medians, machine_line, markdown
+from bench_utils import cache_evictor, interleaved_medians, machine_line, markdown
 from torch import nn
 
 import cbam
@@ -44,7 +48,15 @@ def candidates(channels: int, device: torch.device) -> dict[str, Callable[[], nn
     return layers
 
 
-def measure(batch: int, channels: int, size: int, device: torch.device, dtype: torch.dtype, rounds: int) -> list[dict]:
+def measure(
+    batch: int,
+    channels: int,
+    size: int,
+    device: torch.device,
+    dtype: torch.dtype,
+    rounds: int,
+    before: Callable[[], object] | None = None,
+) -> list[dict]:
     x = torch.randn(batch, channels, size, size, device=device, dtype=dtype).contiguous(
         memory_format=torch.channels_last
     )
@@ -73,7 +85,7 @@ def measure(batch: int, channels: int, size: int, device: torch.device, dtype: t
     cases: dict[str, Callable[[], object]] = {"clone": x.clone}
     cases.update({f"{name}|fwd": forward(layer) for name, layer in layers.items()})
     cases.update({f"{name}|train": training(layer) for name, layer in layers.items()})
-    times = interleaved_medians(cases, device, rounds)
+    times = interleaved_medians(cases, device, rounds, before=before)
     clone = times["clone"]
     return [
         {
@@ -95,14 +107,18 @@ def main() -> None:
     parser.add_argument("--batch", type=int, nargs="+", default=[8, 64])
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--stages", type=int, nargs="+", default=[0, 1, 2, 3], help="which of the 4 ResNet50 stages")
+    parser.add_argument("--cold", action="store_true", help="evict the caches before every timed call")
+    parser.add_argument("--evict-mib", type=int, default=1024, help="how much --cold writes to evict them")
     args = parser.parse_args()
     device = torch.device(args.device)
+    before = cache_evictor(device, args.evict_mib) if args.cold else None
     rows = []
     for batch in args.batch:
         for stage in args.stages:
             channels, size = STAGES[stage]
-            rows += measure(batch, channels, size, device, DTYPES[args.dtype], args.rounds)
-    print(f"{machine_line(device)}; {args.dtype}, channels_last\n")
+            rows += measure(batch, channels, size, device, DTYPES[args.dtype], args.rounds, before)
+    cache = f"; cold: {args.evict_mib} MiB written before each timed call" if args.cold else ""
+    print(f"{machine_line(device)}; {args.dtype}, channels_last{cache}\n")
     print(markdown(rows))
 
 

@@ -18,9 +18,16 @@ def synchronize(device: torch.device) -> None:
 
 
 def interleaved_medians(
-    cases: dict[str, Callable[[], object]], device: torch.device, rounds: int, warmup: int = 2
+    cases: dict[str, Callable[[], object]],
+    device: torch.device,
+    rounds: int,
+    warmup: int = 2,
+    before: Callable[[], object] | None = None,
 ) -> dict[str, float]:
-    """Median seconds per call of each case, the cases taking turns so drift hits all alike."""
+    """Median seconds per call of each case, the cases taking turns so drift hits all alike.
+
+    `before`, if given, runs untimed ahead of every timed call (`cache_evictor`'s fill, say).
+    """
     for fn in cases.values():
         for _ in range(warmup):
             fn()
@@ -28,12 +35,21 @@ def interleaved_medians(
     samples: dict[str, list[float]] = {name: [] for name in cases}
     for _ in range(rounds):
         for name, fn in cases.items():
+            if before is not None:
+                before()
             synchronize(device)
             start = time.perf_counter()
             fn()
             synchronize(device)
             samples[name].append(time.perf_counter() - start)
     return {name: statistics.median(times) for name, times in samples.items()}
+
+
+def cache_evictor(device: torch.device, mebibytes: int) -> Callable[[], object]:
+    """A call that writes `mebibytes` of fresh data on `device`, pushing the benchmark's tensors out of
+    the caches: the next call then reads them from memory, as a layer inside a network does."""
+    buffer = torch.empty(mebibytes * 2**20 // 4, dtype=torch.float32, device=device)
+    return lambda: buffer.fill_(1.0)
 
 
 def machine_line(device: torch.device) -> str:
