@@ -214,6 +214,35 @@ def test_auto_fuses_large_cpu_maps() -> None:
     assert fused.backend_for("auto", torch.empty(2, 64, 32, 32)) == "cpu"
 
 
+def test_auto_runs_a_float32_squeeze_excite_eagerly_in_inference_unless_it_is_a_large_residual_tail() -> None:
+    se, cbam_layer = cbam.SqueezeExcite(64), cbam.CBAM(64)
+    x, large = torch.empty(2, 64, 32, 32), torch.empty(1, 256, 64, 64)
+    prefers_eager = fused.eager_squeeze_excite_is_faster
+    with torch.no_grad():
+        assert prefers_eager(se, None, x, None)
+        assert prefers_eager(se, None, x, x)  # a residual tail, but a small map
+        assert not prefers_eager(se, None, large, large)
+        assert not prefers_eager(se, None, x.bfloat16(), None)
+        assert not prefers_eager(cbam_layer.channel, None, x, None)  # avg and max pools
+        assert not prefers_eager(cbam_layer.channel, cbam_layer.spatial, x, None)
+    assert not prefers_eager(se, None, x, None)  # autograd is on
+
+
+@CPU_KERNELS
+def test_auto_squeeze_excite_calls_the_fused_gate_only_where_it_is_faster(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+    real = fused.fused_gate
+    monkeypatch.setattr(fused, "fused_gate", lambda *args, **kwargs: calls.append(1) or real(*args, **kwargs))
+    se = randomize_(cbam.SqueezeExcite(64)).eval()
+    eager = fused.set_attention_impl(copy.deepcopy(se), "eager")
+    x = torch.randn(2, 64, 32, 32).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        torch.testing.assert_close(se(x), eager(x), rtol=0, atol=0)
+    assert calls == []
+    torch.testing.assert_close(se(x), eager(x), rtol=1e-5, atol=1e-6)
+    assert calls == [1]
+
+
 def test_impl_is_checked_and_set_through_create_model() -> None:
     with pytest.raises(ValueError, match="unknown attention impl 'fast'"):
         cbam.CBAM(8, impl="fast")
