@@ -6,6 +6,8 @@ import ast
 from collections.abc import Sequence
 from typing import Any
 
+from cbam.errors import ConfigError
+
 
 def parse_key_values(pairs: Sequence[str], flag: str) -> dict[str, Any]:
     """`KEY=VALUE` pairs given to `flag`; values are Python literals (`0.7`, `True`, `[32, 64]`) or else strings."""
@@ -13,7 +15,7 @@ def parse_key_values(pairs: Sequence[str], flag: str) -> dict[str, Any]:
     for pair in pairs:
         key, sep, text = pair.partition("=")
         if not sep or not key:
-            raise ValueError(f"{flag} expects KEY=VALUE, got {pair!r}")
+            raise ConfigError(f"{flag} expects KEY=VALUE, got {pair!r}")
         try:
             values[key] = ast.literal_eval(text)
         except (ValueError, SyntaxError):

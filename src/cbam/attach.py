@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from cbam.errors import ConfigError
 from cbam.layers.bam import BAM
 from cbam.layers.channel import ChannelAttention
 from cbam.layers.create import AttentionSpec, create_attention_factory
@@ -202,7 +203,7 @@ def _output_channels(model: nn.Module, names: list[str], input_size: Sequence[in
             handle.remove()
     missing = [n for n in names if n not in found]
     if missing:
-        raise ValueError(f"these targets do not output (N, C, H, W) feature maps: {missing[:5]}")
+        raise ConfigError(f"these targets do not output (N, C, H, W) feature maps: {missing[:5]}")
     return found
 
 
@@ -231,20 +232,20 @@ def attach(
     if not isinstance(model, nn.Module):
         raise TypeError(f"attach needs an nn.Module, got {type(model).__name__}")
     if init not in INITS:
-        raise ValueError(f"unknown init {init!r}; choose from {', '.join(INITS)}")
+        raise ConfigError(f"unknown init {init!r}; choose from {', '.join(INITS)}")
     existing = attention_wrappers(model)
     if existing:
-        raise ValueError(
+        raise ConfigError(
             f"{type(model).__name__} already has {len(existing)} attention modules from cbam.attach "
             f"(e.g. at {existing[0][0]}); call cbam.detach(model) first"
         )
     factory = create_attention_factory(attention)
     if factory is None:
-        raise ValueError("attention='none' attaches nothing; name an attention such as 'cbam' or 'se'")
+        raise ConfigError("attention='none' attaches nothing; name an attention such as 'cbam' or 'se'")
     names = _matching_targets(model, targets) if targets else known_targets(model)
     if not names:
         hint = "no module matched the given targets" if targets else f"cbam does not know {type(model).__name__}"
-        raise ValueError(
+        raise ConfigError(
             f"{hint}; pass targets= with module-name patterns (e.g. targets=['layer*.bn2']) or classes "
             "(e.g. targets=[torch.nn.BatchNorm2d]); attention goes after each target's output"
         )
@@ -274,7 +275,7 @@ def detach(model: nn.Module) -> nn.Module:
     """Remove every attention `attach` inserted, in place; the original layers come back as they were."""
     wrappers = attention_wrappers(model)
     if not wrappers:
-        raise ValueError(f"{type(model).__name__} has no attention from cbam.attach")
+        raise ConfigError(f"{type(model).__name__} has no attention from cbam.attach")
     for name, wrapper in sorted(wrappers, key=lambda item: -item[0].count(".")):
         _replace(model, name, wrapper.module)
     if hasattr(model, "cbam_report"):

@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import os
 import sys
+import traceback
 from collections.abc import Sequence
 from typing import Any
 
+from cbam import __version__
 from cbam._cli_args import parse_key_values
-from cbam.data.loading import DataError
 from cbam.detection.commands import add_detect_commands
-from cbam.engine.checkpoint import CheckpointError
 from cbam.engine.compare import COMPARE_PRESETS
 from cbam.engine.config import recipe_names
 from cbam.engine.distributed import shutdown_distributed
-from cbam.engine.train import TrainingError
+from cbam.errors import UserError
 from cbam.explain import CAM_METHODS
 from cbam.export import EXPORT_FORMATS
 from cbam.layers.create import AttentionSpec, attention_names
@@ -31,11 +33,10 @@ from cbam.profile import (
 from cbam.registry import create_model, list_models, model_entry
 from cbam.report import format_markdown_table, write_csv
 from cbam.survey.commands import add_survey_commands
-from cbam.survey.study import StudyError
 
 
-class CommandError(Exception):
-    """A user mistake: printed as one line, exit status 2."""
+class CommandError(UserError):
+    """A command-line mistake: printed as one line, exit status 2."""
 
 
 def _parse_attention(text: str) -> AttentionSpec:
@@ -368,6 +369,12 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cbam", description="Channel and spatial attention for CNNs (CBAM).")
+    parser.add_argument("--version", action="version", version=f"cbam {__version__}")
+    parser.add_argument(
+        "--traceback",
+        action="store_true",
+        help="show the traceback for a user error too (or set CBAM_TRACEBACK=1)",
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     profile = commands.add_parser(
@@ -482,24 +489,51 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _show_traceback(args: argparse.Namespace) -> bool:
+    return bool(getattr(args, "traceback", False)) or os.environ.get("CBAM_TRACEBACK", "") not in ("", "0")
+
+
+def _os_error_line(err: OSError) -> str:
+    """`strerror: path` for an error about a path, else the error's own text."""
+    if err.filename is None:
+        return str(err)
+    return f"{err.strerror or type(err).__name__}: {err.filename}"
+
+
+def _configure_logging() -> None:
+    """The library logs; the command line shows its INFO messages plainly on stderr."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    root = logging.getLogger("cbam")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+    root.propagate = False
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command: a user's mistake is one line and exit 2; a bug in cbam is a traceback and exit 1."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    _configure_logging()
     try:
         return args.func(args)
-    except (
-        CommandError,
-        ValueError,
-        TypeError,
-        FileNotFoundError,
-        ImportError,
-        DataError,
-        CheckpointError,
-        TrainingError,
-        StudyError,
-    ) as err:
-        print(f"cbam {args.command}: error: {err}", file=sys.stderr)
+    except (UserError, OSError) as err:
+        if _show_traceback(args):
+            traceback.print_exc()
+        line = _os_error_line(err) if isinstance(err, OSError) else str(err)
+        print(f"cbam {args.command}: error: {line}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"cbam {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception:
+        traceback.print_exc()
+        print(
+            f"cbam {args.command}: internal error (a bug in cbam {__version__}, not in your input); "
+            "please report it with the traceback above",
+            file=sys.stderr,
+        )
+        return 1
     finally:
         shutdown_distributed()
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from cbam.errors import ConfigError
 from cbam.layers.fused import attention_impl
 
 EXPORT_FORMATS: tuple[str, ...] = ("onnx", "torchscript", "torch-export")
@@ -47,7 +48,7 @@ def export_model(
 ) -> Path:
     """Write `model` (in eval mode) to `path` as ONNX, TorchScript or a torch.export program (.pt2)."""
     if format not in EXPORT_FORMATS:
-        raise ValueError(f"unknown export format {format!r}; choose from {', '.join(EXPORT_FORMATS)}")
+        raise ConfigError(f"unknown export format {format!r}; choose from {', '.join(EXPORT_FORMATS)}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     model = model.eval()

@@ -13,7 +13,7 @@ from typing import Any
 
 from torch import nn
 
-from cbam._errors import unknown_name
+from cbam.errors import ConfigError, OptionError, unknown_name
 from cbam.layers.create import AttentionSpec
 from cbam.layers.fused import check_impl, set_attention_impl
 
@@ -88,12 +88,12 @@ def create_model(
     check_impl(impl)
     entry = model_entry(arch)
     if num_classes < 1:
-        raise ValueError(f"num_classes must be at least 1, got {num_classes}")
+        raise ConfigError(f"num_classes must be at least 1, got {num_classes}")
     fixed_attention = entry.fixed.get("attention")
     if attention is None:
         attention = fixed_attention if fixed_attention is not None else "none"
     elif fixed_attention is not None and attention != fixed_attention:
-        raise ValueError(
+        raise ConfigError(
             f"{arch!r} fixes attention={fixed_attention!r}; got attention={attention!r}. "
             f"Use the base name {entry.builder.__name__!r} to choose the attention."
         )
@@ -101,6 +101,6 @@ def create_model(
         model = entry.builder(attention=attention, num_classes=num_classes, **kwargs)
     except TypeError as err:
         if "unexpected keyword argument" in str(err):
-            raise TypeError(f"{arch}: {err}") from None
+            raise OptionError(f"{arch}: {err}") from None
         raise
     return set_attention_impl(model, impl) if impl != "auto" else model

@@ -29,6 +29,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from cbam.errors import ConfigError
+
 DATASET_NAME = "cluttered-digits"
 FORMAT_VERSION = 1
 SPLITS: tuple[str, ...] = ("train", "val", "test")
@@ -49,7 +51,7 @@ def _is_tuple_of(value: object, length: int, kind: type | tuple[type, ...]) -> b
 
 def _check_range(name: str, value: tuple[int, int], lowest: int) -> None:
     if not (_is_tuple_of(value, 2, int) and lowest <= value[0] <= value[1]):
-        raise ValueError(f"{name} must be two integers (low, high) with {lowest} <= low <= high, got {value!r}")
+        raise ConfigError(f"{name} must be two integers (low, high) with {lowest} <= low <= high, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -69,27 +71,27 @@ class ClutteredDigitsConfig:
 
     def __post_init__(self) -> None:
         if not isinstance(self.seed, int) or self.seed < 0:
-            raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
+            raise ConfigError(f"seed must be a non-negative integer, got {self.seed!r}")
         _check_range("digit_size", self.digit_size, lowest=8)
         if not isinstance(self.canvas, int) or self.canvas <= self.digit_size[1]:
-            raise ValueError(
+            raise ConfigError(
                 f"canvas must be an integer above the largest digit_size {self.digit_size[1]}, got {self.canvas!r}"
             )
         _check_range("clutter", self.clutter, lowest=0)
         _check_range("fragment_size", self.fragment_size, lowest=1)
         if self.fragment_size[1] > self.digit_size[0]:
-            raise ValueError(
+            raise ConfigError(
                 f"fragment_size {self.fragment_size} must not exceed the smallest digit_size "
                 f"{self.digit_size[0]}: fragments are crops of upsampled digits"
             )
         fractions = self.split_fractions
         if not (_is_tuple_of(fractions, 3, (int, float)) and min(fractions) > 0 and abs(sum(fractions) - 1) < 1e-9):
-            raise ValueError(
+            raise ConfigError(
                 f"split_fractions must be three positive numbers (train, val, test) summing to 1, got {fractions!r}"
             )
         placements = self.placements
         if not (_is_tuple_of(placements, 3, int) and min(placements) >= 1):
-            raise ValueError(f"placements must be three integers >= 1 (train, val, test), got {placements!r}")
+            raise ConfigError(f"placements must be three integers >= 1 (train, val, test), got {placements!r}")
 
     def as_dict(self) -> dict[str, Any]:
         """The fields as plain JSON values (tuples become lists), as stored in meta.json."""
@@ -191,7 +193,7 @@ def _split_sources(labels: np.ndarray, fractions: Sequence[float], rng: np.rando
         n_train, n_val = round(fractions[0] * members.size), round(fractions[1] * members.size)
         for part, chunk in zip(parts, np.split(members, [n_train, n_train + n_val]), strict=True):
             if chunk.size == 0:
-                raise ValueError(f"split_fractions {tuple(fractions)} leave a split without any digit {digit}")
+                raise ConfigError(f"split_fractions {tuple(fractions)} leave a split without any digit {digit}")
             part.append(chunk)
     return [np.sort(np.concatenate(part)) for part in parts]
 

@@ -19,17 +19,13 @@ from PIL import Image
 from torch.utils.data import Dataset, Sampler, default_collate
 from torchvision import datasets
 
-from cbam._errors import unknown_name
 from cbam.data.cluttered_digits import default_cache_dir, ensure_cluttered_digits
+from cbam.errors import DataError, unknown_name
 
 NAMED_DATASETS: tuple[str, ...] = ("cluttered-digits", "cifar10", "cifar100")
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 # Exceptions PIL raises for a truncated, corrupt or non-image file.
 IMAGE_ERRORS: tuple[type[BaseException], ...] = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
-
-
-class DataError(Exception):
-    """Data that cannot be used: a missing or empty folder, a missing download, a class mismatch."""
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from cbam._cli_args import parse_key_values
+from cbam.errors import ConfigError
 from cbam.report import format_markdown_table, write_csv
 
 
@@ -150,7 +151,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
         records = [{"detector": args.detector, "backbone": args.backbone[0], "attention": args.attention,
                     "num_classes": args.num_classes, "params": params}]  # fmt: skip
     else:
-        raise ValueError("give --preset table7|table8, or --detector D --backbone B [--attention A]")
+        raise ConfigError("give --preset table7|table8, or --detector D --backbone B [--attention A]")
     if args.json:
         print(json.dumps(records, indent=2))
         return 0

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from cbam._errors import unknown_name
+from cbam.errors import ConfigError, unknown_name
 
 METRICS: tuple[str, ...] = ("coco", "voc07", "voc")
 OPTIMIZERS: tuple[str, ...] = ("sgd", "adamw")
@@ -65,7 +65,7 @@ class DetectConfig:
         ]
         for ok, message in checks:
             if not ok:
-                raise ValueError(message)
+                raise ConfigError(message)
         if self.metric not in METRICS:
             raise unknown_name("metric", self.metric, METRICS)
         if self.optimizer not in OPTIMIZERS:
@@ -166,7 +166,7 @@ def detect_config_from_dict(values: Mapping[str, Any]) -> DetectConfig:
     known = {f.name for f in dataclasses.fields(DetectConfig)}
     unknown = sorted(set(values) - known)
     if unknown:
-        raise ValueError(f"unknown detection config keys: {', '.join(unknown)}; valid: {', '.join(sorted(known))}")
+        raise ConfigError(f"unknown detection config keys: {', '.join(unknown)}; valid: {', '.join(sorted(known))}")
     values = dict(values)
     if "lr_milestones" in values:
         values["lr_milestones"] = tuple(values["lr_milestones"])

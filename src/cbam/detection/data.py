@@ -43,10 +43,10 @@ from torchvision import tv_tensors
 from torchvision.ops import box_convert, clip_boxes_to_image
 from torchvision.transforms.v2 import functional as F
 
-from cbam._errors import unknown_name
 from cbam.data import cluttered_digits
 from cbam.data.loading import IMAGE_ERRORS, DataError, Skipped, sample_seed
 from cbam.data.voc import read_voc_xml
+from cbam.errors import unknown_name
 
 VOC_CLASSES: tuple[str, ...] = (
     "aeroplane",

@@ -52,6 +52,7 @@ from cbam.engine.train import (
     resume_overrides,
     training_state,
 )
+from cbam.errors import ConfigError
 
 CHECKPOINT_FORMAT = "cbam.detection-checkpoint/1"
 # What a resumed run may change; everything else comes from the checkpoint's config.
@@ -178,7 +179,7 @@ def eval_loader(dataset: Any, batch_size: int, workers: int, dist: Distributed) 
 
 def open_data(config: DetectConfig, dist: Distributed) -> DetectionData:
     if config.batch_size % dist.world_size:
-        raise ValueError(f"batch_size {config.batch_size} must divide evenly over {dist.world_size} processes")
+        raise ConfigError(f"batch_size {config.batch_size} must divide evenly over {dist.world_size} processes")
     train_set = open_detection_data(config.data, config.train_split, train_transforms(config), config.seed)
     val_set = open_detection_data(config.data, config.val_split, eval_transforms(config), config.seed)
     if list(val_set.class_names) != list(train_set.class_names):

@@ -38,7 +38,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from torchvision.ops import box_convert
 
-from cbam._errors import unknown_name
+from cbam.errors import unknown_name
 
 COCO_METRIC_NAMES = (
     "map",

@@ -32,6 +32,7 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 
 from cbam.detection.registry import register_detector
 from cbam.detection.weights import load_backbone, read_backbone_state
+from cbam.errors import ConfigError
 from cbam.layers.create import AttentionSpec
 from cbam.layers.fused import FusableAttention
 from cbam.models.resnet import ResNet
@@ -104,7 +105,7 @@ def freeze_batch_norm(module: nn.Module) -> nn.Module:
 def freeze_stages(net: ResNet, trainable_layers: int) -> None:
     """Stop gradients to all but the last `trainable_layers` stages (0-5, torchvision's count)."""
     if not 0 <= trainable_layers <= len(TRAINABLE_STAGES):
-        raise ValueError(f"trainable_layers must be between 0 and {len(TRAINABLE_STAGES)}, got {trainable_layers}")
+        raise ConfigError(f"trainable_layers must be between 0 and {len(TRAINABLE_STAGES)}, got {trainable_layers}")
     trained = set(TRAINABLE_STAGES[:trainable_layers])
     stem = [net.conv1, net.bn1]
     stages = [(f"layer{i}", getattr(net, f"layer{i}")) for i in range(1, 5)]
@@ -145,9 +146,9 @@ def build_resnet(
     """A zoo ResNet with its classification weights (`backbone_weights`, classifier dropped), then frozen
     as detection fine-tuning does. `batch_norm` is "frozen" or "train"."""
     if not _is_resnet(backbone):
-        raise ValueError(f"backbone {backbone!r} is not a ResNet; choose from {', '.join(resnet_names())}")
+        raise ConfigError(f"backbone {backbone!r} is not a ResNet; choose from {', '.join(resnet_names())}")
     if batch_norm not in ("frozen", "train"):
-        raise ValueError(f"batch_norm must be 'frozen' or 'train', got {batch_norm!r}")
+        raise ConfigError(f"batch_norm must be 'frozen' or 'train', got {batch_norm!r}")
     net = create_model(backbone, attention=attention, **dict(backbone_kwargs or {}))
     if backbone_weights is not None:
         state = read_backbone_state(backbone_weights, arch=backbone)
@@ -175,10 +176,10 @@ class ResNetFeatures(nn.Module):
     def __init__(self, net: ResNet, return_stages: Sequence[int]) -> None:
         super().__init__()
         if not return_stages or sorted(set(return_stages)) != list(return_stages) or min(return_stages) < 1:
-            raise ValueError(f"return_stages must be increasing stages from 1 to 4, got {list(return_stages)}")
+            raise ConfigError(f"return_stages must be increasing stages from 1 to 4, got {list(return_stages)}")
         self.depth = max(return_stages)
         if self.depth > 4:
-            raise ValueError(f"a ResNet has stages 1 to 4, got {list(return_stages)}")
+            raise ConfigError(f"a ResNet has stages 1 to 4, got {list(return_stages)}")
         self.return_stages = tuple(return_stages)
         self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
         for stage in range(1, self.depth + 1):
@@ -242,9 +243,9 @@ def _rpn(features: nn.Module, sizes: Sequence[Sequence[float]], aspect_ratios: S
     on every map, and an RPN head as wide as the maps."""
     ratios = tuple(float(r) for r in aspect_ratios)
     if not ratios or min(ratios) <= 0:
-        raise ValueError(f"aspect_ratios must be positive numbers, got {list(aspect_ratios)}")
+        raise ConfigError(f"aspect_ratios must be positive numbers, got {list(aspect_ratios)}")
     if any(not level or min(level) <= 0 for level in sizes):
-        raise ValueError(f"anchor sizes must be positive numbers, got {[list(level) for level in sizes]}")
+        raise ConfigError(f"anchor sizes must be positive numbers, got {[list(level) for level in sizes]}")
     anchors = AnchorGenerator(tuple(tuple(level) for level in sizes), (ratios,) * len(sizes))
     rpn_head = RPNHead(features.out_channels, anchors.num_anchors_per_location()[0])
     return {"rpn_anchor_generator": anchors, "rpn_head": rpn_head}
@@ -316,7 +317,7 @@ def faster_rcnn_fpn(
     pyramid = ResNetFPN(net, fpn_channels)
     levels = len(pyramid.body.channels) + 1  # + the max-pooled level
     if len(anchor_sizes) != levels:
-        raise ValueError(
+        raise ConfigError(
             f"faster_rcnn_fpn takes one anchor size per pyramid level ({levels}), got {list(anchor_sizes)}"
         )
     return FasterRCNN(

@@ -14,7 +14,7 @@ from typing import Any
 
 from torch import nn
 
-from cbam._errors import unknown_name
+from cbam.errors import ConfigError, OptionError, unknown_name
 
 DetectorBuilder = Callable[..., nn.Module]
 
@@ -49,10 +49,10 @@ def create_detector(
     if name not in _DETECTORS:
         raise unknown_name("detector", name, _DETECTORS)
     if num_classes < 2:
-        raise ValueError(f"num_classes counts the background and must be at least 2, got {num_classes}")
+        raise ConfigError(f"num_classes counts the background and must be at least 2, got {num_classes}")
     try:
         return _DETECTORS[name](backbone=backbone, attention=attention, num_classes=num_classes, **kwargs)
     except TypeError as err:
         if "unexpected keyword argument" in str(err):
-            raise TypeError(f"{name}: {err}") from None
+            raise OptionError(f"{name}: {err}") from None
         raise

@@ -23,11 +23,11 @@ from torch import Tensor, nn
 from torchvision.models.detection.anchor_utils import DefaultBoxGenerator
 from torchvision.models.detection.ssd import SSD, SSDScoringHead
 
-from cbam._errors import unknown_name
 from cbam.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from cbam.detection.registry import register_detector
 from cbam.detection.weights import load_backbone, read_backbone_state
 from cbam.engine.checkpoint import CheckpointError
+from cbam.errors import ConfigError, unknown_name
 from cbam.layers.create import AttentionSpec, create_attention_factory
 from cbam.models._helpers import attention_or_identity, initialize_weights
 from cbam.registry import create_model
@@ -249,7 +249,7 @@ def map_sizes(body: nn.Module, size: int) -> list[int]:
         maps = torch.func.functional_call(body, meta, (image,))
     except (RuntimeError, ValueError) as err:
         reason = str(err).strip().splitlines()[0]
-        raise ValueError(f"size {size} px is too small for the {type(body).__name__}'s six scales: {reason}") from None
+        raise ConfigError(f"size {size} px is too small for the {type(body).__name__}'s six scales: {reason}") from None
     return [m.shape[-1] for m in maps]
 
 
@@ -266,7 +266,7 @@ def upsample_padding(coarse: int, fine: int) -> tuple[int, int]:
         output_padding = fine - (2 * coarse + 1 - 2 * padding)
         if output_padding in (0, 1):
             return padding, output_padding
-    raise ValueError(f"StairNet upsamples by about 2; it cannot reach {fine} px from {coarse} px")
+    raise ConfigError(f"StairNet upsamples by about 2; it cannot reach {fine} px from {coarse} px")
 
 
 class StairNet(nn.Module):
@@ -281,7 +281,7 @@ class StairNet(nn.Module):
     def __init__(self, in_channels: Sequence[int], sizes: Sequence[int], channels: int, separable: bool) -> None:
         super().__init__()
         if len(in_channels) != len(sizes):
-            raise ValueError(f"StairNet needs one size per map: {len(in_channels)} maps, {len(sizes)} sizes")
+            raise ConfigError(f"StairNet needs one size per map: {len(in_channels)} maps, {len(sizes)} sizes")
         self.lateral = nn.ModuleList(
             nn.Sequential(nn.Conv2d(c, channels, 1, bias=False), nn.BatchNorm2d(channels)) for c in in_channels
         )
@@ -443,7 +443,7 @@ def _build(
 ) -> SSD:
     """SSD on `backbone`, with StairNet's fusion (`fusion_channels` wide, or the layout's width) if `stairnet`."""
     if num_classes < 2:
-        raise ValueError(f"num_classes counts the background and must be at least 2, got {num_classes}")
+        raise ConfigError(f"num_classes counts the background and must be at least 2, got {num_classes}")
     body = _build_body(backbone)
     layout = LAYOUTS[backbone]
     if backbone_weights is not None:
@@ -453,13 +453,13 @@ def _build(
     if stairnet:
         width = fusion_channels if fusion_channels is not None else layout.fusion_channels
         if width < 1:
-            raise ValueError(f"fusion_channels must be positive, got {width}")
+            raise ConfigError(f"fusion_channels must be positive, got {width}")
         fusion = StairNet(body.out_channels, sizes, width, layout.separable)
     features = SSDFeatures(body, fusion, attention)
     channels = features.out_channels
     ratios = [list(r) for r in (aspect_ratios if aspect_ratios is not None else SSD300_ASPECT_RATIOS)]
     if len(ratios) != len(channels):
-        raise ValueError(f"aspect_ratios needs one list per scale ({len(channels)}), got {len(ratios)}")
+        raise ConfigError(f"aspect_ratios needs one list per scale ({len(channels)}), got {len(ratios)}")
     boxes = DefaultBoxGenerator(ratios, scales=list(VOC_BOX_SCALES))  # centres at (i + 0.5) / map side (SSD eq. 4)
     head = SSDPredictionHead(channels, boxes.num_anchors_per_location(), num_classes, layout.head_kernel_size)
     options = {"image_mean": list(IMAGENET_MEAN), "image_std": list(IMAGENET_STD), **kwargs}

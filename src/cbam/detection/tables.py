@@ -9,11 +9,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cbam._errors import unknown_name
 from cbam.detection.config import SMALL_INPUT_KWARGS, DetectConfig
 from cbam.detection.engine import LAST, fit_detector
 from cbam.detection.registry import create_detector
 from cbam.engine.checkpoint import atomic_write
+from cbam.errors import unknown_name
 from cbam.paper import load_tables
 from cbam.report import format_markdown_table, write_csv
 

@@ -18,9 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-
-class CheckpointError(Exception):
-    """A checkpoint that is missing, truncated, corrupt or of another kind."""
+from cbam.errors import CheckpointError
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:

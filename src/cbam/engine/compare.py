@@ -11,11 +11,11 @@ from typing import Any
 
 import yaml
 
-from cbam._errors import unknown_name
 from cbam.engine.checkpoint import atomic_write
 from cbam.engine.config import TrainConfig
 from cbam.engine.distributed import is_main_process
 from cbam.engine.train import BEST, LAST, RunResult, fit
+from cbam.errors import ConfigError, unknown_name
 from cbam.layers.create import AttentionSpec
 from cbam.paper import paper_rows
 from cbam.report import format_markdown_table, write_csv
@@ -52,7 +52,7 @@ def preset_rows(preset: str, archs: list[str] | None = None) -> list[CompareRow]
         available = sorted({r.arch for r in rows})
         unknown = [a for a in archs if a not in available]
         if unknown:
-            raise ValueError(f"{preset} has no rows for {unknown}; its architectures: {', '.join(available)}")
+            raise ConfigError(f"{preset} has no rows for {unknown}; its architectures: {', '.join(available)}")
         rows = [r for r in rows if r.arch in archs]
     return [
         CompareRow(

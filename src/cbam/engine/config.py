@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from cbam._errors import unknown_name
+from cbam.errors import ConfigError, unknown_name
 
 LR_SCHEDULES: tuple[str, ...] = ("step", "cosine")
 OPTIMIZERS: tuple[str, ...] = ("sgd", "adamw")
@@ -75,7 +75,7 @@ class TrainConfig:
         ]
         for ok, message in checks:
             if not ok:
-                raise ValueError(message)
+                raise ConfigError(message)
         if self.optimizer not in OPTIMIZERS:
             raise unknown_name("optimizer", self.optimizer, OPTIMIZERS)
         if self.lr_schedule not in LR_SCHEDULES:
@@ -117,12 +117,12 @@ def read_recipe(recipe: str) -> dict[str, Any]:
     try:
         values = yaml.safe_load(text) or {}
     except yaml.YAMLError as err:
-        raise ValueError(f"recipe {recipe} is not valid YAML: {err}") from None
+        raise ConfigError(f"recipe {recipe} is not valid YAML: {err}") from None
     if not isinstance(values, dict):
-        raise ValueError(f"recipe {recipe} must be a mapping of config keys, got {type(values).__name__}")
+        raise ConfigError(f"recipe {recipe} must be a mapping of config keys, got {type(values).__name__}")
     unknown = set(values) - config_fields()
     if unknown:
-        raise ValueError(f"recipe {recipe} has unknown keys {sorted(unknown)}; valid keys: {sorted(config_fields())}")
+        raise ConfigError(f"recipe {recipe} has unknown keys {sorted(unknown)}; valid keys: {sorted(config_fields())}")
     return values
 
 
@@ -132,7 +132,7 @@ def build_config(recipe: str | None = None, **overrides: Any) -> TrainConfig:
     values.update({k: v for k, v in overrides.items() if v is not None})
     unknown = set(values) - config_fields()
     if unknown:
-        raise ValueError(f"unknown config keys {sorted(unknown)}")
+        raise ConfigError(f"unknown config keys {sorted(unknown)}")
     if "crop_scale" in values:
         values["crop_scale"] = tuple(values["crop_scale"])
     return TrainConfig(**values)

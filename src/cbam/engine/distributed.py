@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from cbam.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class Distributed:
@@ -33,7 +35,7 @@ def resolve_device(preference: str, local_rank: int = 0) -> torch.device:
         preference = "cuda" if torch.cuda.is_available() else "cpu"
     if preference == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError("device 'cuda' asked for, but no CUDA device is available")
+            raise ConfigError("device 'cuda' asked for, but no CUDA device is available")
         return torch.device("cuda", local_rank)
     return torch.device(preference)
 

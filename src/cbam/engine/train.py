@@ -42,6 +42,7 @@ from cbam.engine.checkpoint import CheckpointError, atomic_write, load_checkpoin
 from cbam.engine.config import TrainConfig, config_from_dict
 from cbam.engine.distributed import Distributed, all_reduce_sum, init_distributed
 from cbam.engine.metrics import error_percent, topk_correct
+from cbam.errors import ConfigError, TrainingError
 from cbam.profile import measure_arch
 from cbam.registry import create_model
 
@@ -49,10 +50,6 @@ CHECKPOINT_FORMAT = "cbam.checkpoint/1"
 # What a resumed run may change; everything else comes from the checkpoint's config.
 RESUME_OVERRIDABLE: tuple[str, ...] = ("epochs", "workers", "output", "compile", "device", "download")
 LAST, BEST = "last.pt", "best.pt"
-
-
-class TrainingError(Exception):
-    """A run that cannot go on: the message says why and what was kept."""
 
 
 @dataclass(frozen=True)
@@ -111,7 +108,7 @@ def autocast_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | N
     if not config.amp:
         return None
     if config.amp_dtype == "float16" and device.type == "cpu":
-        raise ValueError("amp_dtype float16 is for CUDA; use bfloat16 (or auto) on the CPU")
+        raise ConfigError("amp_dtype float16 is for CUDA; use bfloat16 (or auto) on the CPU")
     if config.amp_dtype == "auto":
         return torch.bfloat16 if device.type == "cpu" else torch.float16
     return getattr(torch, config.amp_dtype)
@@ -345,7 +342,7 @@ def resume_overrides(overrides: dict[str, Any], allowed: tuple[str, ...]) -> dic
     """The values given (not None) for a resumed run; changing anything but `allowed` is refused."""
     refused = sorted(k for k, v in overrides.items() if v is not None and k not in allowed)
     if refused:
-        raise ValueError(
+        raise ConfigError(
             f"a resumed run keeps its checkpoint's config; cannot change {', '.join(refused)} "
             f"(only {', '.join(allowed)} may change)"
         )
@@ -390,7 +387,7 @@ class _Data:
 def _open_data(config: TrainConfig, dist: Distributed) -> _Data:
     """Both splits, augmented and sharded over processes; each process loads batch_size / world_size."""
     if config.batch_size % dist.world_size:
-        raise ValueError(f"batch_size {config.batch_size} must divide evenly over {dist.world_size} processes")
+        raise ConfigError(f"batch_size {config.batch_size} must divide evenly over {dist.world_size} processes")
     train_base = open_split(config.data, "train", download=config.download)
     val_base = open_split(config.data, "val", download=config.download)
     classes = class_names(train_base)
@@ -471,7 +468,7 @@ def fit(config: TrainConfig, resume: Path | None = None) -> RunResult:
 
     if config.sync_bn and dist.enabled:
         if dist.device.type != "cuda":
-            raise ValueError(
+            raise ConfigError(
                 "sync_bn needs CUDA (SyncBatchNorm is GPU-only); on the CPU each process normalises its share"
             )
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)

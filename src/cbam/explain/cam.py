@@ -14,7 +14,7 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch import Tensor, nn
 
-from cbam._errors import unknown_name
+from cbam.errors import ConfigError, unknown_name
 
 CAM_METHODS: tuple[str, ...] = (
     "gradcam",
@@ -58,7 +58,7 @@ def default_cam_layer(model: nn.Module) -> nn.Module:
             return stage[-1]
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
     if not convs:
-        raise ValueError(f"{type(model).__name__} has no convolution; pass layer= to grad_cam")
+        raise ConfigError(f"{type(model).__name__} has no convolution; pass layer= to grad_cam")
     return convs[-1]
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from cbam.errors import ConfigError
 from cbam.layers import BAM, CBAM
 
 
@@ -43,7 +44,7 @@ def attention_maps(model: nn.Module, images: Tensor) -> dict[str, AttentionMaps]
     """
     blocks = {name: m for name, m in model.named_modules() if isinstance(m, CBAM | BAM)}
     if not blocks:
-        raise ValueError(f"{type(model).__name__} has no CBAM or BAM block")
+        raise ConfigError(f"{type(model).__name__} has no CBAM or BAM block")
     found: dict[str, AttentionMaps] = {}
 
     def keep(name: str):

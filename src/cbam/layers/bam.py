@@ -7,6 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from cbam.errors import ConfigError
 from cbam.layers.channel import hidden_width
 
 BAM_COMBINES: tuple[str, ...] = ("sum", "product")
@@ -48,7 +49,7 @@ class BAM(nn.Module):
         super().__init__()
         factory = {"device": device, "dtype": dtype}
         if combine not in BAM_COMBINES:
-            raise ValueError(f"unknown combine {combine!r}; choose from {', '.join(BAM_COMBINES)}")
+            raise ConfigError(f"unknown combine {combine!r}; choose from {', '.join(BAM_COMBINES)}")
         hidden = hidden_width(channels, reduction)
         self.combine = combine
         self.channel_mlp = nn.Sequential(

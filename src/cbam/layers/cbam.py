@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from cbam.errors import ConfigError
 from cbam.layers.channel import ChannelAttention
 from cbam.layers.fused import FusableAttention, channel_fusable, check_impl, spatial_fusable
 from cbam.layers.spatial import SpatialAttention
@@ -42,12 +43,12 @@ class CBAM(FusableAttention, nn.Module):
         super().__init__()
         factory = {"device": device, "dtype": dtype}
         if arrangement not in ARRANGEMENTS:
-            raise ValueError(f"unknown arrangement {arrangement!r}; choose from {', '.join(ARRANGEMENTS)}")
+            raise ConfigError(f"unknown arrangement {arrangement!r}; choose from {', '.join(ARRANGEMENTS)}")
         if not (channel or spatial):
-            raise ValueError("CBAM needs the channel or the spatial branch (or both); both were disabled")
+            raise ConfigError("CBAM needs the channel or the spatial branch (or both); both were disabled")
         self.arrangement = arrangement
         if impl in ("compiled", "triton") and arrangement == "parallel" and channel and spatial:
-            raise ValueError(f"impl={impl!r} fuses the sequential arrangements only, not 'parallel'")
+            raise ConfigError(f"impl={impl!r} fuses the sequential arrangements only, not 'parallel'")
         self.channel: ChannelAttention | None = (
             ChannelAttention(channels, reduction, pool_types, impl=impl, **factory) if channel else None
         )

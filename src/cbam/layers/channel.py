@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from cbam.errors import ConfigError
 from cbam.layers.fused import FusableAttention, channel_fusable, check_impl
 from cbam.layers.pooling import global_pool, parse_pool_types
 
@@ -18,9 +19,9 @@ def hidden_width(channels: int, reduction: float) -> int:
     ResNet width divides by 16, so both agree there.
     """
     if channels < 1:
-        raise ValueError(f"channels must be positive, got {channels}")
+        raise ConfigError(f"channels must be positive, got {channels}")
     if reduction <= 0:
-        raise ValueError(f"reduction must be positive, got {reduction}")
+        raise ConfigError(f"reduction must be positive, got {reduction}")
     return max(1, int(channels / reduction + 0.5))
 
 
@@ -47,7 +48,7 @@ class ChannelAttention(FusableAttention, nn.Module):
         self.pool_types = parse_pool_types(pool_types)
         self.impl = check_impl(impl)
         if impl in ("compiled", "triton") and not channel_fusable(self):
-            raise ValueError(f"impl={impl!r} fuses the avg and max pools only, not {'+'.join(self.pool_types)}")
+            raise ConfigError(f"impl={impl!r} fuses the avg and max pools only, not {'+'.join(self.pool_types)}")
         hidden = hidden_channels if hidden_channels is not None else hidden_width(channels, reduction)
         self.mlp = nn.Sequential(
             nn.Linear(channels, hidden, **factory),

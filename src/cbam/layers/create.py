@@ -15,7 +15,7 @@ from typing import Any
 
 from torch import nn
 
-from cbam._errors import unknown_name
+from cbam.errors import ConfigError, OptionError, unknown_name
 from cbam.layers.bam import BAM
 from cbam.layers.cbam import CBAM
 from cbam.layers.channel import ChannelAttention
@@ -53,7 +53,9 @@ def _check_options(cls: type[nn.Module], options: Mapping[str, Any]) -> None:
         inspect.signature(cls).bind(1, **options)
     except TypeError as err:
         valid = [p for p in inspect.signature(cls).parameters if p != "channels"]
-        raise TypeError(f"{cls.__name__} does not accept {dict(options)}: {err}. Options: {', '.join(valid)}") from None
+        raise OptionError(
+            f"{cls.__name__} does not accept {dict(options)}: {err}. Options: {', '.join(valid)}"
+        ) from None
 
 
 def create_attention_factory(spec: AttentionSpec) -> AttentionFactory | None:
@@ -66,18 +68,18 @@ def create_attention_factory(spec: AttentionSpec) -> AttentionFactory | None:
         return _layer_class(spec)
     if isinstance(spec, Mapping):
         if "name" not in spec:
-            raise ValueError(f"an attention spec mapping needs a 'name' key, got {dict(spec)}")
+            raise ConfigError(f"an attention spec mapping needs a 'name' key, got {dict(spec)}")
         options = {k: v for k, v in spec.items() if k != "name"}
         if spec["name"] == NO_ATTENTION:
             if options:
-                raise ValueError(f"attention 'none' takes no options, got {options}")
+                raise ConfigError(f"attention 'none' takes no options, got {options}")
             return None
         cls = _layer_class(spec["name"])
         _check_options(cls, options)
         return functools.partial(cls, **options)
     if callable(spec):
         return spec
-    raise TypeError(f"attention must be a name, a mapping with 'name', or a callable; got {type(spec).__name__}")
+    raise OptionError(f"attention must be a name, a mapping with 'name', or a callable; got {type(spec).__name__}")
 
 
 def attention_placement(factory: AttentionFactory) -> str:
@@ -85,5 +87,5 @@ def attention_placement(factory: AttentionFactory) -> str:
     target = factory.func if isinstance(factory, functools.partial) else factory
     placement = getattr(target, "placement", "block")
     if placement not in PLACEMENTS:
-        raise ValueError(f"attention placement must be one of {', '.join(PLACEMENTS)}, got {placement!r}")
+        raise ConfigError(f"attention placement must be one of {', '.join(PLACEMENTS)}, got {placement!r}")
     return placement

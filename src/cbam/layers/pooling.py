@@ -14,6 +14,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from cbam.errors import ConfigError
+
 POOL_TYPES: tuple[str, ...] = ("avg", "max", "lp", "lse")
 
 
@@ -22,12 +24,12 @@ def parse_pool_types(pool_types: str | Sequence[str]) -> list[str]:
     names = pool_types.split("+") if isinstance(pool_types, str) else list(pool_types)
     names = [name.strip() for name in names]
     if not names:
-        raise ValueError(f"pool_types is empty; choose from {', '.join(POOL_TYPES)}")
+        raise ConfigError(f"pool_types is empty; choose from {', '.join(POOL_TYPES)}")
     for name in names:
         if name not in POOL_TYPES:
-            raise ValueError(f"unknown pool type {name!r}; choose from {', '.join(POOL_TYPES)}")
+            raise ConfigError(f"unknown pool type {name!r}; choose from {', '.join(POOL_TYPES)}")
     if len(set(names)) != len(names):
-        raise ValueError(f"pool_types repeats a pool: {names}")
+        raise ConfigError(f"pool_types repeats a pool: {names}")
     return names
 
 
@@ -45,7 +47,7 @@ def global_pool(x: Tensor, pool_type: str) -> Tensor:
         return torch.linalg.vector_norm(x, ord=2, dim=(2, 3))
     if pool_type == "lse":
         return torch.logsumexp(x.flatten(2), dim=2)
-    raise ValueError("unknown pool type " + pool_type + "; choose from avg, max, lp, lse")
+    raise ConfigError("unknown pool type " + pool_type + "; choose from avg, max, lp, lse")
 
 
 def channel_pool(x: Tensor) -> Tensor:

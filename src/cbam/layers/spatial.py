@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from cbam.errors import ConfigError
 from cbam.layers.fused import FusableAttention, check_impl, spatial_fusable
 from cbam.layers.pooling import channel_pool
 
@@ -34,13 +35,15 @@ class SpatialAttention(FusableAttention, nn.Module):
         super().__init__()
         factory = {"device": device, "dtype": dtype}
         if descriptor not in SPATIAL_DESCRIPTORS:
-            raise ValueError(f"unknown spatial descriptor {descriptor!r}; choose from {', '.join(SPATIAL_DESCRIPTORS)}")
+            raise ConfigError(
+                f"unknown spatial descriptor {descriptor!r}; choose from {', '.join(SPATIAL_DESCRIPTORS)}"
+            )
         if kernel_size < 1 or kernel_size % 2 == 0:
-            raise ValueError(f"kernel_size must be a positive odd number for 'same' padding, got {kernel_size}")
+            raise ConfigError(f"kernel_size must be a positive odd number for 'same' padding, got {kernel_size}")
         self.descriptor = descriptor
         self.impl = check_impl(impl)
         if impl in ("compiled", "triton") and descriptor != "pool":
-            raise ValueError(f"impl={impl!r} fuses the pooled descriptor only, not descriptor={descriptor!r}")
+            raise ConfigError(f"impl={impl!r} fuses the pooled descriptor only, not descriptor={descriptor!r}")
         self.reduce: nn.Module | None = nn.Conv2d(channels, 1, 1, **factory) if descriptor == "conv" else None
         in_channels = 2 if descriptor == "pool" else 1
         self.conv = nn.Conv2d(in_channels, 1, kernel_size, padding=kernel_size // 2, bias=not batch_norm, **factory)

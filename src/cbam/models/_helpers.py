@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from cbam.errors import ConfigError
 from cbam.layers.create import AttentionFactory
 
 STEMS: tuple[str, ...] = ("imagenet", "cifar")
@@ -16,7 +17,7 @@ def attention_or_identity(factory: AttentionFactory | None, channels: int) -> nn
 
 def check_stem(stem: str) -> None:
     if stem not in STEMS:
-        raise ValueError(f"unknown stem {stem!r}; choose from {', '.join(STEMS)}")
+        raise ConfigError(f"unknown stem {stem!r}; choose from {', '.join(STEMS)}")
 
 
 def initialize_weights(model: nn.Module) -> None:

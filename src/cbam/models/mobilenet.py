@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from cbam.errors import ConfigError
 from cbam.layers.create import AttentionFactory, AttentionSpec, attention_placement, create_attention_factory
 from cbam.models._helpers import attention_or_identity, check_stem, initialize_weights
 from cbam.registry import register_model
@@ -83,7 +84,7 @@ class MobileNetV1(nn.Module):
         super().__init__()
         check_stem(stem)
         if width_mult <= 0:
-            raise ValueError(f"width_mult must be positive, got {width_mult}")
+            raise ConfigError(f"width_mult must be positive, got {width_mult}")
         factory = create_attention_factory(attention)
         placement = attention_placement(factory) if factory is not None else "block"
         block_attention = factory if placement == "block" else None

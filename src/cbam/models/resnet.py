@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from cbam.errors import ConfigError
 from cbam.layers.create import AttentionFactory, AttentionSpec, attention_placement, create_attention_factory
 from cbam.layers.fused import residual_tail
 from cbam.models._helpers import attention_or_identity, check_stem, initialize_weights
@@ -54,7 +55,7 @@ class BasicBlock(nn.Module):
     ) -> None:
         super().__init__()
         if groups != 1 or width_per_group != 64:
-            raise ValueError("BasicBlock supports only groups=1 and width_per_group=64 (use a bottleneck network)")
+            raise ConfigError("BasicBlock supports only groups=1 and width_per_group=64 (use a bottleneck network)")
         self.conv1 = conv3x3(in_channels, planes, stride)
         self.bn1 = nn.BatchNorm2d(planes)
         self.relu = nn.ReLU(inplace=True)
@@ -148,7 +149,7 @@ class ResNet(nn.Module):
         super().__init__()
         check_stem(stem)
         if len(layers) != 4 or len(widths) != 4:
-            raise ValueError(f"ResNet takes four stages; got layers={list(layers)}, widths={list(widths)}")
+            raise ConfigError(f"ResNet takes four stages; got layers={list(layers)}, widths={list(widths)}")
         factory = create_attention_factory(attention)
         placement = attention_placement(factory) if factory is not None else "block"
         block_attention = factory if placement == "block" else None
@@ -246,7 +247,7 @@ def resnet152(**kwargs) -> ResNet:
 def wide_resnet18(*, widen_factor: float = 2.0, **kwargs) -> ResNet:
     """Wide ResNet-18: stage widths times `widen_factor` (1.5 or 2.0 in Table 4), stem kept at 64."""
     if widen_factor <= 0:
-        raise ValueError(f"widen_factor must be positive, got {widen_factor}")
+        raise ConfigError(f"widen_factor must be positive, got {widen_factor}")
     widths = tuple(int(w * widen_factor) for w in STAGE_WIDTHS)
     return ResNet(BasicBlock, (2, 2, 2, 2), widths=widths, **kwargs)
 

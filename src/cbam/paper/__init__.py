@@ -14,6 +14,7 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
+from cbam.errors import ConfigError
 from cbam.layers.create import AttentionSpec
 
 PAPER_TABLES: tuple[int, ...] = (1, 2, 3, 4, 5)
@@ -115,7 +116,7 @@ def _row_description(entry: dict[str, Any]) -> str:
 def paper_rows(table: int) -> list[PaperRow]:
     """The rows of Table `table` (1-5), each with the recipe that rebuilds its network."""
     if table not in PAPER_TABLES:
-        raise ValueError(f"no paper table {table}; the tables with networks are {', '.join(map(str, PAPER_TABLES))}")
+        raise ConfigError(f"no paper table {table}; the tables with networks are {', '.join(map(str, PAPER_TABLES))}")
     entries = load_tables()[_TABLE_KEYS[table]]
     rows = []
     for index, entry in enumerate(entries):

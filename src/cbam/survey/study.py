@@ -24,6 +24,7 @@ from PIL import Image
 
 from cbam.data.loading import class_names, open_split
 from cbam.data.transforms import eval_transform
+from cbam.errors import UserError
 from cbam.explain.cam import grad_cam
 from cbam.explain.figure import Network, choose_images, load_networks
 from cbam.explain.localize import DISPLAY_THRESHOLD
@@ -36,7 +37,7 @@ CHOICES = ("left", "right", "equal")
 DISPLAY_SIDE = 224  # regions are enlarged by a whole factor to at least this side, pixels kept sharp
 
 
-class StudyError(Exception):
+class StudyError(UserError):
     """A study folder that cannot be built or read."""
 
 

@@ -25,6 +25,8 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor, nn
 
+from cbam.errors import ConfigError
+
 IMPLS: tuple[str, ...] = ("auto", "eager", "compiled", "triton")
 FUSABLE_POOLS: frozenset[str] = frozenset({"avg", "max"})
 AUTO_MIN_ELEMENTS = 1 << 15
@@ -48,7 +50,7 @@ forward 0.54-0.89x on seven of eight shapes), so `auto` keeps it there."""
 def check_impl(impl: str) -> str:
     """`impl` itself if it names an implementation, else a ValueError listing them."""
     if impl not in IMPLS:
-        raise ValueError(f"unknown attention impl {impl!r}; choose from {', '.join(IMPLS)}")
+        raise ConfigError(f"unknown attention impl {impl!r}; choose from {', '.join(IMPLS)}")
     return impl
 
 
