@@ -1,0 +1,44 @@
+"""Where commands write: paths checked before any work starts, and nothing replaced unless asked.
+
+`check_output_file` is for one file a command writes (`export`, `cam`, ...); a run folder
+(`train`, `detect train`, `compare`) is guarded by the engine with `--resume`/`--exist-ok`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from cbam.errors import OutputError
+
+
+def _nearest_existing(path: Path) -> Path:
+    """`path` or its closest ancestor that exists (the folder that must be writable)."""
+    current = path.absolute()
+    while not current.exists() and current != current.parent:
+        current = current.parent
+    return current
+
+
+def check_writable_folder(folder: Path, what: str = "output folder") -> None:
+    """Refuse a folder that is a file, or that cannot be created or written; creates nothing."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise OutputError(f"the {what} {folder} is a file, not a folder")
+    existing = _nearest_existing(folder)
+    if not existing.is_dir():
+        raise OutputError(f"cannot create the {what} {folder}: {existing} is not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise OutputError(f"cannot write the {what} {folder}: {existing} is not writable")
+
+
+def check_output_file(path: Path | str, *, force: bool = False, flag: str = "--force") -> Path:
+    """The file a command will write: refused if it is a folder, if its folder cannot be written, or if it
+    exists and `force` is not set (the message names `flag`)."""
+    path = Path(path)
+    if path.is_dir():
+        raise OutputError(f"{path} is a folder; give the path of the file to write")
+    if path.exists() and not force:
+        raise OutputError(f"{path} exists; pass {flag} to replace it")
+    check_writable_folder(path.parent, "folder")
+    return path
