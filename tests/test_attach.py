@@ -1,5 +1,7 @@
 """cbam.attach on the networks people have: torchvision's and timm's, keeping their weights."""
 
+import logging
+
 import pytest
 import timm
 import torch
@@ -8,6 +10,7 @@ from torch import nn
 
 import cbam
 from cbam.attach import AttentionAfter, AttentionRecorder, attach, attention_modules, detach, known_targets
+from cbam.errors import OptionError
 
 tv = torchvision.models
 SIZE = (3, 64, 64)
@@ -113,7 +116,7 @@ def test_attaching_twice_or_to_an_unknown_network_says_what_to_do():
         attach(unknown, input_size=SIZE, verbose=False)
     with pytest.raises(ValueError, match="no module matched"):
         attach(unknown, targets=["layer9.*"], input_size=SIZE, verbose=False)
-    with pytest.raises(TypeError, match=r"attach needs an nn\.Module, got dict"):
+    with pytest.raises(OptionError, match=r"attach needs an nn\.Module, got dict"):
         attach({"conv": None}, input_size=SIZE, verbose=False)
     with pytest.raises(ValueError, match="unknown init"):
         attach(unknown, targets=[nn.BatchNorm2d], init="zeros", input_size=SIZE, verbose=False)
@@ -137,10 +140,23 @@ def test_attach_works_in_training_mode_and_on_the_meta_device():
     assert len(big.cbam_report.insertions) == 50 and all(p.is_meta for p in big.parameters())
 
 
-def test_the_report_is_printed_by_default(capsys):
+@pytest.fixture
+def cbam_log(caplog, monkeypatch):
+    """caplog for the `cbam` loggers, also after a CLI test has given them their own stderr handler."""
+    monkeypatch.setattr(logging.getLogger("cbam"), "propagate", True)
+    monkeypatch.setattr(logging.getLogger("cbam"), "handlers", [])
+    caplog.set_level(logging.DEBUG, logger="cbam")
+    return caplog
+
+
+def test_the_report_is_logged_never_printed(capsys, cbam_log):
     attach(tv.resnet18(), "se", input_size=SIZE)
-    out = capsys.readouterr().out
-    assert "cbam.attach: 8 attention modules: +" in out and "layer4.1.bn2" in out
+    [record] = cbam_log.records
+    assert (record.name, record.levelno) == ("cbam.attach", logging.INFO)
+    assert record.getMessage().startswith("attached 8 attention modules: +") and "layer4.1.bn2" in record.getMessage()
+    attach(tv.resnet18(), "se", input_size=SIZE, verbose=False)
+    assert cbam_log.records[-1].levelno == logging.DEBUG
+    assert capsys.readouterr() == ("", "")
 
 
 def test_recorder_reads_the_latest_maps_without_moving_batchnorm_statistics():
@@ -172,8 +188,8 @@ def test_timm_resnet_weights_load_into_the_zoo(tmp_path):
     torch.save(timm.create_model("resnet50", num_classes=10).state_dict(), tmp_path / "timm_r50.pth")
     model = load_pretrained(tmp_path / "timm_r50.pth", "resnet50", attention="se", verbose=False)
     report = model.cbam_load_report
-    assert report.unexpected == () and report.mismatched == ()
-    assert report.missing and all(".attention." in k for k in report.missing)
+    assert report.missing == report.unexpected == report.mismatched == ()
+    assert report.new_attention and all(".attention." in k for k in report.new_attention)
 
 
 def test_layers_serve_as_timm_attn_layer():

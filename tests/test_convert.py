@@ -1,9 +1,14 @@
 """The authors' checkpoints (Jongchan/attention-module): a network in their exact key layout,
 written as their `train_imagenet.py` writes it, converted, must compute the same outputs."""
 
+import logging
+import pickle
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
+from safetensors.torch import save_file
 from torch import nn
 
 import cbam
@@ -199,26 +204,116 @@ def test_convert_writes_safetensors_that_load_and_evaluate_the_same(tmp_path, ca
         torch.testing.assert_close(ours(x), theirs(x), rtol=1e-4, atol=1e-5)
 
 
-def test_torchvision_weights_load_into_the_zoo_and_the_rest_is_reported(tmp_path, capsys):
+@pytest.fixture
+def cbam_log(caplog, monkeypatch):
+    """caplog for the `cbam` loggers, also after a CLI test has given them their own stderr handler."""
+    monkeypatch.setattr(logging.getLogger("cbam"), "propagate", True)
+    monkeypatch.setattr(logging.getLogger("cbam"), "handlers", [])
+    caplog.set_level(logging.INFO, logger="cbam")
+    return caplog
+
+
+def test_torchvision_weights_load_into_a_zoo_network_with_new_attention(tmp_path, cbam_log, capsys):
     import torchvision
 
     reference = torchvision.models.resnet18(num_classes=10)
     torch.save(reference.state_dict(), tmp_path / "resnet18.pth")
     model = load_pretrained(tmp_path / "resnet18.pth", "resnet18", attention="cbam")
     report = model.cbam_load_report
-    assert report.unexpected == () and report.mismatched == ()
-    assert report.missing and all(".attention." in k for k in report.missing)  # only the new CBAM weights
+    assert report.missing == report.unexpected == report.mismatched == ()
+    assert report.new_attention and all(".attention." in k for k in report.new_attention)  # the CBAM weights
+    assert model.fc.out_features == 10
     assert torch.equal(model.layer3[1].conv2.weight, reference.layer3[1].conv2.weight)
-    assert "missing: layer1.0.attention" in capsys.readouterr().out
+    infos = [r.getMessage() for r in cbam_log.records if r.levelno == logging.INFO]
+    assert any("72 new attention weights of resnet18 (attention=cbam)" in m for m in infos)
+    assert not [r for r in cbam_log.records if r.levelno >= logging.WARNING]
+    assert capsys.readouterr() == ("", "")  # logged, never printed
 
 
-def test_bad_files_are_refused_plainly(tmp_path):
-    (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
-    with pytest.raises(CheckpointError, match="cannot be read"):
-        load_pretrained(tmp_path / "junk.pth")
-    torch.save({"conv1.weight": torch.zeros(1)}, tmp_path / "plain.pth")
-    with pytest.raises(CheckpointError, match="say which network it is with arch="):
+def test_weights_of_another_network_are_refused_unless_strict_is_false(tmp_path, cbam_log):
+    import torchvision
+
+    state = torchvision.models.resnet50().state_dict()
+    torch.save(state, tmp_path / "torchvision_resnet50.pth")
+    with pytest.raises(CheckpointError) as err:
+        load_pretrained(tmp_path / "torchvision_resnet50.pth", "resnet18", attention="cbam")
+    message = str(err.value)
+    assert "torchvision_resnet50.pth does not fit resnet18 (attention=cbam)" in message
+    assert "165 unexpected: layer1.0.conv3.weight, layer1.0.bn3.weight" in message  # BatchNorm counters aside
+    assert "24 shape mismatch (file vs network): layer1.0.conv1.weight (64, 64, 1, 1) vs (64, 64, 3, 3)" in message
+    assert "missing" not in message  # resnet18's names are all in resnet50; its CBAM weights are new
+    assert "strict=False" in message
+
+    model = load_pretrained(tmp_path / "torchvision_resnet50.pth", "resnet18", attention="cbam", strict=False)
+    assert torch.equal(model.conv1.weight, state["conv1.weight"])  # the stem fits; the rest keeps its init
+    warnings = [r.getMessage() for r in cbam_log.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "165 unexpected" in warnings[0] and "left out" in warnings[0]
+    assert len(model.cbam_load_report.unexpected) == 165
+
+
+def test_a_file_with_some_attention_weights_must_have_all(tmp_path):
+    state = cbam.create_model("resnet18", attention="cbam").state_dict()
+    partial = {k: v for k, v in state.items() if not k.startswith("layer4.1.attention.")}
+    torch.save(partial, tmp_path / "partial.pth")
+    with pytest.raises(CheckpointError, match=r"disagree about attention.*missing: layer4\.1\.attention"):
+        load_pretrained(tmp_path / "partial.pth", "resnet18", attention="cbam")
+    with pytest.raises(CheckpointError, match=r"disagree about attention.*unexpected: layer1\.0\.attention"):
+        load_pretrained(tmp_path / "partial.pth", "resnet18")
+
+
+def test_a_plain_state_dict_takes_the_network_from_the_caller(tmp_path):
+    network = randomize_(cbam.create_model("resnet18", attention="se", num_classes=5, stem="cifar")).eval()
+    torch.save({f"module.{k}": v for k, v in network.state_dict().items()}, tmp_path / "plain.pth")
+    with pytest.raises(CheckpointError, match=r"does not record which network.*arch=.*attention="):
         load_pretrained(tmp_path / "plain.pth")
+    model = load_pretrained(tmp_path / "plain.pth", "resnet18_se", stem="cifar").eval()
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), network(x))
+    save_file({k: v.contiguous() for k, v in network.state_dict().items()}, str(tmp_path / "bare.safetensors"))
+    model = load_pretrained(tmp_path / "bare.safetensors", "resnet18", attention="se", stem="cifar").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), network(x))
+
+
+def test_a_network_asked_for_must_be_the_one_the_file_records(tmp_path):
+    theirs = TheirResNet(TheirBasicBlock, (2, 2, 2, 2), "cbam", num_classes=7)
+    source = authors_checkpoint(theirs, tmp_path / "checkpoint.pth.tar")
+    convert_file(source, tmp_path / "r18.safetensors")
+    for path in (source, tmp_path / "r18.safetensors"):
+        assert load_pretrained(path, "resnet18", attention={"name": "cbam"}, num_classes=7).fc.out_features == 7
+        assert load_pretrained(path, "resnet18_cbam", impl="eager").fc.out_features == 7
+        with pytest.raises(CheckpointError, match=r"records the network resnet18, not the resnet50 asked for"):
+            load_pretrained(path, "resnet50")
+        with pytest.raises(CheckpointError, match=r"records attention=cbam, not the attention=se asked for"):
+            load_pretrained(path, "resnet18_se")
+        with pytest.raises(CheckpointError, match=r"records num_classes=7, not the num_classes=10 asked for"):
+            load_pretrained(path, num_classes=10)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"not a checkpoint", r"junk\.pth"),
+        (pickle.dumps(Path("/etc")), r"junk\.pth"),
+        (None, r"junk\.pth holds a list"),
+        ({"epoch": 3, "note": "text"}, r"junk\.pth is not a state dict: 'epoch' holds a int"),
+    ],
+    ids=["random-bytes", "pickled-object", "a-list", "not-tensors"],
+)
+def test_bad_files_are_refused_plainly(tmp_path, content, message):
+    path = tmp_path / "junk.pth"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        torch.save([1, 2] if content is None else content, path)
+    with pytest.raises(CheckpointError, match=message) as err:
+        load_pretrained(path, "resnet18")
+    assert "weights_only" not in str(err.value)  # torch's advice to load unsafely never reaches users
+
+
+def test_plain_files_convert_only_from_the_authors(tmp_path):
+    torch.save({"conv1.weight": torch.zeros(1)}, tmp_path / "plain.pth")
     with pytest.raises(CheckpointError, match="not a checkpoint of the authors' code"):
         convert_file(tmp_path / "plain.pth", tmp_path / "out.safetensors")
 

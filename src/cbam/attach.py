@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
+import logging
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -17,13 +18,15 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from cbam.errors import ConfigError
+from cbam.errors import ConfigError, OptionError
 from cbam.layers.bam import BAM
 from cbam.layers.channel import ChannelAttention
 from cbam.layers.create import AttentionSpec, create_attention_factory
 from cbam.layers.spatial import SpatialAttention
 from cbam.profile import count_macs, count_parameters, forward_zeros
 from cbam.report import format_markdown_table
+
+log = logging.getLogger(__name__)
 
 INITS: tuple[str, ...] = ("paper", "identity")
 
@@ -227,10 +230,11 @@ def attach(
     `targets` (module-name patterns such as `"layer*.conv2"`, or module classes) overrides the
     known placements. `init="identity"` gates each insertion with a zero scalar so the network's
     output is unchanged at step 0 (for fine-tuning); `"paper"` keeps the layers' own init. The
-    report (also `model.cbam_report`) gives every insertion and the added parameters and GFLOPs.
+    report (also `model.cbam_report`) gives every insertion and the added parameters and GFLOPs; it is
+    logged at INFO (DEBUG with `verbose=False`).
     """
     if not isinstance(model, nn.Module):
-        raise TypeError(f"attach needs an nn.Module, got {type(model).__name__}")
+        raise OptionError(f"attach needs an nn.Module, got {type(model).__name__}")
     if init not in INITS:
         raise ConfigError(f"unknown init {init!r}; choose from {', '.join(INITS)}")
     existing = attention_wrappers(model)
@@ -266,8 +270,7 @@ def attach(
     added_macs = count_macs(model, input_size[-3:]) - macs_before
     report = AttachReport(tuple(insertions), sum(i.params for i in insertions), added_macs / 1e9, (1, *input_size[-3:]))
     model.cbam_report = report
-    if verbose:
-        print(f"cbam.attach: {report}")
+    log.log(logging.INFO if verbose else logging.DEBUG, "attached %s", report)
     return model
 
 

@@ -6,10 +6,16 @@ with DataParallel keys (`module.` prefix). Inside a block their CBAM is `cbam.Ch
 channel *max first, then the mean*; their BAM is `bam1..bam3` with `channel_att.gate_c.*` and
 `spatial_att.gate_s.*`, combining the two maps by a product. `convert_authors_state` maps all of
 it onto the zoo's names, so the converted network computes what theirs did.
+
+`load_pretrained` builds a zoo network from any weights file and loads it strictly: weights that
+do not fit the network are refused (`strict=False` loads what fits and logs the rest), except the
+attention weights that plain torchvision/timm weights cannot hold, which keep their initial values.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -18,8 +24,13 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from cbam.engine.checkpoint import CheckpointError, load_safetensors, read_torch_file, save_safetensors
-from cbam.registry import create_model
+from cbam.attach import AttentionAfter
+from cbam.engine.checkpoint import load_safetensors, read_torch_file, save_safetensors
+from cbam.errors import CheckpointError
+from cbam.layers.create import AttentionSpec
+from cbam.registry import Builder, create_model, model_entry
+
+log = logging.getLogger(__name__)
 
 # (block type, blocks per stage) -> zoo name
 _RESNETS: dict[tuple[bool, tuple[int, ...]], str] = {
@@ -106,89 +117,334 @@ def shown_names(names: Iterable[str], limit: int = 8) -> str:
     return ", ".join(names[:limit]) + more
 
 
+# ---------------------------------------------------------------------------------------------
+# Weights in a file: one flat state dict, and the network the file records
+
+
+WRAPPER_PREFIXES: tuple[str, ...] = ("module.", "_orig_mod.")
+"""Prefixes that DataParallel/DistributedDataParallel and `torch.compile` put before every key."""
+
+OPTIONAL_SUFFIXES: tuple[str, ...] = ("num_batches_tracked",)
+"""Keys a file may have or lack without changing the network (frozen BatchNorm keeps no counter)."""
+
+
+@dataclass(frozen=True)
+class RecordedNetwork:
+    """The network a file says its weights belong to: enough to build it again."""
+
+    arch: str
+    attention: Any
+    num_classes: int | None
+    model_kwargs: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StoredWeights:
+    """The weights in a file under the zoo's names; `network` where the file records it, `named_arch` where
+    it only names one (a bare `"arch"` beside a `"state_dict"`)."""
+
+    state: dict[str, Tensor] = field(repr=False)
+    network: RecordedNetwork | None
+    named_arch: str | None
+
+
+def strip_wrappers(key: str) -> str:
+    """`key` without DataParallel's and `torch.compile`'s prefixes, however deeply nested."""
+    while key.startswith(WRAPPER_PREFIXES):  # nested wrappers: `module._orig_mod.conv1.weight`
+        key = key.partition(".")[2]
+    return key
+
+
+def flat_state(raw: Mapping[str, Any], source: str) -> dict[str, Tensor]:
+    """`raw` as a state dict with the wrapper prefixes removed; anything but tensors is refused by name."""
+    state: dict[str, Tensor] = {}
+    for key, value in raw.items():
+        if not isinstance(value, Tensor):
+            raise CheckpointError(f"{source} is not a state dict: {key!r} holds a {type(value).__name__}, not a tensor")
+        state[strip_wrappers(str(key))] = value
+    if not state:
+        raise CheckpointError(f"{source} holds no weights")
+    return state
+
+
+def _recorded_in_metadata(meta: Mapping[str, Any]) -> RecordedNetwork | None:
+    if not isinstance(meta.get("arch"), str):
+        return None
+    classes = meta.get("classes")
+    num_classes = meta.get("num_classes") or (len(classes) if isinstance(classes, list) else None)
+    return RecordedNetwork(meta["arch"], meta.get("attention", "none"), num_classes, meta.get("model_kwargs") or {})
+
+
+def _recorded_in_training(state: Mapping[str, Any]) -> RecordedNetwork | None:
+    """The network of a `cbam train` checkpoint (None for another trainer's `{"model": ...}`)."""
+    config = state.get("config")
+    if not isinstance(config, Mapping) or not isinstance(config.get("arch"), str):
+        return None
+    classes = state.get("classes")
+    num_classes = len(classes) if isinstance(classes, list) else None
+    return RecordedNetwork(config["arch"], config.get("attention"), num_classes, config.get("model_kwargs") or {})
+
+
+def read_weights(path: str | Path) -> StoredWeights:
+    """The weights in any file this project reads, and the network the file records.
+
+    `.safetensors` (with cbam's metadata or without), a `cbam train` checkpoint, an authors' checkpoint
+    (renamed to the zoo's keys), `{"state_dict": ...}` or `{"model": ...}` from other trainers, or a bare
+    state dict. Never runs code from the file (`read_torch_file`); every problem is a `CheckpointError`.
+    """
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        tensors, meta = load_safetensors(path)
+        return StoredWeights(flat_state(tensors, str(path)), _recorded_in_metadata(meta), meta.get("arch"))
+    state = read_torch_file(path)
+    if is_authors_checkpoint(state) and any(str(k).startswith("module.layer1.") for k in state["state_dict"]):
+        authors = convert_authors_state(state)  # their CBAM/BAM names -> the zoo's
+        network = RecordedNetwork(authors.arch, authors.attention, authors.num_classes)
+        return StoredWeights(authors.state_dict, network, authors.arch)
+    if isinstance(state.get("model"), Mapping):  # a `cbam train` checkpoint, or another trainer's
+        network = _recorded_in_training(state)
+        return StoredWeights(flat_state(state["model"], str(path)), network, network.arch if network else None)
+    if isinstance(state.get("state_dict"), Mapping):
+        named = state.get("arch") if isinstance(state.get("arch"), str) else None
+        return StoredWeights(flat_state(state["state_dict"], str(path)), None, named)
+    return StoredWeights(flat_state(state, str(path)), None, None)
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading weights into a network: strict unless asked otherwise
+
+ATTENTION_MODULE_NAMES: tuple[str, ...] = ("attention", "stage_attention")
+"""Module names under which attention lives: the zoo's blocks and stages, and `attach`'s wrappers."""
+
+
+def _is_attention_key(key: str) -> bool:
+    return any(part in ATTENTION_MODULE_NAMES for part in key.split(".")[:-1])
+
+
+def attention_state_names(model: nn.Module) -> frozenset[str]:
+    """The names in `model.state_dict()` that belong to attention: what plain weights cannot provide."""
+    gates = {f"{name}.gate" for name, module in model.named_modules() if isinstance(module, AttentionAfter)}
+    return frozenset(k for k in model.state_dict() if _is_attention_key(k) or k in gates)
+
+
 @dataclass(frozen=True)
 class LoadReport:
-    """Which weights loaded, and which did not: nothing is dropped silently."""
+    """Which weights of a file fit a network and which do not: nothing is dropped silently.
+
+    `new_attention` are the network's attention weights that a file without attention (plain torchvision
+    or timm weights) cannot hold: they keep their initial values, as the user asked for attention.
+    """
 
     source: str
+    loaded: tuple[str, ...]
     missing: tuple[str, ...]
     unexpected: tuple[str, ...]
     mismatched: tuple[str, ...]
+    new_attention: tuple[str, ...] = ()
+    shapes: Mapping[str, tuple[tuple[int, ...], tuple[int, ...]]] = field(default_factory=dict, repr=False)
 
-    def __str__(self) -> str:
-        lines = [f"loaded {self.source}"]
-        for title, names in (
+    @property
+    def fits(self) -> bool:
+        return not (self.missing or self.unexpected or self.mismatched)
+
+    def problems(self) -> list[str]:
+        """Each kind of misfit: its count and first names (shapes as file vs network)."""
+        shapes = [f"{k} {self.shapes[k][0]} vs {self.shapes[k][1]}" for k in self.mismatched]
+        kinds = [
             ("missing", self.missing),
             ("unexpected", self.unexpected),
-            ("shape mismatch", self.mismatched),
-        ):
-            if names:
-                lines.append(f"  {title}: {shown_names(names)}")
+            ("shape mismatch (file vs network)", shapes),
+        ]
+        return [f"{len(names)} {title}: {shown_names(names, 5)}" for title, names in kinds if names]
+
+    def __str__(self) -> str:
+        lines = [f"loaded {len(self.loaded)} weights from {self.source}"]
+        lines += [f"  {problem}" for problem in self.problems()]
+        if self.new_attention:
+            lines.append(f"  {len(self.new_attention)} new attention weights at their initial values")
         return "\n".join(lines)
 
 
-def load_state_into(model: nn.Module, state: Mapping[str, Tensor], source: str) -> LoadReport:
-    """Load every tensor whose name and shape agree; report the rest by name."""
-    own = model.state_dict()
-    mismatched = tuple(k for k, v in state.items() if k in own and own[k].shape != v.shape)
-    usable = {k: v for k, v in state.items() if k in own and k not in mismatched}
-    result = model.load_state_dict(usable, strict=False)
-    unexpected = tuple(k for k in state if k not in own)
-    return LoadReport(source, tuple(result.missing_keys), unexpected, mismatched)
+def check_state(model: nn.Module, state: Mapping[str, Tensor], source: str, ignore: Iterable[str] = ()) -> LoadReport:
+    """How `state` fits `model`, loading nothing. Keys starting with an `ignore` prefix (a classifier, `("fc.",)`)
+    and BatchNorm's counters are left out; missing attention weights are new ones when the file has no attention.
+    """
+    prefixes = tuple(ignore)
+    own = {k: v for k, v in model.state_dict().items() if not k.startswith(prefixes)}
+    given = {k: v for k, v in state.items() if not k.startswith(prefixes)}
+    shapes = {
+        k: (tuple(v.shape), tuple(own[k].shape)) for k, v in given.items() if k in own and own[k].shape != v.shape
+    }
+    loaded = tuple(k for k in given if k in own and k not in shapes)
+    unexpected = tuple(k for k in given if k not in own and not k.endswith(OPTIONAL_SUFFIXES))
+    missing = [k for k in own if k not in given and not k.endswith(OPTIONAL_SUFFIXES)]
+    attention = attention_state_names(model)
+    new_attention: tuple[str, ...] = ()
+    if not any(k in attention or _is_attention_key(k) for k in given):  # plain weights: attention is new
+        new_attention = tuple(k for k in missing if k in attention)
+        missing = [k for k in missing if k not in attention]
+    return LoadReport(source, loaded, tuple(missing), unexpected, tuple(shapes), new_attention, shapes)
+
+
+def load_state_into(
+    model: nn.Module,
+    state: Mapping[str, Tensor],
+    source: str,
+    *,
+    strict: bool = True,
+    ignore: Iterable[str] = (),
+    target: str | None = None,
+    advice: str = "",
+    verbose: bool = True,
+) -> LoadReport:
+    """Load `state` into `model`: all of it, or with `strict=False` what fits, the rest logged as a WARNING.
+
+    Strict, a file that does not fit raises one `CheckpointError` (naming `target`, the network, and
+    ending with `advice`) and loads nothing. New attention weights (see `check_state`) are fine either
+    way and reported at INFO (DEBUG with `verbose=False`), like what was loaded.
+    """
+    report = check_state(model, state, source, ignore)
+    target = target or type(model).__name__
+    problems = "; ".join(report.problems())
+    if not report.fits and strict:
+        keys = report.missing + report.unexpected + report.mismatched
+        hint = (
+            " (the file and the network disagree about attention: check attention=)"
+            if any(_is_attention_key(k) for k in keys)
+            else ""
+        )
+        raise CheckpointError(f"{source} does not fit {target}{hint}: {problems}{advice}")
+    model.load_state_dict({k: state[k] for k in report.loaded}, strict=False)
+    level = logging.INFO if verbose else logging.DEBUG
+    log.log(level, "loaded %d weights from %s into %s", len(report.loaded), source, target)
+    if report.new_attention:
+        log.log(
+            level,
+            "%s holds no attention weights: %d new attention weights of %s keep their initial values (%s)",
+            source,
+            len(report.new_attention),
+            target,
+            shown_names(report.new_attention, 3),
+        )
+    if not report.fits:
+        log.warning("%s does not fit %s; left out: %s", source, target, problems)
+    return report
+
+
+# ---------------------------------------------------------------------------------------------
+# load_pretrained: a zoo network from any file
+
+RUNTIME_KWARGS: tuple[str, ...] = ("impl",)
+"""`create_model` options that choose how the network runs, not which network it is."""
+
+_ABSENT = object()
+
+
+def _builder(arch: str) -> Builder | None:
+    """The builder behind a zoo name (`resnet50_cbam` -> resnet50's); None for a name the zoo lacks."""
+    try:
+        return model_entry(arch).builder
+    except ValueError:
+        return None
+
+
+def _attention_of(arch: str, attention: AttentionSpec) -> AttentionSpec:
+    """The attention a network has: the one given, else the one its name fixes, else none."""
+    if attention is not None:
+        return attention
+    return model_entry(arch).fixed.get("attention", "none")
+
+
+def _same_attention(a: AttentionSpec, b: AttentionSpec) -> bool:
+    """Whether two attention specs build the same layers: `"cbam"` and `{"name": "cbam"}` do."""
+
+    def normal(spec: AttentionSpec) -> Any:
+        return {"name": spec} if isinstance(spec, str) else dict(spec) if isinstance(spec, Mapping) else spec
+
+    return normal(a) == normal(b)
+
+
+def spec_text(spec: AttentionSpec) -> str:
+    """An attention spec as a user wrote it: `cbam`, `{"name": "bam", "combine": "product"}`."""
+    if isinstance(spec, str):
+        return spec
+    if isinstance(spec, Mapping):
+        return json.dumps(dict(spec), default=str)
+    return getattr(spec, "__name__", repr(spec))
+
+
+def _check_request(
+    path: Path, recorded: RecordedNetwork, arch: str | None, attention: AttentionSpec, model_kwargs: Mapping[str, Any]
+) -> None:
+    """Refuse a network asked for that is not the one the file records, naming both."""
+    if arch is not None and model_entry(arch).builder is not _builder(recorded.arch):
+        raise CheckpointError(
+            f"{path} records the network {recorded.arch}, not the {arch} asked for; "
+            f"leave the architecture out to load the {recorded.arch} it holds"
+        )
+    asked = attention if attention is not None else model_entry(arch).fixed.get("attention") if arch else None
+    held = _attention_of(recorded.arch, recorded.attention)
+    if asked is not None and not _same_attention(asked, held):
+        raise CheckpointError(
+            f"{path} records attention={spec_text(held)}, not the attention={spec_text(asked)} asked for; "
+            "leave the attention out to load the one it holds"
+        )
+    for key, value in model_kwargs.items():
+        held_value = recorded.num_classes if key == "num_classes" else recorded.model_kwargs.get(key, _ABSENT)
+        if key not in RUNTIME_KWARGS and held_value not in (None, value):  # None: the classifier's shape decides
+            held_text = "no value" if held_value is _ABSENT else f"{key}={held_value!r}"
+            raise CheckpointError(f"{path} records {held_text}, not the {key}={value!r} asked for")
+
+
+def _classes_from(state: Mapping[str, Tensor]) -> dict[str, int]:
+    """`num_classes` read off the classifier's weight, where the state has one."""
+    fc = state.get("fc.weight")
+    return {"num_classes": fc.shape[0]} if isinstance(fc, Tensor) and fc.dim() == 2 else {}
 
 
 def load_pretrained(
     source: str | Path,
     arch: str | None = None,
     *,
-    attention: Any = None,
+    attention: AttentionSpec = None,
+    strict: bool = True,
     verbose: bool = True,
     **model_kwargs: Any,
 ) -> nn.Module:
-    """A zoo network with weights from `source`, whichever kind of file it is.
+    """A zoo network with weights from `source`, whichever kind of file it is (see `read_weights`).
 
-    - an authors' checkpoint (Jongchan/attention-module): network and attention are read from it;
-    - a `.safetensors` or `.pt` file written by `cbam train` or `cbam convert`: likewise;
-    - a plain state dict on disk (torchvision, timm): give `arch` (and `attention`); weights whose
-      names and shapes agree are loaded, and the rest are reported (`model.cbam_load_report`).
+    A file that records its network (`cbam train`/`cbam convert` files, authors' checkpoints) builds
+    that one; an `arch`, `attention` or model keyword that disagrees with it is refused. A plain
+    state dict (torchvision, timm) needs `arch` (and `attention`, model keywords such as `num_classes`).
+    Weights must fit the network: `strict=False` loads what fits and logs the rest as a WARNING.
+    Attention weights a plain file cannot hold keep their initial values. The report is `model.cbam_load_report`.
     """
     path = Path(source)
-    if path.suffix == ".safetensors":
-        tensors, meta = load_safetensors(path)
-        if "arch" not in meta:
-            raise CheckpointError(f"{path} lacks cbam's 'arch' metadata; pass arch= and load it as a state dict")
-        num_classes = meta.get("num_classes") or len(meta["classes"])
-        model = create_model(
-            meta["arch"],
-            attention=meta.get("attention", "none"),
-            num_classes=num_classes,
-            **meta.get("model_kwargs", {}),
+    weights = read_weights(path)
+    recorded = weights.network
+    if recorded is not None:
+        _check_request(path, recorded, arch, attention, model_kwargs)
+        runtime = {k: v for k, v in model_kwargs.items() if k in RUNTIME_KWARGS}
+        classes = {"num_classes": recorded.num_classes} if recorded.num_classes else _classes_from(weights.state)
+        kwargs = {**recorded.model_kwargs, **classes, **runtime}
+        arch, attention = recorded.arch, recorded.attention
+    elif arch is None:
+        raise CheckpointError(
+            f"{path} holds weights but does not record which network they belong to; name it with arch= "
+            "(and attention= for a network with attention)"
         )
-        model.load_state_dict(tensors)
-        return model
-    state = read_torch_file(path)
-    if is_authors_checkpoint(state):
-        network = convert_authors_state(state)
-        model = create_model(network.arch, attention=network.attention, num_classes=network.num_classes)
-        model.load_state_dict(network.state_dict)
-        return model
-    if "model" in state and "config" in state:  # a cbam training checkpoint
-        config = state["config"]
-        model = create_model(
-            config["arch"], attention=config["attention"], num_classes=len(state["classes"]), **config["model_kwargs"]
-        )
-        model.load_state_dict(state["model"])
-        return model
-    if arch is None:
-        raise CheckpointError(f"{path} is a plain state dict; say which network it is with arch=")
-    weights = state.get("state_dict", state)
-    fc = weights.get("fc.weight")
-    kwargs = {"num_classes": fc.shape[0]} if isinstance(fc, Tensor) and "num_classes" not in model_kwargs else {}
-    model = create_model(arch, attention=attention, **kwargs, **model_kwargs)
-    report = load_state_into(model, weights, str(path))
-    model.cbam_load_report = report
-    if verbose:
-        print(report)
+    else:
+        named = weights.named_arch
+        if named is not None and _builder(named) not in (None, model_entry(arch).builder):
+            raise CheckpointError(f"{path} names the network {named}, not the {arch} asked for")
+        classes = {} if "num_classes" in model_kwargs else _classes_from(weights.state)
+        kwargs = {**classes, **model_kwargs}
+    model = create_model(arch, attention=attention, **kwargs)
+    target = f"{arch} (attention={spec_text(_attention_of(arch, attention))})"
+    advice = "; with strict=False the weights that fit are loaded and the rest is reported"
+    model.cbam_load_report = load_state_into(
+        model, weights.state, str(path), strict=strict, target=target, advice=advice, verbose=verbose
+    )
     return model
 
 
@@ -196,7 +452,7 @@ def convert_file(source: str | Path, destination: str | Path) -> AuthorsNetwork:
     """An authors' checkpoint -> a `.safetensors` file that `load_pretrained` and `cbam eval` read."""
     network = convert_authors_state(read_torch_file(Path(source)))
     model = create_model(network.arch, attention=network.attention, num_classes=network.num_classes)
-    model.load_state_dict(network.state_dict)
+    load_state_into(model, network.state_dict, str(source), target=network.arch)
     metadata = {
         "arch": network.arch,
         "attention": network.attention,

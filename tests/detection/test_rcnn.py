@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 
 import pytest
@@ -359,8 +360,28 @@ def test_bad_files_give_one_clear_error(tmp_path):
 
 def test_attention_mismatch_names_the_keys(tmp_path):
     cbam_checkpoint(tmp_path)
-    with pytest.raises(CheckpointError, match=r"last.pt does not fit .*attention=.*unexpected layer1.0.attention"):
+    with pytest.raises(CheckpointError, match=r"last.pt does not fit .*attention=.*unexpected: layer1.0.attention"):
         small_detector("c4", "none", backbone_weights=tmp_path / "last.pt")
+    state = torch.load(tmp_path / "last.pt", weights_only=True)["model"]
+    torch.save({k: v for k, v in state.items() if not k.startswith("layer4.1.attention.")}, tmp_path / "some.pth")
+    with pytest.raises(CheckpointError, match=r"some.pth does not fit .*attention=.*missing: layer4.1.attention"):
+        small_detector("c4", backbone_weights=tmp_path / "some.pth")
+
+
+def test_plain_weights_leave_the_new_attention_at_its_init(tmp_path, caplog, monkeypatch):
+    monkeypatch.setattr(logging.getLogger("cbam"), "propagate", True)  # as a CLI test may have left it
+    monkeypatch.setattr(logging.getLogger("cbam"), "handlers", [])
+    caplog.set_level(logging.INFO, logger="cbam")
+    state = torchvision.models.resnet18().state_dict()
+    torch.save(state, tmp_path / "resnet18.pth")
+    detector = small_detector("c4", "cbam", backbone_weights=tmp_path / "resnet18.pth")
+    own = {backbone_key(k): v for k, v in detector.state_dict().items() if backbone_key(k)}
+    for key, value in state.items():
+        if not key.startswith("fc.") and "num_batches" not in key:
+            torch.testing.assert_close(own[key], value, rtol=0, atol=0, msg=key)
+    [new] = [r.getMessage() for r in caplog.records if "new attention weights" in r.getMessage()]
+    assert "resnet18.pth holds no attention weights: 72 new attention weights of the ResNet backbone" in new
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
 
 
 def test_load_backbone_is_strict_and_reports_shapes():
@@ -371,6 +392,7 @@ def test_load_backbone_is_strict_and_reports_shapes():
     with pytest.raises(CheckpointError) as err:
         load_backbone(net, state, "weights.pt", ignore=("fc.",))
     message = str(err.value)
-    assert "missing layer4.1.conv1.weight" in message and "unexpected extra.weight" in message
-    assert "conv1.weight (64, 3, 3, 3) vs (64, 3, 7, 7)" in message
+    assert "weights.pt does not fit the ResNet backbone: 10 missing: layer4.1.conv1.weight" in message
+    assert "1 unexpected: extra.weight" in message
+    assert "1 shape mismatch (file vs network): conv1.weight (64, 3, 3, 3) vs (64, 3, 7, 7)" in message
     assert "fc." not in message

@@ -359,7 +359,8 @@ def test_missing_weights_file(tmp_path):
 def test_a_state_dict_that_does_not_fit_names_the_file_and_the_keys(tmp_path):
     path = tmp_path / "resnet.pth"
     torch.save({"conv1.weight": torch.randn(64, 3, 7, 7), "fc.weight": torch.randn(10, 512)}, path)
-    with pytest.raises(CheckpointError, match=r"resnet\.pth.*missing conv1_1\.weight.*unexpected conv1\.weight") as err:
+    fit = r"resnet\.pth.*missing: conv1_1\.weight.*unexpected: conv1\.weight"
+    with pytest.raises(CheckpointError, match=fit) as err:
         ssd300(backbone="vgg16", backbone_weights=path)
     assert "fc.weight" in str(err.value)
 
