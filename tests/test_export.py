@@ -1,12 +1,17 @@
 """Export with dynamic batch and image size: ONNX checked against onnxruntime, torch.export, TorchScript."""
 
+import os
+import sys
+
 import pytest
 import torch
 import torchvision
 
 import cbam
+import cbam.export
 from cbam.attach import attach
 from cbam.cli import main
+from cbam.errors import DependencyError, OutputError
 from cbam.export import export_model, export_program, onnx_max_difference
 
 SHAPES = [(1, 3, 64, 64), (3, 3, 96, 80)]
@@ -16,6 +21,7 @@ SHAPES = [(1, 3, 64, 64), (3, 3, 96, 80)]
 def test_onnx_export_of_zoo_models_matches_onnxruntime(tmp_path, name):
     model = cbam.create_model(name, num_classes=10).eval()
     path = export_model(model, tmp_path / f"{name}.onnx", "onnx", (3, 64, 64))
+    assert os.listdir(tmp_path) == [f"{name}.onnx"]  # one self-contained file, no external .data
     check = onnx_max_difference(model, path, SHAPES)
     assert check.max_rel < 1e-5 and check.max_abs < 1e-3
 
@@ -42,6 +48,77 @@ def test_cli_export_reports_the_onnxruntime_difference(tmp_path, capsys):
     assert code == 0 and "onnxruntime vs PyTorch over" in out and "of the largest output" in out
     assert main(["export", "--output", str(tmp_path / "x.onnx")]) == 2
     assert "give --checkpoint FILE or a model name" in capsys.readouterr().err
+
+
+def tiny() -> torch.nn.Module:
+    """A network that exports in a few seconds."""
+    layers = [torch.nn.Conv2d(3, 16, 3, padding=1), cbam.CBAM(16), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten()]
+    return torch.nn.Sequential(*layers, torch.nn.Linear(16, 4)).eval()
+
+
+def test_weights_above_the_single_file_limit_go_to_external_data_and_a_smaller_export_removes_it(tmp_path, monkeypatch):
+    model, path = tiny(), tmp_path / "m.onnx"
+    monkeypatch.setattr(cbam.export, "ONNX_SINGLE_FILE_LIMIT", 0)
+    export_model(model, path, input_size=(3, 64, 64))
+    assert sorted(os.listdir(tmp_path)) == ["m.onnx", "m.onnx.data"]
+    assert onnx_max_difference(model, path, SHAPES).max_abs < 1e-5
+    monkeypatch.undo()
+    export_model(model, path, input_size=(3, 64, 64), force=True)
+    assert os.listdir(tmp_path) == ["m.onnx"]
+    assert onnx_max_difference(model, path, SHAPES).max_abs < 1e-5
+
+
+def unexported(*args, **kwargs):
+    pytest.fail("the export started before its output path was checked")
+
+
+@pytest.mark.parametrize("format", ["onnx", "torchscript"])
+def test_unwritable_outputs_are_refused_before_the_export_naming_the_users_path(tmp_path, monkeypatch, format):
+    monkeypatch.setattr(cbam.export, "_onnx_program", unexported)
+    monkeypatch.setattr(torch.jit, "script", unexported)
+    (tmp_path / "x.onnx").mkdir()
+    (tmp_path / "file").write_text("")
+    (tmp_path / "old.onnx").write_text("keep")
+    outputs = ["/dev/null/x.onnx", tmp_path / "x.onnx", tmp_path / "file/x.onnx", "/proc/x.onnx", tmp_path / "old.onnx"]
+    for output in outputs:
+        with pytest.raises(OutputError) as error:
+            export_model(tiny(), output, format)
+        assert str(output) in str(error.value) and ".tmp" not in str(error.value), error.value
+    assert "--force" in str(error.value) and (tmp_path / "old.onnx").read_text() == "keep"
+    assert sorted(os.listdir(tmp_path)) == ["file", "old.onnx", "x.onnx"] and not os.listdir(tmp_path / "x.onnx")
+
+
+@pytest.mark.parametrize("format", ["onnx", "torchscript", "torch-export"])
+def test_a_failed_export_leaves_no_file_and_keeps_the_one_it_would_replace(tmp_path, monkeypatch, format):
+    def broken(*args, **kwargs):
+        raise RuntimeError("exporter failed")
+
+    monkeypatch.setattr(cbam.export, "_onnx_program", broken)
+    monkeypatch.setattr(cbam.export, "export_program", broken)
+    monkeypatch.setattr(torch.jit, "script", broken)
+    with pytest.raises(RuntimeError, match="exporter failed"):
+        export_model(tiny(), tmp_path / "new.model", format)
+    (tmp_path / "old.model").write_text("keep")
+    with pytest.raises(RuntimeError, match="exporter failed"):
+        export_model(tiny(), tmp_path / "old.model", format, force=True)
+    assert os.listdir(tmp_path) == ["old.model"] and (tmp_path / "old.model").read_text() == "keep"
+
+
+@pytest.mark.parametrize("package", ["onnx", "onnxscript"])
+def test_a_missing_onnx_package_names_the_extra_before_any_work(tmp_path, monkeypatch, package):
+    monkeypatch.setattr(cbam.export, "_onnx_program", unexported)
+    monkeypatch.setitem(sys.modules, package, None)  # import fails as if not installed
+    with pytest.raises(DependencyError, match=rf"missing {package}: pip install 'cbam\[export\]'"):
+        export_model(tiny(), tmp_path / "m.onnx")
+    assert not os.listdir(tmp_path)
+
+
+def test_a_missing_onnxruntime_names_the_extra(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    with pytest.raises(DependencyError, match=r"onnxruntime: pip install 'cbam\[export\]'"):
+        onnx_max_difference(tiny(), tmp_path / "m.onnx", SHAPES)
+    with pytest.raises(DependencyError, match="missing onnxruntime"):
+        cbam.export.require_onnx(runtime=True)
 
 
 def calibrated(model: torch.nn.Module) -> torch.nn.Module:
