@@ -47,7 +47,37 @@ def test_cli_export_reports_the_onnxruntime_difference(tmp_path, capsys):
     out = capsys.readouterr().out
     assert code == 0 and "onnxruntime vs PyTorch over" in out and "of the largest output" in out
     assert main(["export", "--output", str(tmp_path / "x.onnx")]) == 2
-    assert "give --checkpoint FILE or a model name" in capsys.readouterr().err
+    assert "give --checkpoint FILE, a model name" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("output", "message"),
+    [
+        ("/dev/null/x.onnx", "/dev/null is a file, not a folder"),
+        ("{tmp}/folder.onnx", "is a folder; give the path of the file to write"),
+        ("{tmp}/existing.onnx", "existing.onnx exists; pass --force to replace it"),
+    ],
+)
+def test_cli_export_checks_its_output_before_any_work(tmp_path, capsys, output, message):
+    (tmp_path / "folder.onnx").mkdir()
+    (tmp_path / "existing.onnx").write_text("keep me")
+    code = main(["export", "--arch", "resnet18", "--output", output.format(tmp=tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+    assert (tmp_path / "existing.onnx").read_text() == "keep me"
+
+
+def test_cli_export_takes_a_plain_state_dict_with_the_network_named(tmp_path, capsys):
+    model = cbam.create_model("resnet18", attention="cbam", num_classes=10).eval()
+    torch.save(model.state_dict(), tmp_path / "plain.pth")
+    argv = ["export", "--checkpoint", str(tmp_path / "plain.pth"), "--format", "torchscript", "--input-size", "32"]
+    assert main([*argv, "--output", str(tmp_path / "no-arch.pt")]) == 2
+    assert "resnet18" not in capsys.readouterr().out
+    code = main([*argv, "--arch", "resnet18", "--attention", "cbam", "--model-arg", "num_classes=10",
+                 "--output", str(tmp_path / "m.pt")])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(torch.jit.load(str(tmp_path / "m.pt"))(x), model(x))
 
 
 def tiny() -> torch.nn.Module:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from cbam import __version__
@@ -21,6 +22,7 @@ from cbam.errors import UserError
 from cbam.explain import CAM_METHODS
 from cbam.export import EXPORT_FORMATS
 from cbam.layers.create import AttentionSpec, attention_names
+from cbam.outputs import check_output_file, check_writable_folder
 from cbam.paper import PAPER_TABLES
 from cbam.profile import (
     RowComparison,
@@ -157,7 +159,7 @@ TRAINING_FLAGS = {
     "--label-smoothing": ("label_smoothing", float, "label smoothing (default 0)"),
     "--image-size": ("image_size", int, "training crop and evaluation crop (paper: 224)"),
     "--eval-resize": ("eval_resize", int, "short side before the evaluation centre crop (paper: 256)"),
-    "--workers": ("workers", int, "data-loading processes per training process"),
+    "--workers": ("workers", int, "data-loading processes per training process (default: the CPUs available)"),
     "--seed": ("seed", int, "seed of initialisation, shuffling and augmentation"),
     "--amp-dtype": ("amp_dtype", str, "auto (bf16 on CPU, fp16 on CUDA), bfloat16 or float16"),
     "--device": ("device", str, "auto, cpu or cuda"),
@@ -176,7 +178,14 @@ TRAINING_SWITCHES = {
 def _add_training_arguments(parser: argparse.ArgumentParser, *, model: bool) -> None:
     parser.add_argument("--data", help="ImageNet-layout folder, cifar10, cifar100 or cluttered-digits")
     parser.add_argument("--output", required=True, help="run folder for checkpoints, metrics and reports")
-    parser.add_argument("--recipe", help=f"named recipe ({', '.join(recipe_names())}) or a YAML file of config keys")
+    parser.add_argument(
+        "--recipe",
+        help=f"named recipe ({', '.join(recipe_names())}) or a YAML file of config keys "
+        "(default: the dataset's own where it has one, else the paper's ImageNet recipe)",
+    )
+    parser.add_argument(
+        "--exist-ok", action="store_true", help="replace a run already in --output (else refused; see --resume)"
+    )
     if model:
         parser.add_argument("--arch", help="model name (see `cbam models`)")
         parser.add_argument("--attention", help=f"{', '.join(attention_names())}, or a JSON mapping")
@@ -204,6 +213,15 @@ def _training_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return values
 
 
+def _resume_request(recipe: str | None, overrides: dict[str, Any]) -> dict[str, Any]:
+    """What a resumed run's command line asks for: its recipe's values (if it names one), then its flags."""
+    from cbam.engine.config import read_recipe
+
+    requested: dict[str, Any] = {**read_recipe(recipe), "recipe": recipe} if recipe else {}
+    requested.update({k: v for k, v in overrides.items() if v is not None})
+    return requested
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -212,16 +230,16 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     overrides = _training_overrides(args)
     if args.resume is not None:
-        if args.recipe:
-            raise CommandError("a resumed run keeps its checkpoint's config; drop --recipe")
+        if args.exist_ok:
+            raise CommandError("--resume continues the run in --output and --exist-ok replaces it; give one")
         checkpoint = resolve_resume(args.resume, Path(args.output))
-        config = resume_config(checkpoint, **{k: v for k, v in overrides.items() if k != "data"})
+        config = resume_config(checkpoint, **_resume_request(args.recipe, overrides))
     else:
         if not args.data:
             raise CommandError("give --data (an ImageNet-layout folder, cifar10, cifar100 or cluttered-digits)")
         checkpoint = None
         config = build_config(args.recipe, **overrides)
-    result = fit(config, resume=checkpoint)
+    result = fit(config, resume=checkpoint, exist_ok=args.exist_ok)
     final = result.final
     print(
         f"done: val top-1 error {final['val_top1_error']:.2f}%, top-5 {final['val_top5_error']:.2f}% "
@@ -252,13 +270,27 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+FIGURE_FORMATS: tuple[str, ...] = (".png", ".pdf", ".svg")
+
+
 def cmd_cam(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from cbam.explain.figure import draw_figure, load_networks, write_gallery
 
+    if args.list_layers:
+        networks, _ = load_networks([Path(args.checkpoint[0])])
+        print("\n".join(name for name, _ in networks[0].model.named_modules() if name))
+        return 0
     if not (args.output or args.html):
-        raise CommandError("give --output FIGURE (.png or .pdf), --html FOLDER, or both")
+        raise CommandError("give --output FIGURE (.png, .pdf or .svg), --html FOLDER, or both")
+    if args.output:
+        if Path(args.output).suffix.lower() not in FIGURE_FORMATS:
+            raise CommandError(f"--output {args.output}: the figure's name must end in {', '.join(FIGURE_FORMATS)}")
+        check_output_file(args.output, force=args.force)
+    if args.html:
+        check_writable_folder(Path(args.html), "gallery folder")
+        check_output_file(Path(args.html) / "index.html", force=args.force)
     networks, trained_on = load_networks([Path(p) for p in args.checkpoint])
     data = args.data or trained_on
     if not data:
@@ -297,6 +329,8 @@ def cmd_localize(args: argparse.Namespace) -> int:
         "limit": args.limit,
         "device": args.device,
     }
+    if args.csv:
+        check_output_file(args.csv, force=args.force)
     scores = [localize_checkpoint(Path(path), args.data, **options) for path in args.checkpoint]
     if args.json:
         print(json.dumps([s.to_dict() for s in scores], indent=2))
@@ -322,7 +356,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if not args.data:
         raise CommandError("give --data (an ImageNet-layout folder, cifar10, cifar100 or cluttered-digits)")
     config = build_config(args.recipe, **_training_overrides(args))
-    comparison = run_compare(args.preset, config, Path(args.output), archs=args.arch)
+    comparison = run_compare(args.preset, config, Path(args.output), archs=args.arch, exist_ok=args.exist_ok)
     print(f"\n## {args.preset} on {args.data}\n")
     print(format_markdown_table(comparison.header, comparison.rows))
     print(f"\nwritten: {Path(args.output) / 'comparison.md'}, comparison.csv, curves.png")
@@ -332,6 +366,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_convert(args: argparse.Namespace) -> int:
     from cbam.convert import convert_file
 
+    check_output_file(args.destination, force=args.force)
     network = convert_file(args.source, args.destination)
     print(
         f"{args.source}: {network.arch} attention={json.dumps(network.attention)}, {network.num_classes} classes "
@@ -341,19 +376,23 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from cbam.export import export_model, onnx_max_difference
+    from cbam.export import export_model, onnx_max_difference, require_onnx
 
-    if bool(args.checkpoint) == bool(args.arch):
-        raise CommandError("give --checkpoint FILE or a model name (--arch), one of them")
+    if not (args.checkpoint or args.arch):
+        raise CommandError("give --checkpoint FILE, a model name (--arch) for fresh weights, or both")
+    check_output_file(args.output, force=args.force)
+    if args.format == "onnx":
+        require_onnx(runtime=True)
+    attention = _parse_attention(args.attention) if args.attention else None
+    model_kwargs = _parse_model_args(args.model_arg)
     if args.checkpoint:
         from cbam.convert import load_pretrained
 
-        model = load_pretrained(args.checkpoint, verbose=False)
+        model = load_pretrained(args.checkpoint, args.arch, attention=attention, **model_kwargs)
     else:
-        attention = _parse_attention(args.attention) if args.attention else None
-        model = create_model(args.arch, attention=attention, **_parse_model_args(args.model_arg))
+        model = create_model(args.arch, attention=attention, **model_kwargs)
     size = (3, args.input_size, args.input_size)
-    path = export_model(model, args.output, args.format, size)
+    path = export_model(model, args.output, args.format, size, force=args.force)
     print(f"wrote {path} ({args.format}; batch, height and width dynamic)")
     if args.format == "onnx":
         shapes = [(1, *size), (2, 3, args.input_size + 32, args.input_size + 16)]
@@ -415,7 +454,7 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="?",
         const="last",
         metavar="CHECKPOINT",
-        help="continue from the last checkpoint in --output, or from CHECKPOINT",
+        help="continue from the last checkpoint in --output, or from CHECKPOINT; flags equal to the run's are accepted",
     )
     train.set_defaults(func=cmd_train)
 
@@ -426,7 +465,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--data", help="dataset (default: the one the checkpoint was trained on)")
     evaluate.add_argument("--split", default="val", help="val (default) or test")
     evaluate.add_argument("--batch-size", type=int, default=64)
-    evaluate.add_argument("--workers", type=int, default=2)
+    evaluate.add_argument("--workers", type=int, help="data-loading processes (default: the CPUs available)")
     evaluate.add_argument("--device", default="auto")
     evaluate.add_argument("--json", action="store_true", help="print top1_error, top5_error, loss, images as JSON")
     evaluate.set_defaults(func=cmd_eval)
@@ -450,6 +489,8 @@ def build_parser() -> argparse.ArgumentParser:
     cam.add_argument("--attention-maps", action="store_true", help="add each CBAM stage's spatial map Ms")
     cam.add_argument("--output", help="the figure (.png, or .pdf)")
     cam.add_argument("--html", help="also (or instead) an HTML gallery in this folder, one row per image")
+    cam.add_argument("--force", action="store_true", help="replace an existing figure or gallery page")
+    cam.add_argument("--list-layers", action="store_true", help="print the first checkpoint's module names and stop")
     cam.set_defaults(func=cmd_cam)
 
     localize = commands.add_parser(
@@ -467,6 +508,7 @@ def build_parser() -> argparse.ArgumentParser:
     localize.add_argument("--device", default="auto")
     localize.add_argument("--json", action="store_true", help="print the scores as JSON")
     localize.add_argument("--csv", help="also write the table to this CSV file")
+    localize.add_argument("--force", action="store_true", help="replace an existing --csv file")
     localize.set_defaults(func=cmd_localize)
 
     add_survey_commands(commands)
@@ -475,16 +517,22 @@ def build_parser() -> argparse.ArgumentParser:
     convert = commands.add_parser("convert", help="an authors' checkpoint (Jongchan/attention-module) -> safetensors")
     convert.add_argument("source", help="their .pth.tar (train_imagenet.py's checkpoint)")
     convert.add_argument("destination", help="the .safetensors file to write")
+    convert.add_argument("--force", action="store_true", help="replace an existing destination file")
     convert.set_defaults(func=cmd_convert)
 
     export = commands.add_parser("export", help="ONNX (checked with onnxruntime), TorchScript or torch.export")
-    export.add_argument("--checkpoint", help="a cbam checkpoint, .safetensors file or authors' checkpoint")
-    export.add_argument("--arch", help="or a model name, with fresh weights")
+    export.add_argument(
+        "--checkpoint", help="a cbam checkpoint, .safetensors file, authors' checkpoint or plain state dict"
+    )
+    export.add_argument(
+        "--arch", help="the network: alone, with fresh weights; with --checkpoint, for a file that does not record it"
+    )
     export.add_argument("--attention", help="with --arch: the attention")
     export.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE", help="with --arch")
     export.add_argument("--format", default="onnx", choices=EXPORT_FORMATS)
     export.add_argument("--output", required=True, help="file to write (.onnx, .pt, .pt2)")
     export.add_argument("--input-size", type=int, default=224, help="example image side (default 224)")
+    export.add_argument("--force", action="store_true", help="replace an existing --output file")
     export.set_defaults(func=cmd_export)
     return parser
 
@@ -500,23 +548,30 @@ def _os_error_line(err: OSError) -> str:
     return f"{err.strerror or type(err).__name__}: {err.filename}"
 
 
-def _configure_logging() -> None:
-    """The library logs; the command line shows its INFO messages plainly on stderr."""
+@contextlib.contextmanager
+def _command_logging() -> Iterator[None]:
+    """While a command runs, the library's INFO messages are shown plainly on stderr; afterwards the `cbam`
+    logger is as it was (so a program or test that calls `main` keeps its own logging)."""
+    logger = logging.getLogger("cbam")
+    saved = (logger.handlers[:], logger.level, logger.propagate)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(message)s"))
-    root = logging.getLogger("cbam")
-    root.handlers[:] = [handler]
-    root.setLevel(logging.INFO)
-    root.propagate = False
+    logger.handlers[:] = [handler]
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    try:
+        yield
+    finally:
+        logger.handlers[:], logger.level, logger.propagate = saved
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command: a user's mistake is one line and exit 2; a bug in cbam is a traceback and exit 1."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    _configure_logging()
     try:
-        return args.func(args)
+        with _command_logging():
+            return args.func(args)
     except (UserError, OSError) as err:
         if _show_traceback(args):
             traceback.print_exc()

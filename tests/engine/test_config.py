@@ -1,6 +1,16 @@
+import os
+
 import pytest
 
-from cbam.engine.config import TrainConfig, build_config, config_from_dict, read_recipe, recipe_names
+from cbam.engine.config import (
+    TrainConfig,
+    build_config,
+    config_from_dict,
+    read_recipe,
+    recipe_names,
+    resumed_config,
+)
+from cbam.errors import ConfigError
 from cbam.paper import load_tables
 
 
@@ -15,7 +25,7 @@ def test_defaults_are_the_papers_imagenet_recipe():
     )
     assert (config.momentum, config.weight_decay, config.batch_size) == (0.9, 1e-4, 256)
     assert (config.image_size, config.eval_resize, config.hflip, config.lr_schedule) == (224, 256, True, "step")
-    assert build_config("imagenet", data="x", output="y") == TrainConfig(data="x", output="y")
+    assert build_config("imagenet", data="x", output="y") == TrainConfig(data="x", output="y", recipe="imagenet")
 
 
 def test_learning_rate_scales_linearly_with_the_global_batch():
@@ -58,6 +68,31 @@ def test_recipes_refuse_unknown_keys_names_and_files(tmp_path):
         read_recipe(str(bad))
     with pytest.raises(ValueError, match="unknown recipe 'imagent'; did you mean imagenet"):
         read_recipe("imagent")
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    with pytest.raises(ConfigError, match="does not exist"):
         read_recipe(str(tmp_path / "missing.yaml"))
     assert "imagenet" in recipe_names()
+
+
+def test_a_built_in_dataset_gets_its_own_recipe_unless_one_is_named():
+    digits = build_config(None, data="cluttered-digits")
+    assert (digits.recipe, digits.image_size, digits.epochs) == ("cluttered-digits", 64, 4)
+    paper = build_config("imagenet", data="cluttered-digits")
+    assert (paper.recipe, paper.image_size, paper.epochs) == ("imagenet", 224, 90)
+    assert build_config(None, data="some/folder").recipe == ""
+
+
+def test_a_data_folder_is_recorded_as_an_absolute_path(tmp_path, monkeypatch):
+    (tmp_path / "tiny").mkdir()
+    monkeypatch.chdir(tmp_path)
+    config = build_config(None, data="tiny")
+    assert config.data == str(tmp_path / "tiny") and os.path.isabs(config.data)
+    assert build_config(None, data="cifar10").data == "cifar10"  # names stay names
+
+
+def test_resuming_accepts_equal_values_and_names_each_real_change():
+    saved = build_config("cluttered-digits", data="cluttered-digits", output="o", lr=0.01)
+    same = {**read_recipe("cluttered-digits"), "recipe": "cluttered-digits", "lr": 0.01, "data": "cluttered-digits"}
+    assert resumed_config(saved, same, ("epochs",)) == saved
+    assert resumed_config(saved, {"epochs": 9}, ("epochs",)).epochs == 9
+    with pytest.raises(ConfigError, match=r"lr 0.01 -> 0.02; batch_size 32 -> 64\. Only epochs may change"):
+        resumed_config(saved, {"lr": 0.02, "batch_size": 64, "epochs": 9}, ("epochs",))

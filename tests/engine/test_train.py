@@ -3,15 +3,17 @@
 import csv
 import dataclasses
 import json
+import logging
 
 import pytest
 import torch
 
-from cbam.data.loading import DataError
+from cbam.data.loading import DataError, Skipped
 from cbam.engine import train as train_module
 from cbam.engine.checkpoint import CheckpointError, load_checkpoint
 from cbam.engine.evaluate import evaluate_checkpoint
-from cbam.engine.train import TrainingError, fit, lr_factor, resume_config
+from cbam.engine.train import SkipLog, TrainingError, fit, lr_factor, merged_batches, resume_config
+from cbam.errors import OutputError
 from tests.conftest import kill_after_first_checkpoint
 from tests.engine.conftest import tiny_config, write_image_folder
 
@@ -46,8 +48,9 @@ def test_an_interrupted_run_resumed_ends_with_the_same_weights(image_folder, tmp
 
 def test_resume_refuses_to_change_the_recipe(image_folder, tmp_path):
     fit(tiny_config(image_folder, tmp_path / "run", epochs=1))
-    with pytest.raises(ValueError, match="cannot change lr"):
+    with pytest.raises(ValueError, match=r"changes it: lr 0.8 -> 0.1\. Only epochs"):
         resume_config(tmp_path / "run" / "last.pt", lr=0.1)
+    assert resume_config(tmp_path / "run" / "last.pt", lr=0.8, epochs=2).epochs == 2  # equal values are accepted
 
 
 def test_evaluation_of_a_checkpoint_and_its_safetensors_agree(image_folder, tmp_path):
@@ -67,16 +70,25 @@ def test_a_class_count_that_does_not_match_the_checkpoint_is_refused(image_folde
         evaluate_checkpoint(tmp_path / "run" / "best.pt", str(other), workers=0)
 
 
-def test_corrupt_images_are_skipped_with_one_warning_each_and_counted(image_folder, tmp_path):
+def test_corrupt_images_are_skipped_with_one_log_line_each_and_counted(image_folder, tmp_path, caplog):
     broken = image_folder / "train" / "class0" / "broken.png"
     good = (image_folder / "train" / "class0" / "000.png").read_bytes()
     broken.write_bytes(good[: len(good) // 2])  # a truncated file
     (image_folder / "val" / "class1" / "not-an-image.png").write_text("hello")
-    with pytest.warns(UserWarning, match="skipping unreadable image") as caught:
+    with caplog.at_level(logging.WARNING, logger="cbam"):
         run = fit(tiny_config(image_folder, tmp_path / "run", epochs=2, batch_size=4))
-    paths = [str(w.message) for w in caught if "skipping unreadable" in str(w.message)]
-    assert sum("broken.png" in p for p in paths) == 1 and sum("not-an-image.png" in p for p in paths) == 1
+    paths = [r.getMessage() for r in caplog.records if "skipping unreadable" in r.getMessage()]
+    assert sum(str(broken) in p for p in paths) == 1 and sum("not-an-image.png" in p for p in paths) == 1
     assert run.history[-1]["skipped_images"] >= 3  # the val file twice (each epoch), the train file at least once
+
+
+def test_batches_that_skipping_leaves_too_small_are_merged_and_the_rest_counted():
+    skips = SkipLog()
+    bad = Skipped("x.png", "truncated")
+    loader = [([1, 2], "ab", []), ([3], "c", [bad]), ([4, 5], "de", []), ([], "", [bad, bad]), ([6], "f", [bad])]
+    merged = list(merged_batches(loader, skips, 2, len, lambda a, b: a + b))
+    assert merged == [([1, 2], "ab"), ([3, 4, 5], "cde")]
+    assert (skips.count, skips.dropped) == (4, 1)
 
 
 def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_checkpoint(image_folder, tmp_path, monkeypatch):
@@ -108,9 +120,9 @@ def test_missing_or_empty_data_and_unwritable_output_get_clear_errors(tmp_path, 
     with pytest.raises(DataError, match="holds no class folders"):
         fit(tiny_config(tmp_path / "empty", tmp_path / "run"))
     (tmp_path / "file").write_text("not a folder")
-    with pytest.raises(TrainingError, match="cannot write to the output folder"):
+    with pytest.raises(OutputError, match="file is not a folder"):
         fit(tiny_config(image_folder, tmp_path / "file" / "run"))
-    with pytest.raises(CheckpointError, match="cannot be read"):
+    with pytest.raises(CheckpointError, match="not a checkpoint cbam can read safely"):
         (tmp_path / "junk.pt").write_bytes(b"junk")
         fit(tiny_config(image_folder, tmp_path / "run2"), resume=tmp_path / "junk.pt")
 

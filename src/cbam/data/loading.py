@@ -72,6 +72,25 @@ def open_split(data: str, split: str, *, download: bool = False) -> Dataset:
     return _image_folder(Path(data), split)
 
 
+def data_location(data: str) -> str:
+    """A dataset name as it is; an existing folder as an absolute path, so a run's record of its data still
+    holds when read from another folder."""
+    if not data or data in NAMED_DATASETS or not Path(data).expanduser().exists():
+        return data
+    return str(Path(data).expanduser().resolve())
+
+
+def default_workers() -> int:
+    """Data-loading processes per training process: the CPUs this process may use, shared among the processes
+    of this machine (torchrun's LOCAL_WORLD_SIZE), at most 8."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return max(1, min(8, cpus // max(1, local_processes)))
+
+
 def class_names(dataset: Dataset) -> list[str]:
     classes = getattr(dataset, "classes", None)
     if not classes:

@@ -9,7 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from cbam._cli_args import parse_key_values
+from cbam.data.loading import default_workers
 from cbam.errors import ConfigError
+from cbam.outputs import check_output_file
 from cbam.report import format_markdown_table, write_csv
 
 
@@ -27,18 +29,22 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from cbam.detection.config import build_detect_config
-    from cbam.detection.engine import RESUME_OVERRIDABLE, fit_detector, resume_detect_config
+    from cbam.detection.config import PRESETS, build_detect_config
+    from cbam.detection.engine import fit_detector, resume_detect_config
     from cbam.engine.train import resolve_resume
 
     overrides = _overrides(args)
     if args.resume is not None:
+        if args.exist_ok:
+            raise ConfigError("--resume continues the run in --output and --exist-ok replaces it; give one")
         checkpoint = resolve_resume(args.resume, Path(args.output))
-        config = resume_detect_config(checkpoint, **{k: overrides[k] for k in RESUME_OVERRIDABLE})
+        requested = {**PRESETS[args.preset], "recipe": args.preset} if args.preset else {}
+        requested.update({k: v for k, v in overrides.items() if v is not None})
+        config = resume_detect_config(checkpoint, **requested)
     else:
         checkpoint = None
         config = build_detect_config(args.preset, **overrides)
-    result = fit_detector(config, resume=checkpoint)
+    result = fit_detector(config, resume=checkpoint, exist_ok=args.exist_ok)
     print(f"done: best {100 * result.best_map:.2f} mAP at epoch {result.best_epoch}; run in {result.output}")
     return 0
 
@@ -73,6 +79,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from cbam.engine.distributed import init_distributed
     from cbam.engine.train import SkipLog
 
+    if args.save_predictions:
+        check_output_file(args.save_predictions, force=args.force)
     dist = init_distributed(args.device)
     loaded = load_detector(Path(args.checkpoint), dist.device)
     config = loaded.config
@@ -85,7 +93,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         )
     metric = args.metric or config.metric
     skips = SkipLog()
-    loader = eval_loader(dataset, args.batch_size, args.workers, dist)
+    workers = default_workers() if args.workers is None else args.workers
+    loader = eval_loader(dataset, args.batch_size, workers, dist)
     found = collect_detections(loaded.model, loader, config, dist, skips)
     if not dist.is_main:
         return 0
@@ -115,7 +124,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from cbam.detection.predict import predict_files
 
     written = predict_files(Path(args.checkpoint), [Path(p) for p in args.images], Path(args.output),
-                            score_threshold=args.score_threshold, device=args.device)  # fmt: skip
+                            score_threshold=args.score_threshold, device=args.device, force=args.force)  # fmt: skip
     print(f"{len(written)} images with their detections drawn in {args.output}; detections.json beside them")
     return 0
 
@@ -131,7 +140,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     base = build_detect_config(recipe, **overrides)
     runs = Path(args.backbone_runs) if args.backbone_runs else None
     header, rows = compare_detectors(args.preset, base, Path(args.output), backbones=args.backbone,
-                                     backbone_runs=runs)  # fmt: skip
+                                     backbone_runs=runs, exist_ok=args.exist_ok)  # fmt: skip
     print(f"\n## {args.preset} on {base.data}\n")
     print(format_markdown_table(header, rows))
     print(f"\nwritten: {Path(args.output) / 'comparison.md'}, comparison.csv")
@@ -141,6 +150,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_profile(args: argparse.Namespace) -> int:
     from cbam.detection.tables import DetectRow, count_parameters, profile_table
 
+    if args.csv:
+        check_output_file(args.csv, force=args.force)
     if args.preset:
         header, rows, records = profile_table(args.preset, args.backbone)
     elif args.detector and args.backbone and len(args.backbone) == 1:
@@ -171,6 +182,9 @@ def cmd_models(args: argparse.Namespace) -> int:
 def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", help="cluttered-digits (default), a VOC folder or a COCO folder")
     parser.add_argument("--output", required=True, help="run folder for checkpoints, metrics and reports")
+    parser.add_argument(
+        "--exist-ok", action="store_true", help="replace a run already in --output (else refused; see --resume)"
+    )
     parser.add_argument("--backbone-weights", help="a `cbam train` checkpoint or torchvision-layout state dict")
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--iterations", type=int, help="run length in steps (instead of epochs)")
@@ -194,7 +208,9 @@ def add_detect_commands(commands: argparse._SubParsersAction) -> None:
     actions = detect.add_subparsers(dest="detect_command", required=True, metavar="ACTION")
 
     train = actions.add_parser("train", help="train a detector (default: Faster R-CNN C4 on cluttered-digits)")
-    train.add_argument("--preset", default="cluttered-digits", choices=sorted(PRESETS), help="a recipe")
+    train.add_argument(
+        "--preset", choices=sorted(PRESETS), help="a recipe (default: the dataset's own where it has one)"
+    )
     train.add_argument("--detector", help="see `cbam detect models`")
     train.add_argument("--backbone", help="resnet18/50/101, resnext..., vgg16, mobilenet_v1")
     train.add_argument("--attention", help="none, se, cbam, ...")
@@ -208,10 +224,11 @@ def add_detect_commands(commands: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--split", help="default: the run's validation split")
     evaluate.add_argument("--metric", choices=["coco", "voc07", "voc"], help="default: the run's")
     evaluate.add_argument("--batch-size", type=int, default=8)
-    evaluate.add_argument("--workers", type=int, default=2)
+    evaluate.add_argument("--workers", type=int, help="data-loading processes (default: the CPUs available)")
     evaluate.add_argument("--device", default="auto")
     evaluate.add_argument("--json", action="store_true")
     evaluate.add_argument("--save-predictions", metavar="FILE", help="the detections in COCO results format")
+    evaluate.add_argument("--force", action="store_true", help="replace an existing --save-predictions file")
     evaluate.set_defaults(func=cmd_eval)
 
     predict = actions.add_parser("predict", help="draw a checkpoint's detections on images")
@@ -220,6 +237,7 @@ def add_detect_commands(commands: argparse._SubParsersAction) -> None:
     predict.add_argument("--output", required=True, help="folder for the drawn PNGs and detections.json")
     predict.add_argument("--score-threshold", type=float, default=0.5)
     predict.add_argument("--device", default="auto")
+    predict.add_argument("--force", action="store_true", help="replace the drawings of an earlier prediction")
     predict.set_defaults(func=cmd_predict)
 
     compare = actions.add_parser("compare", help="train the rows of Table 7 or 8 under one recipe and seed")
@@ -240,7 +258,8 @@ def add_detect_commands(commands: argparse._SubParsersAction) -> None:
     profile.add_argument("--num-classes", type=int, default=20, help="object classes, without the background")
     profile.add_argument("--detector-arg", action="append", default=[], metavar="KEY=VALUE")
     profile.add_argument("--json", action="store_true")
-    profile.add_argument("--csv")
+    profile.add_argument("--csv", help="also write the table to this CSV file")
+    profile.add_argument("--force", action="store_true", help="replace an existing --csv file")
     profile.set_defaults(func=cmd_profile)
 
     models = actions.add_parser("models", help="list the registered detectors")

@@ -1,6 +1,7 @@
 """What a detection run needs (`DetectConfig`) and the paper's recipes as presets.
 
-Precedence, lowest first: the dataclass defaults, a preset, then explicit overrides.
+Precedence, lowest first: the dataclass defaults, a preset, then explicit overrides. With no preset named,
+a built-in dataset gets its own (`cluttered-digits`); other data gets the defaults.
 
     cluttered-digits   the CPU-sized default: Faster R-CNN C4 on ResNet-18, 64 px digits seen at 128 px
     coco-faster-rcnn   Table 7: COCO 2014 train + val minus the 5k minival (that is COCO 2017 train; minival is
@@ -16,6 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from cbam.data.loading import data_location, default_workers
 from cbam.errors import ConfigError, unknown_name
 
 METRICS: tuple[str, ...] = ("coco", "voc07", "voc")
@@ -28,8 +30,9 @@ class DetectConfig:
     learning rate warms up linearly for `warmup_iterations` and drops by `lr_gamma` at each fraction of the
     run in `lr_milestones`."""
 
-    data: str = "cluttered-digits"
+    data: str = "cluttered-digits"  # a dataset name, or a folder (kept as an absolute path)
     output: str = ""
+    recipe: str = ""  # the preset the values came from; "" for the defaults
     detector: str = "faster_rcnn_c4"
     backbone: str = "resnet18"
     attention: Any = "none"
@@ -49,12 +52,17 @@ class DetectConfig:
     lr_gamma: float = 0.1
     hflip: bool = True
     metric: str = "coco"
-    workers: int = 2
+    workers: int = field(default_factory=default_workers)
     seed: int = 0
     amp: bool = False
     device: str = "auto"
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "data", data_location(self.data))
+        if self.backbone_weights:
+            object.__setattr__(self, "backbone_weights", data_location(self.backbone_weights))
+        object.__setattr__(self, "lr_milestones", tuple(self.lr_milestones))
+        object.__setattr__(self, "detector_kwargs", dict(self.detector_kwargs))
         checks = [
             (self.epochs >= 1, f"epochs must be at least 1, got {self.epochs}"),
             (self.iterations >= 0, f"iterations must be 0 (use epochs) or more, got {self.iterations}"),
@@ -111,7 +119,6 @@ PRESETS: dict[str, dict[str, Any]] = {
         "warmup_iterations": 50,
         "hflip": False,
         "metric": "coco",
-        "workers": 1,
     },
     "coco-faster-rcnn": {
         "detector": "faster_rcnn_c4",
@@ -125,7 +132,6 @@ PRESETS: dict[str, dict[str, Any]] = {
         "weight_decay": 1e-4,
         "warmup_iterations": 0,
         "metric": "coco",
-        "workers": 4,
     },
     "voc-stairnet": {
         "detector": "stairnet300",
@@ -140,19 +146,24 @@ PRESETS: dict[str, dict[str, Any]] = {
         "warmup_iterations": 500,
         "lr_milestones": [0.6, 0.8],
         "metric": "voc07",
-        "workers": 4,
     },
 }
 
 
+# Built-in datasets with a preset of their own, used when no preset is named.
+DATASET_PRESETS: dict[str, str] = {"cluttered-digits": "cluttered-digits"}
+
+
 def build_detect_config(preset: str | None = None, **overrides: Any) -> DetectConfig:
-    """The defaults, then `preset`, then every override that is not None; `detector_kwargs` given are added to
-    the preset's."""
+    """The defaults, then `preset` (the dataset's own when none is named), then every override that is not None;
+    `detector_kwargs` given are added to the preset's."""
     values: dict[str, Any] = {}
+    preset = preset or DATASET_PRESETS.get(overrides.get("data") or DetectConfig.data)
     if preset is not None:
         if preset not in PRESETS:
             raise unknown_name("detection preset", preset, PRESETS)
         values.update(PRESETS[preset])
+        values["recipe"] = preset
     given = {k: v for k, v in overrides.items() if v is not None}
     if preset == "cluttered-digits" and "detector" in given:
         values["detector_kwargs"] = SMALL_INPUT_KWARGS.get(given["detector"], {})
@@ -167,9 +178,4 @@ def detect_config_from_dict(values: Mapping[str, Any]) -> DetectConfig:
     unknown = sorted(set(values) - known)
     if unknown:
         raise ConfigError(f"unknown detection config keys: {', '.join(unknown)}; valid: {', '.join(sorted(known))}")
-    values = dict(values)
-    if "lr_milestones" in values:
-        values["lr_milestones"] = tuple(values["lr_milestones"])
-    if "detector_kwargs" in values:
-        values["detector_kwargs"] = dict(values["detector_kwargs"])
     return DetectConfig(**values)

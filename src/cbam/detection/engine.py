@@ -8,8 +8,8 @@ that stops being finite ends the run with the last checkpoint kept.
 
 from __future__ import annotations
 
-import dataclasses
 import json
+import logging
 import math
 import time
 from dataclasses import dataclass
@@ -38,21 +38,23 @@ from cbam.detection.transforms import (
     ssd_train_transforms,
 )
 from cbam.engine.checkpoint import CheckpointError, atomic_write, load_checkpoint, save_checkpoint
-from cbam.engine.distributed import Distributed, all_reduce_sum, init_distributed
+from cbam.engine.config import resumed_config
+from cbam.engine.distributed import Distributed, all_reduce_sum, init_distributed, uneven_steps
+from cbam.engine.run_folder import BEST, CONFIG_FILE, LAST, SUMMARY_FILE, claimed_run_folder
 from cbam.engine.train import (
-    BEST,
-    LAST,
+    MIN_TRAIN_BATCH,
     SkipLog,
     TrainingError,
     _autocast,
-    _check_writable,
     _progress,
     _write_metrics,
+    merged_batches,
     restore_training_state,
-    resume_overrides,
     training_state,
 )
 from cbam.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = "cbam.detection-checkpoint/1"
 # What a resumed run may change; everything else comes from the checkpoint's config.
@@ -223,30 +225,30 @@ def train_one_epoch(
     steps, images_seen = 0, 0
     start = time.perf_counter()
     progress = _progress(min(len(loader), steps_left) * config.batch_size, desc, dist.is_main)
-    for images, targets, skipped in loader:
-        skips.add(skipped)
-        if steps >= steps_left:
-            break
-        if not images:
-            continue
-        images = [image.to(dist.device, non_blocking=True) for image in images]
-        with _autocast(dist.device, amp_dtype(config, dist.device)):
-            losses = model(images, _training_targets(targets, dist.device))
-        loss = sum(losses.values())
-        if not torch.isfinite(loss.detach()).item():
-            parts = ", ".join(f"{k} {v.item():.4g}" for k, v in losses.items())
-            raise TrainingError(f"the loss became {loss.item()} ({parts}); stopping, the last checkpoint is kept")
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        scheduler.step()
-        steps += 1
-        images_seen += len(images)
-        for key, value in {"loss": loss, **losses}.items():
-            totals[key] = totals.get(key, 0.0) + value.item()
-        progress.update(len(images) * dist.world_size)
-        progress.set_postfix(loss=f"{loss.item():.3f}")
+    min_size = min(MIN_TRAIN_BATCH, loader.batch_size or 1)
+    batches = merged_batches(loader, skips, min_size, len, lambda a, b: [*a, *b])
+    with uneven_steps(model):
+        for images, targets in batches:
+            if steps >= steps_left:
+                break
+            images = [image.to(dist.device, non_blocking=True) for image in images]
+            with _autocast(dist.device, amp_dtype(config, dist.device)):
+                losses = model(images, _training_targets(targets, dist.device))
+            loss = sum(losses.values())
+            if not torch.isfinite(loss.detach()).item():
+                parts = ", ".join(f"{k} {v.item():.4g}" for k, v in losses.items())
+                raise TrainingError(f"the loss became {loss.item()} ({parts}); stopping, the last checkpoint is kept")
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            steps += 1
+            images_seen += len(images)
+            for key, value in {"loss": loss, **losses}.items():
+                totals[key] = totals.get(key, 0.0) + value.item()
+            progress.update(len(images) * dist.world_size)
+            progress.set_postfix(loss=f"{loss.item():.3f}")
     progress.close()
     elapsed = time.perf_counter() - start
     summed = all_reduce_sum(
@@ -328,10 +330,11 @@ class DetectRunResult:
         return dict(self.__dict__)
 
 
-def resume_detect_config(checkpoint: Path, **overrides: Any) -> DetectConfig:
-    """The config saved in `checkpoint`, with the few values a resumed run may change."""
-    changes = resume_overrides(overrides, RESUME_OVERRIDABLE)
-    return dataclasses.replace(detect_config_from_dict(read_detection_checkpoint(checkpoint)["config"]), **changes)
+def resume_detect_config(checkpoint: Path, **requested: Any) -> DetectConfig:
+    """The config saved in `checkpoint`, with what a resumed run asks for: values equal to the saved ones are
+    accepted, real changes only to `RESUME_OVERRIDABLE`."""
+    saved = detect_config_from_dict(read_detection_checkpoint(checkpoint)["config"])
+    return resumed_config(saved, {k: v for k, v in requested.items() if v is not None}, RESUME_OVERRIDABLE)
 
 
 def read_detection_checkpoint(path: Path) -> dict[str, Any]:
@@ -342,14 +345,20 @@ def read_detection_checkpoint(path: Path) -> dict[str, Any]:
     return state
 
 
-def fit_detector(config: DetectConfig, resume: Path | None = None) -> DetectRunResult:
+def fit_detector(config: DetectConfig, resume: Path | None = None, *, exist_ok: bool = False) -> DetectRunResult:
     """Train `config` to the end, checkpointing every epoch; continue from `resume` if given (exactly: the
-    resumed run ends with the weights an uninterrupted one would have)."""
+    resumed run ends with the weights an uninterrupted one would have). A folder that already holds a run is
+    refused unless resuming, or `exist_ok` (which replaces it)."""
     dist = init_distributed(config.device)
-    output = Path(config.output)
-    if dist.is_main:
-        _check_writable(output)
+    with torch.device("meta"):  # a bad detector, backbone or option is refused before any data is read
+        build_detector(config, 2, with_backbone_weights=False)
     state = read_detection_checkpoint(resume) if resume is not None else None
+    with claimed_run_folder(Path(config.output), resume=state is not None, exist_ok=exist_ok, main=dist.is_main):
+        return _train_detector(config, state, dist)
+
+
+def _train_detector(config: DetectConfig, state: dict[str, Any] | None, dist: Distributed) -> DetectRunResult:
+    output = Path(config.output)
     torch.manual_seed(config.seed)
     data = open_data(config, dist)
     if state is not None and state.get("classes") != data.classes:
@@ -375,13 +384,13 @@ def fit_detector(config: DetectConfig, resume: Path | None = None) -> DetectRunR
         model = DistributedDataParallel(model, device_ids=[dist.device.index] if dist.device.type == "cuda" else None)
     params = sum(p.numel() for p in raw_model.parameters())
     if dist.is_main:
-        (output / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
-        print(
-            f"{config.detector} on {config.backbone} attention={json.dumps(config.attention)}: {params:,} params; "
-            f"{len(data.train_set)} train / {len(data.val_set)} val images, {len(data.classes)} classes; "
-            f"{total_steps} steps of {config.batch_size}; {dist.world_size} process(es) on {dist.device}",
-            flush=True,
-        )
+        log.info(
+            "%s on %s attention=%s: %s params; %d train / %d val images, %d classes; %d steps of %d; "
+            "%d process(es) on %s; recipe: %s",
+            config.detector, config.backbone, json.dumps(config.attention), f"{params:,}", len(data.train_set),
+            len(data.val_set), len(data.classes), total_steps, config.batch_size, dist.world_size, dist.device,
+            config.recipe or "the defaults",
+        )  # fmt: skip
     skips = SkipLog()
     for epoch in range(start_epoch, epochs):
         epoch_start = time.perf_counter()
@@ -396,13 +405,14 @@ def fit_detector(config: DetectConfig, resume: Path | None = None) -> DetectRunR
         found = collect_detections(raw_model, data.val_loader, config, dist, skips)
         metrics, _ = score(found, data.val_set, config.metric, data.classes, data.category_ids)
         value = headline(metrics, config.metric)
-        skipped = int(all_reduce_sum(torch.tensor([float(skips.count)], device=dist.device)).item())
+        skipped, dropped = all_reduce_sum(torch.tensor([float(skips.count), float(skips.dropped)], device=dist.device))
         row = {
             "epoch": epoch + 1,
             "lr": lr,
             **stats,
             **{f"val_{k}": v for k, v in metrics.items() if isinstance(v, float)},
-            "skipped_images": skipped,
+            "skipped_images": int(skipped.item()),
+            "dropped_images": int(dropped.item()),
             "epoch_seconds": time.perf_counter() - epoch_start,
         }
         history.append(row)
@@ -410,11 +420,10 @@ def fit_detector(config: DetectConfig, resume: Path | None = None) -> DetectRunR
             best_map, best_epoch = value, epoch + 1
         if dist.is_main:
             name = "mAP@[.5:.95]" if config.metric == "coco" else "mAP@.5"
-            print(
-                f"{desc}  lr {lr:.4g}  train loss {stats.get('train_loss', float('nan')):.4f}  "
-                f"val {name} {100 * value:.2f}  {stats['images_per_second']:.1f} img/s",
-                flush=True,
-            )
+            log.info(
+                "%s  lr %.4g  train loss %.4f  val %s %.2f  %.1f img/s",
+                desc, lr, stats.get("train_loss", float("nan")), name, 100 * value, stats["images_per_second"],
+            )  # fmt: skip
             checkpoint = {
                 "format": CHECKPOINT_FORMAT,
                 "config": config.to_dict(),
@@ -430,6 +439,8 @@ def fit_detector(config: DetectConfig, resume: Path | None = None) -> DetectRunR
             if best_epoch == epoch + 1:
                 save_checkpoint(output / BEST, checkpoint)
             _write_metrics(output, history)
+            config_text = yaml.safe_dump(config.to_dict(), sort_keys=False)
+            atomic_write(output / CONFIG_FILE, lambda tmp, text=config_text: tmp.write_text(text))
     run = DetectRunResult(
         output=str(output),
         epochs=epochs,
@@ -441,7 +452,7 @@ def fit_detector(config: DetectConfig, resume: Path | None = None) -> DetectRunR
         history=history,
     )
     if dist.is_main:
-        atomic_write(output / "summary.json", lambda tmp: tmp.write_text(json.dumps(run.to_dict(), indent=2)))
+        atomic_write(output / SUMMARY_FILE, lambda tmp: tmp.write_text(json.dumps(run.to_dict(), indent=2)))
     return run
 
 

@@ -14,19 +14,36 @@ from cbam.detection.data import read_image
 from cbam.detection.engine import detect, load_detector
 from cbam.engine.checkpoint import atomic_write
 from cbam.engine.distributed import resolve_device
+from cbam.errors import OutputError
+from cbam.outputs import check_writable_folder
+
+
+def _check_outputs(images: list[Path], output: Path, force: bool) -> None:
+    """Refuse before any work: an output that is a file, two images that would be drawn to one name, or files
+    of an earlier prediction unless `force`."""
+    check_writable_folder(output)
+    stems = [Path(p).stem for p in images]
+    repeated = sorted({s for s in stems if stems.count(s) > 1})
+    if repeated:
+        raise DataError(f"images with the same name would overwrite each other in {output}: {', '.join(repeated)}")
+    existing = [str(f) for f in [*(output / f"{s}.png" for s in stems), output / "detections.json"] if f.exists()]
+    if existing and not force:
+        raise OutputError(f"{output} already holds {', '.join(existing[:3])}; pass --force to replace them")
 
 
 def predict_files(
-    checkpoint: Path, images: list[Path], output: Path, *, score_threshold: float = 0.5, device: str = "auto"
-) -> list[Path]:
+    checkpoint: Path, images: list[Path], output: Path, *, score_threshold: float = 0.5, device: str = "auto",
+    force: bool = False,
+) -> list[Path]:  # fmt: skip
     """Detect on each image, draw the boxes scoring at least `score_threshold` with label and score, and write
-    `output/<name>.png` per image and `output/detections.json` (all of them, in the image's pixels)."""
+    `output/<name>.png` per image and `output/detections.json` (all of them, in the image's pixels); files of an
+    earlier prediction are replaced only with `force`."""
     missing = [str(p) for p in images if not Path(p).is_file()]
     if missing:
         raise DataError(f"no such image file: {', '.join(missing)}")
+    _check_outputs(images, output, force)
     target = resolve_device(device)
     loaded = load_detector(checkpoint, target)
-    output.mkdir(parents=True, exist_ok=True)
     listing, written = [], []
     for path in images:
         try:

@@ -4,16 +4,17 @@ and trained under one recipe and seed for `cbam detect compare`."""
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from cbam.detection.config import SMALL_INPUT_KWARGS, DetectConfig
-from cbam.detection.engine import LAST, fit_detector
+from cbam.detection.engine import RESUME_OVERRIDABLE, fit_detector
 from cbam.detection.registry import create_detector
 from cbam.engine.checkpoint import atomic_write
+from cbam.engine.run_folder import run_or_reuse
 from cbam.errors import unknown_name
+from cbam.outputs import check_writable_folder
 from cbam.paper import load_tables
 from cbam.report import format_markdown_table, write_csv
 
@@ -111,19 +112,20 @@ def _row_config(base: DetectConfig, row: DetectRow, output: Path, backbone_runs:
 
 def compare_detectors(
     preset: str, base: DetectConfig, output: Path, *, backbones: list[str] | None = None,
-    backbone_runs: Path | None = None,
+    backbone_runs: Path | None = None, exist_ok: bool = False,
 ) -> tuple[list[str], list[list[str]]]:  # fmt: skip
-    """Train every row (resuming a row whose run stopped, skipping one that finished), then write
-    comparison.md and comparison.csv with our metrics beside the paper's."""
-    results = []
-    for row in table_rows(preset, backbones):
-        config = _row_config(base, row, output, backbone_runs)
-        summary = Path(config.output) / "summary.json"
-        if summary.is_file():
-            results.append((row, json.loads(summary.read_text())))
-            continue
-        last = Path(config.output) / LAST
-        results.append((row, fit_detector(config, resume=last if last.is_file() else None).to_dict()))
+    """Train every row (keeping one that finished with this config, continuing one that stopped; a folder
+    holding another config's run is refused unless `exist_ok`), then write comparison.md and comparison.csv
+    with our metrics beside the paper's."""
+    check_writable_folder(Path(output))
+
+    def run(config: DetectConfig) -> dict[str, Any]:
+        def train(resume: Path | None, replace: bool) -> dict[str, Any]:
+            return fit_detector(config, resume=resume, exist_ok=replace).to_dict()
+
+        return run_or_reuse(Path(config.output), config.to_dict(), RESUME_OVERRIDABLE, train, dict, exist_ok=exist_ok)
+
+    results = [(row, run(_row_config(base, row, output, backbone_runs))) for row in table_rows(preset, backbones)]
     ours_keys, paper_keys = metric_keys(base.metric), PAPER_KEYS[preset]
     header = ["Detector", "Params (M)", *(COLUMNS[k] for k in ours_keys), "Paper row",
               *(f"Paper {COLUMNS[k]}" for k in paper_keys)]  # fmt: skip

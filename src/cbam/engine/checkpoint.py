@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -61,13 +62,24 @@ def read_torch_file(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols of files it then refuses
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for truncated/corrupt/unsafe files
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"checkpoint {path} cannot be read (truncated, corrupt or unsafe): {reason}") from None
+        raise CheckpointError(f"{path} is not a checkpoint cbam can read safely: {_load_failure(err)}") from None
     if not isinstance(state, dict):
         raise CheckpointError(f"{path} holds a {type(state).__name__}, not a state dict or checkpoint")
     return state
+
+
+def _load_failure(err: Exception) -> str:
+    """Why `torch.load(weights_only=True)` refused a file, without torch's advice to load it unsafely."""
+    text = str(err)
+    if "global" in text.lower() or "Unsupported class" in text:
+        return "it holds Python objects beyond tensors and plain data, and loading those could run code"
+    reason = text.split("WeightsUnpickler error:", 1)[-1] if "WeightsUnpickler error:" in text else text
+    lines = [line.strip() for line in reason.splitlines() if line.strip() and "weights_only" not in line]
+    return f"it is truncated, corrupt or not a PyTorch file ({lines[0] if lines else type(err).__name__})"
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

@@ -3,20 +3,19 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from cbam.engine.checkpoint import atomic_write
 from cbam.engine.config import TrainConfig
 from cbam.engine.distributed import is_main_process
-from cbam.engine.train import BEST, LAST, RunResult, fit
+from cbam.engine.run_folder import BEST, run_or_reuse
+from cbam.engine.train import RESUME_OVERRIDABLE, RunResult, fit
 from cbam.errors import ConfigError, unknown_name
 from cbam.layers.create import AttentionSpec
+from cbam.outputs import check_writable_folder
 from cbam.paper import paper_rows
 from cbam.report import format_markdown_table, write_csv
 
@@ -78,21 +77,17 @@ def _row_config(base: TrainConfig, row: CompareRow, output: Path) -> TrainConfig
     )
 
 
-def _finished(config: TrainConfig) -> RunResult | None:
-    """The result of an earlier run of exactly this config, if it finished."""
-    folder = Path(config.output)
-    try:
-        summary = json.loads((folder / "summary.json").read_text())
-        saved = (folder / "config.yaml").read_text()
-    except (OSError, json.JSONDecodeError):
-        return None
-
-    if (
-        yaml.safe_load(saved) != yaml.safe_load(yaml.safe_dump(config.to_dict()))
-        or summary.get("epochs") != config.epochs
-    ):
-        return None
-    return RunResult(**summary)
+def run_row(config: TrainConfig, exist_ok: bool = False) -> RunResult:
+    """One row's run: kept if it finished with this config, continued if it stopped, trained if new; a folder
+    holding a run of another config is refused (replaced with `exist_ok`)."""
+    return run_or_reuse(
+        Path(config.output),
+        config.to_dict(),
+        RESUME_OVERRIDABLE,
+        lambda resume, replace: fit(config, resume=resume, exist_ok=replace),
+        lambda summary: RunResult(**summary),
+        exist_ok=exist_ok,
+    )
 
 
 @dataclass(frozen=True)
@@ -104,18 +99,14 @@ class Comparison:
     rows: list[list[str]]
 
 
-def run_compare(preset: str, base: TrainConfig, output: Path, archs: list[str] | None = None) -> Comparison:
-    """Train every row (reusing finished runs, resuming interrupted ones) and write the reports; where
+def run_compare(
+    preset: str, base: TrainConfig, output: Path, archs: list[str] | None = None, *, exist_ok: bool = False
+) -> Comparison:
+    """Train every row (keeping finished runs, continuing interrupted ones) and write the reports; where
     the data has boxes, the table gains each network's Grad-CAM pointing game."""
     output = Path(output)
-    results = []
-    for row in preset_rows(preset, archs):
-        config = _row_config(base, row, output)
-        run = _finished(config)
-        if run is None:
-            last = Path(config.output) / LAST
-            run = fit(config, resume=last if last.exists() else None)
-        results.append((row, run))
+    check_writable_folder(output)
+    results = [(row, run_row(_row_config(base, row, output), exist_ok)) for row in preset_rows(preset, archs)]
     header, rows = comparison_table(results, pointing_scores(results, base.data))
     if is_main_process():
         write_reports(output, results, header, rows)

@@ -1,7 +1,8 @@
 """The training configuration: one frozen dataclass, filled from a recipe, a YAML file and flags.
 
 Precedence, lowest first: the dataclass defaults (the paper's ImageNet recipe), a named recipe
-(`cbam/recipes/<name>.yaml`) or a YAML file, then command-line values.
+(`cbam/recipes/<name>.yaml`) or a YAML file, then command-line values. A built-in dataset with a
+recipe of its own (`cluttered-digits`) gets that recipe when none is named.
 """
 
 from __future__ import annotations
@@ -15,20 +16,24 @@ from typing import Any
 
 import yaml
 
+from cbam.data.loading import data_location, default_workers
 from cbam.errors import ConfigError, unknown_name
 
 LR_SCHEDULES: tuple[str, ...] = ("step", "cosine")
 OPTIMIZERS: tuple[str, ...] = ("sgd", "adamw")
 AMP_DTYPES: tuple[str, ...] = ("auto", "bfloat16", "float16")
 REFERENCE_BATCH = 256  # the learning rate is given for this global batch and scaled linearly
+# Built-in datasets with a recipe of their own, used when no recipe is named.
+DATASET_RECIPES: dict[str, str] = {"cluttered-digits": "cluttered-digits"}
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything a run needs; the defaults are the paper's ImageNet recipe (Sect. 4.1)."""
 
-    data: str = ""
+    data: str = ""  # a dataset name, or a folder (kept as an absolute path)
     output: str = ""
+    recipe: str = ""  # the recipe the values came from; "" is the paper's ImageNet recipe (these defaults)
     arch: str = "resnet50"
     attention: Any = "none"
     model_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -47,7 +52,7 @@ class TrainConfig:
     eval_resize: int = 256
     crop_scale: tuple[float, float] = (0.08, 1.0)
     hflip: bool = True
-    workers: int = 4
+    workers: int = field(default_factory=default_workers)
     seed: int = 0
     amp: bool = False
     amp_dtype: str = "auto"
@@ -59,6 +64,8 @@ class TrainConfig:
     device: str = "auto"
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "data", data_location(self.data))
+        object.__setattr__(self, "crop_scale", tuple(self.crop_scale))
         checks = [
             (self.epochs >= 1, f"epochs must be at least 1, got {self.epochs}"),
             (self.batch_size >= 1, f"batch_size must be at least 1, got {self.batch_size}"),
@@ -108,7 +115,7 @@ def read_recipe(recipe: str) -> dict[str, Any]:
     path = Path(recipe)
     if recipe.endswith((".yaml", ".yml")) or path.exists():
         if not path.is_file():
-            raise FileNotFoundError(f"recipe file {recipe} does not exist")
+            raise ConfigError(f"recipe file {recipe} does not exist")
         text = path.read_text(encoding="utf-8")
     elif recipe in recipe_names():
         text = resources.files("cbam.recipes").joinpath(f"{recipe}.yaml").read_text(encoding="utf-8")
@@ -126,21 +133,41 @@ def read_recipe(recipe: str) -> dict[str, Any]:
     return values
 
 
+def recipe_for(recipe: str | None, data: str | None) -> str | None:
+    """The recipe named, else the dataset's own (`DATASET_RECIPES`), else None (the paper's defaults)."""
+    if recipe:
+        return recipe
+    return DATASET_RECIPES.get(data or "")
+
+
 def build_config(recipe: str | None = None, **overrides: Any) -> TrainConfig:
-    """Defaults, then the recipe, then every override that is not None."""
+    """Defaults, then the recipe (the dataset's own when none is named), then every override that is not None."""
+    recipe = recipe_for(recipe, overrides.get("data"))
     values: dict[str, Any] = read_recipe(recipe) if recipe else {}
+    values["recipe"] = recipe or ""
     values.update({k: v for k, v in overrides.items() if v is not None})
+    return config_from_dict(values, strict=True)
+
+
+def config_from_dict(values: Mapping[str, Any], *, strict: bool = False) -> TrainConfig:
+    """Rebuild a config saved by `TrainConfig.to_dict` (in a checkpoint or config.yaml); `strict` refuses
+    unknown keys, naming the valid ones (a saved config from a newer version keeps loading without it)."""
     unknown = set(values) - config_fields()
-    if unknown:
-        raise ConfigError(f"unknown config keys {sorted(unknown)}")
-    if "crop_scale" in values:
-        values["crop_scale"] = tuple(values["crop_scale"])
-    return TrainConfig(**values)
+    if unknown and strict:
+        raise ConfigError(f"unknown config keys {sorted(unknown)}; valid keys: {', '.join(sorted(config_fields()))}")
+    return TrainConfig(**{k: v for k, v in values.items() if k in config_fields()})
 
 
-def config_from_dict(values: Mapping[str, Any]) -> TrainConfig:
-    """Rebuild a config saved by `TrainConfig.to_dict` (in a checkpoint or config.yaml)."""
-    known = {k: v for k, v in values.items() if k in config_fields()}
-    if "crop_scale" in known:
-        known["crop_scale"] = tuple(known["crop_scale"])
-    return TrainConfig(**known)
+def resumed_config(saved: Any, requested: Mapping[str, Any], allowed: tuple[str, ...]) -> Any:
+    """`saved` (a config dataclass) with the values a resumed run asks for: a value equal to the saved one is
+    accepted whatever the key; a real change is refused, naming it, unless its key is in `allowed`."""
+    candidate = dataclasses.replace(saved, **requested)
+    changed = [key for key in requested if getattr(candidate, key) != getattr(saved, key)]
+    refused = [key for key in changed if key not in allowed]
+    if refused:
+        shown = "; ".join(f"{key} {getattr(saved, key)!r} -> {getattr(candidate, key)!r}" for key in refused)
+        raise ConfigError(
+            f"a resumed run keeps its checkpoint's config, and this command changes it: {shown}. "
+            f"Only {', '.join(allowed)} may change; start a new run (another --output) to change the rest"
+        )
+    return candidate

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 
@@ -65,6 +66,17 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
+
+
+def uneven_steps(model: torch.nn.Module) -> contextlib.AbstractContextManager:
+    """Lets processes take different numbers of steps in an epoch (one merged a batch that unreadable images
+    made too small) without hanging DistributedDataParallel: torch's `Join`; nothing for one process."""
+    ddp = getattr(model, "_orig_mod", model)  # under torch.compile
+    if not isinstance(ddp, torch.nn.parallel.DistributedDataParallel):
+        return contextlib.nullcontext()
+    from torch.distributed.algorithms.join import Join
+
+    return Join([ddp])
 
 
 def shutdown_distributed() -> None:

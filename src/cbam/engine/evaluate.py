@@ -8,7 +8,15 @@ from typing import Any
 from torch import nn
 from torch.utils.data import DataLoader
 
-from cbam.data.loading import AugmentedDataset, DataError, ShardSampler, class_names, collate_skipping, open_split
+from cbam.data.loading import (
+    AugmentedDataset,
+    DataError,
+    ShardSampler,
+    class_names,
+    collate_skipping,
+    default_workers,
+    open_split,
+)
 from cbam.data.transforms import eval_transform
 from cbam.engine.checkpoint import load_checkpoint, load_safetensors
 from cbam.engine.config import config_from_dict
@@ -42,7 +50,7 @@ def evaluate_checkpoint(
     *,
     split: str = "val",
     batch_size: int = 64,
-    workers: int = 2,
+    workers: int | None = None,
     image_size: int | None = None,
     eval_resize: int | None = None,
     device: str = "auto",
@@ -71,7 +79,7 @@ def evaluate_checkpoint(
         dataset,
         batch_size=batch_size,
         sampler=ShardSampler(len(dataset), dist.rank, dist.world_size),
-        num_workers=workers,
+        num_workers=default_workers() if workers is None else workers,
         collate_fn=collate_skipping,
     )
     return evaluate(model, loader, dist)

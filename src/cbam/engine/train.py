@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import dataclasses
 import io
 import json
+import logging
 import math
 import sys
 import time
-import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,17 +38,22 @@ from cbam.data.loading import (
 )
 from cbam.data.transforms import eval_transform, train_transform
 from cbam.engine.checkpoint import CheckpointError, atomic_write, load_checkpoint, save_checkpoint, save_safetensors
-from cbam.engine.config import TrainConfig, config_from_dict
-from cbam.engine.distributed import Distributed, all_reduce_sum, init_distributed
+from cbam.engine.config import DATASET_RECIPES, TrainConfig, config_from_dict, resumed_config
+from cbam.engine.distributed import Distributed, all_reduce_sum, init_distributed, uneven_steps
 from cbam.engine.metrics import error_percent, topk_correct
+from cbam.engine.run_folder import BEST, CONFIG_FILE, LAST, METRICS_FILE, SUMMARY_FILE, claimed_run_folder
 from cbam.errors import ConfigError, TrainingError
 from cbam.profile import measure_arch
 from cbam.registry import create_model
 
+log = logging.getLogger(__name__)
+
 CHECKPOINT_FORMAT = "cbam.checkpoint/1"
 # What a resumed run may change; everything else comes from the checkpoint's config.
 RESUME_OVERRIDABLE: tuple[str, ...] = ("epochs", "workers", "output", "compile", "device", "download")
-LAST, BEST = "last.pt", "best.pt"
+# A training batch smaller than this (after unreadable images were skipped) is merged into the next one:
+# BatchNorm in training mode cannot normalise a single image whose maps are 1 x 1.
+MIN_TRAIN_BATCH = 2
 
 
 @dataclass(frozen=True)
@@ -78,6 +82,13 @@ class EvalResult:
 
 def build_model(config: TrainConfig, num_classes: int) -> nn.Module:
     return create_model(config.arch, attention=config.attention, num_classes=num_classes, **config.model_kwargs)
+
+
+def check_model(config: TrainConfig) -> None:
+    """Build the network on the meta device (no memory, no time), so a bad name or option is refused before
+    any data is opened."""
+    with torch.device("meta"):
+        build_model(config, 2)
 
 
 def lr_factor(config: TrainConfig, epoch: int) -> float:
@@ -133,29 +144,56 @@ def _loader(dataset: Dataset, sampler: Any, batch_size: int, config: TrainConfig
 
 
 class SkipLog:
-    """Warns once per unreadable file and counts every skip."""
+    """Logs each unreadable file once (with its path and why), counts every skip, and counts the readable
+    images dropped because skipping left their batch too small to train on."""
 
     def __init__(self) -> None:
         self.seen: set[str] = set()
         self.count = 0
+        self.dropped = 0
 
-    def add(self, skipped: list[Skipped]) -> None:
+    def add(self, skipped: Iterable[Skipped]) -> None:
         for item in skipped:
             self.count += 1
             if item.path not in self.seen:
                 self.seen.add(item.path)
-                warnings.warn(f"skipping unreadable image {item.path} ({item.reason})", stacklevel=2)
+                log.warning("skipping unreadable image %s (%s)", item.path, item.reason)
+
+
+def merged_batches(
+    batches: Iterable[tuple[Any, Any, list[Skipped]]],
+    skips: SkipLog,
+    min_size: int,
+    size: Callable[[Any], int],
+    join: Callable[[Any, Any], Any],
+) -> Iterator[tuple[Any, Any]]:
+    """(inputs, targets) of the loader's readable samples, in batches of at least `min_size`: a batch that
+    skipping left smaller is merged into the next; one left over at the end is dropped and counted."""
+    held: tuple[Any, Any] | None = None
+    for inputs, targets, skipped in batches:
+        skips.add(skipped)
+        if size(inputs) == 0:
+            continue
+        if held is not None:
+            inputs, targets = join(held[0], inputs), join(held[1], targets)
+            held = None
+        if size(inputs) < min_size:
+            held = (inputs, targets)
+            continue
+        yield inputs, targets
+    if held is not None:
+        skips.dropped += size(held[0])
+        log.warning("dropped %d image(s) at the end of the epoch: too few readable ones for a batch", size(held[0]))
 
 
 def _device_batches(
-    loader: DataLoader, device: torch.device, channels_last: bool, skips: SkipLog
+    loader: DataLoader, device: torch.device, channels_last: bool, skips: SkipLog, min_size: int = 1
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """The loader's readable batches on `device`; unreadable samples go to `skips`."""
+    """The loader's readable batches on `device`, each of at least `min_size` images; unreadable samples go to
+    `skips`."""
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    for images, targets, skipped in loader:
-        skips.add(skipped)
-        if images.numel() == 0:
-            continue
+    concat: Callable[[Any, Any], Any] = lambda a, b: torch.cat([a, b])  # noqa: E731
+    for images, targets in merged_batches(loader, skips, min_size, len, concat):
         yield (
             images.to(device, non_blocking=True).contiguous(memory_format=memory_format),
             targets.to(device, non_blocking=True),
@@ -196,20 +234,25 @@ def train_one_epoch(
     totals = torch.zeros(3, dtype=torch.float64)  # loss * n, correct top-1, n
     start = time.perf_counter()
     progress = _progress(len(loader.sampler) * dist.world_size, desc, dist.is_main)
-    for step, (images, targets) in enumerate(_device_batches(loader, dist.device, channels_last, skips)):
-        with _autocast(dist.device, amp):
-            logits = model(images)
-            loss = criterion(logits, targets)
-        if not torch.isfinite(loss.detach()).item():
-            raise TrainingError(f"the loss became {loss.item()} at step {step}; stopping, the last checkpoint is kept")
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        n = targets.shape[0]
-        totals += torch.tensor([loss.item() * n, topk_correct(logits.detach().float(), targets, (1,))[0].item(), n])
-        progress.update(n * dist.world_size)
-        progress.set_postfix(loss=f"{loss.item():.3f}")
+    batches = _device_batches(loader, dist.device, channels_last, skips, min(MIN_TRAIN_BATCH, loader.batch_size or 1))
+    with uneven_steps(model):
+        for step, (images, targets) in enumerate(batches):
+            with _autocast(dist.device, amp):
+                logits = model(images)
+                loss = criterion(logits, targets)
+            if not torch.isfinite(loss.detach()).item():
+                raise TrainingError(
+                    f"the loss became {loss.item()} at step {step}; stopping, the last checkpoint is kept"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            n = targets.shape[0]
+            correct = topk_correct(logits.detach().float(), targets, (1,))[0].item()
+            totals += torch.tensor([loss.item() * n, correct, n])
+            progress.update(n * dist.world_size)
+            progress.set_postfix(loss=f"{loss.item():.3f}")
     progress.close()
     elapsed = time.perf_counter() - start
     totals = all_reduce_sum(totals.to(dist.device)).cpu()
@@ -261,16 +304,6 @@ def evaluate(
 # The run
 
 
-def _check_writable(output: Path) -> None:
-    try:
-        output.mkdir(parents=True, exist_ok=True)
-        probe = output / ".write-test"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as err:
-        raise TrainingError(f"cannot write to the output folder {output}: {err.strerror or err}") from None
-
-
 def _rng_state() -> dict[str, Any]:
     state: dict[str, Any] = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
@@ -317,7 +350,7 @@ def _write_metrics(output: Path, history: list[dict[str, Any]]) -> None:
     writer = csv.DictWriter(buffer, fieldnames=list(history[0]))
     writer.writeheader()
     writer.writerows(history)
-    atomic_write(output / "metrics.csv", lambda tmp: tmp.write_text(buffer.getvalue()))
+    atomic_write(output / METRICS_FILE, lambda tmp: tmp.write_text(buffer.getvalue()))
 
 
 def _tensorboard(output: Path) -> Any | None:
@@ -338,21 +371,11 @@ def resolve_resume(resume: str | None, output: Path) -> Path | None:
     return path
 
 
-def resume_overrides(overrides: dict[str, Any], allowed: tuple[str, ...]) -> dict[str, Any]:
-    """The values given (not None) for a resumed run; changing anything but `allowed` is refused."""
-    refused = sorted(k for k, v in overrides.items() if v is not None and k not in allowed)
-    if refused:
-        raise ConfigError(
-            f"a resumed run keeps its checkpoint's config; cannot change {', '.join(refused)} "
-            f"(only {', '.join(allowed)} may change)"
-        )
-    return {k: v for k, v in overrides.items() if v is not None}
-
-
-def resume_config(checkpoint: Path, **overrides: Any) -> TrainConfig:
-    """The config saved in `checkpoint`, with the few values a resumed run may change."""
-    changes = resume_overrides(overrides, RESUME_OVERRIDABLE)
-    return dataclasses.replace(config_from_dict(load_checkpoint(checkpoint)["config"]), **changes)
+def resume_config(checkpoint: Path, **requested: Any) -> TrainConfig:
+    """The config saved in `checkpoint`, with what a resumed run asks for: values equal to the saved ones are
+    accepted (the command that started the run can be repeated), real changes only to `RESUME_OVERRIDABLE`."""
+    saved = config_from_dict(load_checkpoint(checkpoint)["config"])
+    return resumed_config(saved, {k: v for k, v in requested.items() if v is not None}, RESUME_OVERRIDABLE)
 
 
 @dataclass(frozen=True)
@@ -414,7 +437,8 @@ def _open_data(config: TrainConfig, dist: Distributed) -> _Data:
 
 
 def _save_epoch(output: Path, checkpoint: dict[str, Any], model: nn.Module, is_best: bool) -> None:
-    """last.pt and last.safetensors (and best.* when this epoch is the best), then metrics.csv."""
+    """last.pt and last.safetensors (and best.* when this epoch is the best), then metrics.csv and
+    config.yaml (a folder holds a run from its first checkpoint on, never before)."""
     config = checkpoint["config"]
     metadata = {
         "arch": config["arch"],
@@ -431,19 +455,33 @@ def _save_epoch(output: Path, checkpoint: dict[str, Any], model: nn.Module, is_b
             save_checkpoint(output / name, checkpoint)
             save_safetensors(output / name.replace(".pt", ".safetensors"), model, metadata)
     _write_metrics(output, checkpoint["history"])
+    text = yaml.safe_dump(config, sort_keys=False)
+    atomic_write(output / CONFIG_FILE, lambda tmp: tmp.write_text(text))
 
 
-def fit(config: TrainConfig, resume: Path | None = None) -> RunResult:
+def _recipe_line(config: TrainConfig) -> str:
+    if not config.recipe:
+        return "recipe: the paper's ImageNet recipe"
+    own = " (the dataset's own; --recipe imagenet for the paper's)" if DATASET_RECIPES.get(config.data) else ""
+    return f"recipe: {config.recipe}{own}"
+
+
+def fit(config: TrainConfig, resume: Path | None = None, *, exist_ok: bool = False) -> RunResult:
     """Train `config` to the end, checkpointing every epoch; continue from `resume` if given.
 
     A resumed run restores weights, optimizer, schedule, scaler, RNG and history, so it ends
-    with the same weights as an uninterrupted one (build its config with `resume_config`).
+    with the same weights as an uninterrupted one (build its config with `resume_config`). A folder
+    that already holds a run is refused unless resuming, or `exist_ok` (which replaces it).
     """
     dist = init_distributed(config.device)
-    output = Path(config.output)
-    if dist.is_main:
-        _check_writable(output)
+    check_model(config)
     state = load_checkpoint(resume) if resume is not None else None
+    with claimed_run_folder(Path(config.output), resume=state is not None, exist_ok=exist_ok, main=dist.is_main):
+        return _train(config, state, dist)
+
+
+def _train(config: TrainConfig, state: dict[str, Any] | None, dist: Distributed) -> RunResult:
+    output = Path(config.output)
     torch.manual_seed(config.seed)
     data = _open_data(config, dist)
     classes = data.classes
@@ -483,14 +521,13 @@ def fit(config: TrainConfig, resume: Path | None = None) -> RunResult:
         config.arch, config.attention, input_size=size, num_classes=len(classes), **config.model_kwargs
     )
     if dist.is_main:
-        (output / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
-        print(
-            f"{config.arch} attention={json.dumps(config.attention)}: {complexity.params:,} params, "
-            f"{complexity.gflops:.3f} GFLOPs at {config.image_size}px; {len(data.train_set)} train / "
-            f"{len(data.val_set)} val images, {len(classes)} classes; {dist.world_size} process(es) on {dist.device}",
-            flush=True,
-        )
-    board = _tensorboard(output) if dist.is_main else None
+        log.info(
+            "%s attention=%s: %s params, %.3f GFLOPs at %dpx; %d train / %d val images, %d classes; "
+            "%d process(es) on %s; %s",
+            config.arch, json.dumps(config.attention), f"{complexity.params:,}", complexity.gflops, config.image_size,
+            len(data.train_set), len(data.val_set), len(classes), dist.world_size, dist.device, _recipe_line(config),
+        )  # fmt: skip
+    board = None
     skips = SkipLog()
     for epoch in range(start_epoch, config.epochs):
         epoch_start = time.perf_counter()
@@ -513,7 +550,7 @@ def fit(config: TrainConfig, resume: Path | None = None) -> RunResult:
         )
         scheduler.step()
         result = evaluate(model, data.val_loader, dist, amp, config.channels_last, skips)
-        skipped = int(all_reduce_sum(torch.tensor([float(skips.count)], device=dist.device)).item())
+        skipped, dropped = all_reduce_sum(torch.tensor([float(skips.count), float(skips.dropped)], device=dist.device))
         row = {
             "epoch": epoch + 1,
             "lr": lr,
@@ -521,18 +558,18 @@ def fit(config: TrainConfig, resume: Path | None = None) -> RunResult:
             "val_loss": result.loss,
             "val_top1_error": result.top1_error,
             "val_top5_error": result.top5_error,
-            "skipped_images": skipped,
+            "skipped_images": int(skipped.item()),
+            "dropped_images": int(dropped.item()),
             "epoch_seconds": time.perf_counter() - epoch_start,
         }
         history.append(row)
         if result.top1_error < best_error:
             best_error, best_epoch = result.top1_error, epoch + 1
         if dist.is_main:
-            print(
-                f"{desc}  lr {lr:.4g}  train loss {stats['train_loss']:.4f}  val top-1 {result.top1_error:.2f}%  "
-                f"top-5 {result.top5_error:.2f}%  {stats['images_per_second']:.0f} img/s",
-                flush=True,
-            )
+            log.info(
+                "%s  lr %.4g  train loss %.4f  val top-1 %.2f%%  top-5 %.2f%%  %.0f img/s",
+                desc, lr, stats["train_loss"], result.top1_error, result.top5_error, stats["images_per_second"],
+            )  # fmt: skip
             checkpoint = {
                 "format": CHECKPOINT_FORMAT,
                 "config": config.to_dict(),
@@ -544,6 +581,7 @@ def fit(config: TrainConfig, resume: Path | None = None) -> RunResult:
                 "best_epoch": best_epoch,
             }
             _save_epoch(output, checkpoint, raw_model, is_best=best_epoch == epoch + 1)
+            board = board or _tensorboard(output)
             if board is not None:
                 for key, value in row.items():
                     board.add_scalar(key, value, epoch + 1)
@@ -563,7 +601,7 @@ def fit(config: TrainConfig, resume: Path | None = None) -> RunResult:
         history=history,
     )
     if dist.is_main:
-        atomic_write(output / "summary.json", lambda tmp: tmp.write_text(json.dumps(run.to_dict(), indent=2)))
+        atomic_write(output / SUMMARY_FILE, lambda tmp: tmp.write_text(json.dumps(run.to_dict(), indent=2)))
         if board is not None:
             board.close()
     return run

@@ -72,7 +72,9 @@ def resolve_layer(model: nn.Module, layer: nn.Module | str | None) -> nn.Module:
         return model.get_submodule(layer)
     except AttributeError:
         names = [name for name, _ in model.named_modules() if name]
-        raise unknown_name("layer", layer, names) from None
+        top = [name for name, _ in model.named_children()]
+        listed = [*top, f"and {len(names) - len(top)} nested ones (list all with `cbam cam --list-layers`)"]
+        raise unknown_name("layer", layer, names, listed) from None
 
 
 @contextlib.contextmanager

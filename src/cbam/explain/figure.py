@@ -12,6 +12,7 @@ from torch import nn
 
 from cbam.data.loading import DataError, class_names, open_split
 from cbam.data.transforms import eval_transform
+from cbam.engine.checkpoint import atomic_write
 from cbam.explain.cam import grad_cam
 from cbam.explain.maps import attention_maps
 
@@ -122,8 +123,8 @@ def draw_figure(
     scale = f"{method} (normalised)" + (", attention Ms" if with_attention_maps else "")
     fig.colorbar(mappable, ax=axes, shrink=0.6, label=scale)
     output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(output, dpi=120, bbox_inches="tight")
+    figure_format = output.suffix.lstrip(".").lower() or "png"
+    atomic_write(output, lambda tmp: fig.savefig(tmp, format=figure_format, dpi=120, bbox_inches="tight"))
     plt.close(fig)
     return shown
 
@@ -177,5 +178,5 @@ def write_gallery(
         + "".join(items)
         + "</body></html>\n"
     )
-    (folder / "index.html").write_text(page)
+    atomic_write(folder / "index.html", lambda tmp: tmp.write_text(page))
     return folder / "index.html"

@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from cbam.outputs import check_output_file
 from cbam.report import format_markdown_table, write_csv
 
 
@@ -37,6 +38,8 @@ def cmd_tally(args: argparse.Namespace) -> int:
     from cbam.survey.study import load_study
     from cbam.survey.tally import per_question_rows, table6_markdown, tally_votes
 
+    if args.csv:
+        check_output_file(args.csv, force=args.force)
     study = load_study(Path(args.study))
     votes = VoteStore(study.votes_path).votes() if study.votes_path.exists() else []
     tally = tally_votes(study, votes)
@@ -79,4 +82,5 @@ def add_survey_commands(commands: argparse._SubParsersAction) -> None:
     tally.add_argument("study", help="the study folder")
     tally.add_argument("--json", action="store_true", help="print the tally as JSON")
     tally.add_argument("--csv", help="also write each question's counts to this CSV file")
+    tally.add_argument("--force", action="store_true", help="replace an existing --csv file")
     tally.set_defaults(func=cmd_tally)

@@ -1,0 +1,179 @@
+"""A run's folder: never replaced without being told, never left empty by a run that failed to start.
+
+`cbam train`, `cbam detect train` and `cbam compare` write one run per folder. A folder that holds
+a run is refused unless the user continues it (`--resume`) or replaces it (`--exist-ok`); the
+message names both and a free folder beside it. A run that ends before its first checkpoint
+removes the folder it created.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import shutil
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+
+from cbam.errors import OutputError
+from cbam.outputs import check_writable_folder
+
+log = logging.getLogger(__name__)
+
+LAST, BEST = "last.pt", "best.pt"
+CONFIG_FILE, SUMMARY_FILE, METRICS_FILE = "config.yaml", "summary.json", "metrics.csv"
+# What a run writes; any of them present means the folder holds a run.
+RUN_FILES: tuple[str, ...] = (
+    LAST,
+    BEST,
+    "last.safetensors",
+    "best.safetensors",
+    CONFIG_FILE,
+    SUMMARY_FILE,
+    METRICS_FILE,
+)
+
+
+def run_files(folder: Path) -> list[str]:
+    """The run files present in `folder` (empty when it holds no run)."""
+    return [name for name in RUN_FILES if (Path(folder) / name).exists()]
+
+
+def free_folder(folder: Path) -> Path:
+    """`folder` if it holds no run, else the first of `folder-2`, `folder-3`, ... that holds none."""
+    folder = Path(folder)
+    candidate, number = folder, 2
+    while run_files(candidate):
+        candidate = folder.with_name(f"{folder.name}-{number}")
+        number += 1
+    return candidate
+
+
+def check_run_folder(folder: Path, *, resume: bool, exist_ok: bool) -> None:
+    """Refuse to start a new run over an existing one unless `exist_ok`; a writable folder either way."""
+    folder = Path(folder)
+    check_writable_folder(folder)
+    present = run_files(folder)
+    if present and not resume and not exist_ok:
+        raise OutputError(
+            f"{folder} already holds a run ({', '.join(present)}); pass --resume to continue it, "
+            f"--exist-ok to replace it, or choose a new folder such as --output {free_folder(folder)}"
+        )
+
+
+RUN_LENGTH_KEYS: tuple[str, ...] = ("epochs", "iterations")
+RunPlan = Literal["new", "resume", "finished", "replace"]
+
+
+def config_differences(saved: Mapping[str, Any], wanted: Mapping[str, Any]) -> list[str]:
+    """The keys whose values differ between two saved configs (compared as YAML would store them)."""
+    saved, wanted = (yaml.safe_load(yaml.safe_dump(dict(c))) for c in (saved, wanted))
+    return sorted(key for key in {*saved, *wanted} if saved.get(key) != wanted.get(key))
+
+
+def plan_run(folder: Path, wanted: Mapping[str, Any], allowed: tuple[str, ...], *, exist_ok: bool) -> RunPlan:
+    """What a comparison does with one row's folder: train it (`new`), keep it (`finished`), continue it
+    (`resume`: same config but for `allowed` keys such as a longer run), or `replace` it (`exist_ok`); a folder
+    holding a run of another config is refused, naming the differences."""
+    folder = Path(folder)
+    if not run_files(folder):
+        return "new"
+    try:
+        saved = yaml.safe_load((folder / CONFIG_FILE).read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        saved = None
+    if saved is None or not (folder / LAST).is_file():
+        if exist_ok:
+            return "replace"
+        raise OutputError(
+            f"{folder} holds an incomplete run (no {CONFIG_FILE} or {LAST}); pass --exist-ok to retrain it"
+        )
+    differences = config_differences(saved, wanted)
+    conflicting = [key for key in differences if key not in allowed]
+    if conflicting:
+        if exist_ok:
+            return "replace"
+        shown = "; ".join(f"{key} {saved.get(key)!r} -> {wanted.get(key)!r}" for key in conflicting)
+        raise OutputError(
+            f"{folder} holds a run of another config ({shown}); "
+            "pass --exist-ok to replace it, or choose another --output"
+        )
+    finished = (folder / SUMMARY_FILE).is_file() and not set(differences) & set(RUN_LENGTH_KEYS)
+    return "finished" if finished else "resume"
+
+
+Result = TypeVar("Result")
+
+
+def run_or_reuse(
+    folder: Path,
+    wanted: Mapping[str, Any],
+    allowed: tuple[str, ...],
+    train: Callable[[Path | None, bool], Result],
+    finished: Callable[[dict[str, Any]], Result],
+    *,
+    exist_ok: bool = False,
+) -> Result:
+    """A comparison row by `plan_run`: `finished(summary)` for a kept run, else `train(resume, exist_ok)`."""
+    folder = Path(folder)
+    plan = plan_run(folder, wanted, allowed, exist_ok=exist_ok)
+    if plan == "finished":
+        log.info("%s: kept the finished run", folder)
+        return finished(json.loads((folder / SUMMARY_FILE).read_text()))
+    if plan == "resume":
+        log.info("%s: continuing the run from %s", folder, LAST)
+    return train(folder / LAST if plan == "resume" else None, plan == "replace")
+
+
+def clear_run(folder: Path) -> None:
+    """Remove an earlier run's files (the user asked to replace it with `--exist-ok`)."""
+    present = run_files(folder)
+    for name in present:
+        (Path(folder) / name).unlink()
+    shutil.rmtree(Path(folder) / "tensorboard", ignore_errors=True)
+    if present:
+        log.info("replacing the run in %s (--exist-ok): removed %s", folder, ", ".join(present))
+
+
+@contextlib.contextmanager
+def claimed_run_folder(folder: Path, *, resume: bool, exist_ok: bool, main: bool = True) -> Iterator[Path]:
+    """The run folder for the duration of a run: checked and created on entry; if the run fails before its
+    first checkpoint, what it created is removed again (a folder that existed before is kept)."""
+    folder = Path(folder)
+    if not main:
+        yield folder
+        return
+    check_run_folder(folder, resume=resume, exist_ok=exist_ok)
+    created = _missing_folders(folder)
+    if exist_ok and not resume:
+        clear_run(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        yield folder
+    except BaseException:
+        if not (folder / LAST).exists():
+            _remove_started(folder, created)
+        raise
+
+
+def _missing_folders(folder: Path) -> list[Path]:
+    """`folder` and those of its parents that do not exist yet, deepest first."""
+    missing = []
+    current = folder.absolute()
+    while not current.exists() and current != current.parent:
+        missing.append(current)
+        current = current.parent
+    return missing
+
+
+def _remove_started(folder: Path, created: list[Path]) -> None:
+    """Undo a run that wrote no checkpoint: its run files, and the folders the run created."""
+    for name in run_files(folder):
+        (folder / name).unlink(missing_ok=True)
+    shutil.rmtree(folder / "tensorboard", ignore_errors=True)
+    for path in created:
+        with contextlib.suppress(OSError):
+            path.rmdir()  # only if empty: never delete what someone else put there
