@@ -16,9 +16,9 @@ from cbam.cli import main
 @pytest.mark.slow
 def test_two_processes_train_and_score_what_one_process_scores(coco_folder: Path, tmp_path: Path, capsys) -> None:
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    args = ["-m", "cbam", "detect", "train", "--data", str(coco_folder), "--attention", "cbam", "--epochs", "1",
-            "--batch-size", "4", "--workers", "0", "--detector-arg", "batch_norm='frozen'", "--output",
-            str(tmp_path / "two")]  # fmt: skip
+    args = ["-m", "cbam", "detect", "train", "--preset", "cluttered-digits", "--data", str(coco_folder),
+            "--attention", "cbam", "--epochs", "1", "--batch-size", "4", "--workers", "0",
+            "--detector-arg", "batch_norm='frozen'", "--output", str(tmp_path / "two")]  # fmt: skip
     done = subprocess.run([*launcher, *args], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     state = torch.load(tmp_path / "two" / "last.pt", weights_only=True)

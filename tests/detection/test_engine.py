@@ -61,12 +61,12 @@ def test_a_few_steps_lower_the_loss(coco_folder: Path, tmp_path: Path) -> None:
     assert losses[-1] < 0.6 * losses[0], losses
 
 
-def test_a_killed_run_resumes_to_the_weights_of_an_uninterrupted_one(coco_folder: Path, tmp_path: Path) -> None:
+def test_a_killed_run_resumes_to_the_weights_of_an_uninterrupted_one(coco_folder: Path, tmp_path: Path, capsys) -> None:
     """Kill `cbam detect train` once its first checkpoint is on disk, resume it, compare with a run never stopped."""
     options = {"data": str(coco_folder), "attention": "cbam", "epochs": 2, "batch_size": 4, "lr": 1e-3, "workers": 0}
     flags = [f"--{key.replace('_', '-')}={value}" for key, value in options.items()]
-    argv = [sys.executable, "-m", "cbam", "detect", "train", "--detector-arg", "batch_norm='train'", *flags,
-            "--output", str(tmp_path / "killed")]  # fmt: skip
+    argv = [sys.executable, "-m", "cbam", "detect", "train", "--preset", "cluttered-digits",
+            "--detector-arg", "batch_norm='train'", *flags, "--output", str(tmp_path / "killed")]  # fmt: skip
     last = tmp_path / "killed" / "last.pt"
     kill_after_first_checkpoint(argv, last)
     assert torch.load(last, weights_only=True)["epoch"] in (1, 2)
@@ -79,8 +79,14 @@ def test_a_killed_run_resumes_to_the_weights_of_an_uninterrupted_one(coco_folder
     assert a["epoch"] == b["epoch"] == 2
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     assert [h["train_loss"] for h in a["history"]] == [h["train_loss"] for h in resumed.history]
-    with pytest.raises(ValueError, match="cannot change lr"):
+    with pytest.raises(ValueError, match=r"lr 0.001 -> 0.1\. Only epochs"):
         resume_detect_config(last, lr=0.1)
+    assert resume_detect_config(last, **options).epochs == 2  # the command that started it is accepted
+    argv = ["detect", "train", "--preset", "cluttered-digits", "--detector-arg", "batch_norm='train'", *flags,
+            "--output", str(tmp_path / "killed")]  # fmt: skip
+    before = last.read_bytes()
+    assert main(argv) == 2  # a second run does not replace the finished one
+    assert "already holds a run" in capsys.readouterr().err and last.read_bytes() == before
 
 
 def test_eval_predict_and_a_class_count_mismatch(coco_folder: Path, tmp_path: Path, capsys) -> None:
@@ -112,6 +118,11 @@ def test_eval_predict_and_a_class_count_mismatch(coco_folder: Path, tmp_path: Pa
     listing = json.loads((out / "detections.json").read_text())
     assert [entry["image"] for entry in listing] == [str(f) for f in files]
     assert all(d["label"] in ("red", "blue") for entry in listing for d in entry["detections"])
+    capsys.readouterr()
+    again = ["detect", "predict", "--checkpoint", str(checkpoint), *map(str, files), "--output", str(out)]
+    assert main(again) == 2 and "pass --force" in capsys.readouterr().err
+    assert main([*again, "--force"]) == 0
+    assert main(args) == 2 and "predictions.json exists; pass --force" in capsys.readouterr().err
 
     other = write_coco_folder(tmp_path / "three")
     content = json.loads((other / "annotations" / "instances_val.json").read_text())

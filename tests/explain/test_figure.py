@@ -46,3 +46,29 @@ def test_attention_maps_add_a_column_per_stage_and_the_gallery_links_every_image
     assert (gallery / "image-000004.png").exists()
     assert main(["cam", "--checkpoint", checkpoint]) == 2
     assert "give --output" in capsys.readouterr().err
+
+
+def test_cam_checks_its_outputs_first_and_lists_layers_briefly(tmp_path, capsys) -> None:
+    data = write_image_folder(tmp_path / "data")
+    fit(tiny_config(data, tmp_path / "run", epochs=1))
+    checkpoint = str(tmp_path / "run" / "best.pt")
+    existing = tmp_path / "fig.png"
+    existing.write_bytes(b"keep")
+    cases = [
+        (["--output", "/dev/null/fig.png"], "/dev/null is a file, not a folder"),
+        (["--output", str(existing)], "fig.png exists; pass --force to replace it"),
+        (["--output", str(tmp_path / "fig.jpg")], "must end in .png, .pdf, .svg"),
+        (["--output", str(tmp_path / "new.png"), "--layer", "layer9"], "unknown layer 'layer9'"),
+    ]
+    for argv, message in cases:
+        assert main(["cam", "--checkpoint", checkpoint, "--count", "1", *argv]) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert "did you mean layer4, layer3" in err and "cbam cam --list-layers" in err and len(err) < 400
+    assert existing.read_bytes() == b"keep" and not (tmp_path / "new.png").exists()
+    assert main(["cam", "--checkpoint", checkpoint, "--count", "1", "--output", str(existing), "--force"]) == 0
+    assert existing.read_bytes().startswith(b"\x89PNG")
+    capsys.readouterr()
+    assert main(["cam", "--checkpoint", checkpoint, "--list-layers"]) == 0
+    names = capsys.readouterr().out.split()
+    assert "layer4.1.attention.spatial" in names and "fc" in names

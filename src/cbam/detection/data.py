@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import re
 import warnings
 from bisect import bisect_right
@@ -47,6 +48,8 @@ from cbam.data import cluttered_digits
 from cbam.data.loading import IMAGE_ERRORS, DataError, Skipped, sample_seed
 from cbam.data.voc import read_voc_xml
 from cbam.errors import unknown_name
+
+log = logging.getLogger(__name__)
 
 VOC_CLASSES: tuple[str, ...] = (
     "aeroplane",
@@ -467,8 +470,8 @@ def collate_detection_skipping(
 
 def collate_detection(batch: Sequence[Sample | Skipped]) -> tuple[list[tv_tensors.Image], list[dict[str, Any]]]:
     """The readable images and targets as lists, the torchvision detection contract; each unreadable sample is
-    left out with a one-line warning."""
+    left out with one logged line."""
     images, targets, skipped = collate_detection_skipping(batch)
     for item in skipped:
-        warnings.warn(f"skipping unreadable image {item.path} ({item.reason})", stacklevel=2)
+        log.warning("skipping unreadable image %s (%s)", item.path, item.reason)
     return images, targets
