@@ -61,3 +61,14 @@ def test_sync_bn_on_the_cpu_is_refused_with_a_reason(image_folder, tmp_path):
     command = [*launcher, "-m", "cbam", *ARGS, "--sync-bn", "--data", str(image_folder), "--output", str(tmp_path)]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert done.returncode != 0 and "sync_bn needs CUDA" in done.stderr
+
+
+@pytest.mark.slow
+def test_a_truncated_image_in_one_process_share_neither_hangs_nor_stops_the_run(image_folder, tmp_path):
+    # batches of 2 per process at 16 px: the batch that loses the file is merged into the next, so that
+    # process takes one step fewer in the epoch; torch's Join keeps the other from waiting for it
+    bad = image_folder / "train" / "class1" / "003.png"
+    bad.write_bytes(bad.read_bytes()[:40])
+    train(2, image_folder, tmp_path / "two", "--batch-size", "4", "--epochs", "1")
+    state = load_checkpoint(tmp_path / "two" / "last.pt")
+    assert state["epoch"] == 1 and state["history"][-1]["skipped_images"] == 1
