@@ -1,16 +1,34 @@
+import os
+import random
 import signal
 import subprocess
 import time
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+
+SEED_VARIABLE = "CBAM_TEST_SEED"
+
+
+def random_seed() -> int:
+    """The seed of every test's random draws: `$CBAM_TEST_SEED`, else 0. Rerun with another to vary the draws."""
+    return int(os.environ.get(SEED_VARIABLE, "0") or 0)
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"random seed: {random_seed()} (python, numpy, torch; set {SEED_VARIABLE} to change it)"
 
 
 @pytest.fixture(autouse=True)
 def _deterministic():
-    torch.manual_seed(0)
+    """Seed `random`, numpy and torch before each test, so no test depends on an unseeded draw."""
+    seed = random_seed()
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
     warnings.filterwarnings("ignore", message=".*torch.jit.script.*is deprecated", category=FutureWarning)
     yield
 

@@ -1,8 +1,13 @@
+import pytest
 import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 import cbam
+from cbam.layers.fused import cpu_kernels, set_attention_impl
 from cbam.profile import count_macs, count_parameters, find_paper_rows, measure, measure_arch
+
+CPU_KERNELS = pytest.mark.skipif(not cpu_kernels.available(), reason="no C compiler for the fused CPU kernels")
 
 
 def test_macs_of_convolutions_and_linear_layers_equal_the_textbook_formula():
@@ -55,3 +60,74 @@ def test_count_macs_on_a_real_input_matches_meta():
         == measure_arch("mobilenet_v1", "cbam", input_size=(3, 64, 64), width_mult=0.25, num_classes=10).macs
     )
     assert next(model.parameters()).device == torch.device("cpu")
+
+
+def flops_by_op(model: nn.Module, x: torch.Tensor, train: bool) -> dict[str, int]:
+    """FlopCounterMode's FLOPs (2 per multiply-accumulate) by operator: a forward without grad, or with `train` a
+    forward and backward."""
+    with FlopCounterMode(display=False) as counter:
+        if train:
+            model(x.requires_grad_()).square().sum().backward()
+        else:
+            with torch.no_grad():
+                model(x)
+    return {str(op): flops for op, flops in counter.get_flop_counts()["Global"].items()}
+
+
+FUSABLE_LAYERS = {
+    "cbam": lambda: cbam.CBAM(32),
+    "cbam-max-only-k3-no-bn": lambda: cbam.CBAM(32, pool_types="max", kernel_size=3, spatial_batch_norm=False),
+    "se": lambda: cbam.SqueezeExcite(32),
+    "channel": lambda: cbam.ChannelAttention(32, pool_types="avg"),
+    "spatial": lambda: cbam.SpatialAttention(32),
+}
+
+
+@CPU_KERNELS
+@pytest.mark.parametrize("name", sorted(FUSABLE_LAYERS))
+@pytest.mark.parametrize("train", [False, True])
+def test_the_fused_gate_counts_the_flops_of_the_eager_layer(name: str, train: bool) -> None:
+    """The fused op hides the MLP and the k x k convolution from FlopCounterMode but for its own formulas, which
+    count what the eager layer's matrix products and convolution count, forward and backward."""
+    layer = FUSABLE_LAYERS[name]().train(train)
+    x = torch.randn(2, 32, 9, 11)
+    eager = flops_by_op(set_attention_impl(layer, "eager"), x.clone(), train)
+    fused = flops_by_op(set_attention_impl(layer, "compiled"), x.clone(), train)
+    assert sum(fused.values()) == sum(eager.values()) > 0
+    assert "cbam.attention_gate" in fused and ("cbam.attention_gate_backward" in fused) == train
+
+
+NETWORKS = [
+    ("mobilenet_v1", {"attention": "cbam", "width_mult": 0.7}),
+    ("resnet50", {"attention": "cbam"}),
+    ("resnet50", {"attention": "se"}),
+]
+
+
+@CPU_KERNELS
+@pytest.mark.parametrize(("arch", "options"), NETWORKS, ids=["mobilenet_v1_0.7_cbam", "resnet50_cbam", "resnet50_se"])
+def test_networks_count_the_same_flops_with_the_fused_gate(arch: str, options: dict) -> None:
+    """`count_macs` on a small input, where `compiled` (which fuses every map) stands in for what `auto` fuses at
+    224 px; the layer test above covers the backward."""
+    model = cbam.create_model(arch, num_classes=10, **options).eval()
+    x = torch.zeros(1, 3, 32, 32)
+    fused = flops_by_op(set_attention_impl(model, "compiled"), x, train=False)
+    assert "cbam.attention_gate" in fused
+    assert sum(fused.values()) == sum(flops_by_op(set_attention_impl(model, "eager"), x, train=False).values())
+
+
+@CPU_KERNELS
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("arch", "options", "gmacs"),
+    [*((*net, g) for net, g in zip(NETWORKS, (0.2892, 4.0956, 4.0917), strict=True)), ("resnext101_32x4d", {}, 7.9812)],
+)
+def test_count_macs_at_224_is_the_same_with_auto_as_eager(arch: str, options: dict, gmacs: float) -> None:
+    """Full size on the CPU, where `auto` fuses the large maps (not SE's in float32 inference, which run eagerly
+    below a 1M-element residual tail): the counts are the eager layers' to the MAC."""
+    model = cbam.create_model(arch, **{"attention": "cbam", **options}).eval()
+    x = torch.zeros(1, 3, 224, 224)
+    auto = flops_by_op(set_attention_impl(model, "auto"), x, train=False)
+    assert sum(auto.values()) == sum(flops_by_op(set_attention_impl(model, "eager"), x, train=False).values())
+    assert ("cbam.attention_gate" in auto) == (options.get("attention", "cbam") == "cbam")
+    assert round(count_macs(set_attention_impl(model, "auto")) / 1e9, 4) == gmacs

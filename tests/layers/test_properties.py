@@ -1,5 +1,6 @@
 """Every attention layer: any batch and H x W, dtypes, memory formats, gradients, scripting, compile."""
 
+import copy
 import functools
 
 import pytest
@@ -7,6 +8,7 @@ import torch
 
 import cbam
 from tests.conftest import randomize_
+from tests.layers.rounding import outcomes, rounding_bound
 
 LAYERS = {
     "channel": functools.partial(cbam.ChannelAttention, pool_types="avg+max+lp+lse"),
@@ -57,12 +59,15 @@ def test_channels_last_is_preserved_and_equal(make_layer):
 
 
 def test_gradients_reach_every_parameter_and_the_input(make_layer):
+    """Every parameter is in the graph: autograd gives it a gradient (a detach or a no-grad region would leave
+    None). Its value may be exactly zero for some weights, with every unit of a small ReLU layer off or for a bias
+    just before a BatchNorm in training (which normalises it away), so only the input's is required to be nonzero:
+    x * gate has a nonzero gradient whatever the weights."""
     layer = randomize_(make_layer(32)).train()
     x = torch.randn(2, 32, 6, 6, requires_grad=True)
     layer(x).square().sum().backward()
     assert x.grad is not None and x.grad.abs().sum() > 0
-    for name, p in layer.named_parameters():
-        assert p.grad is not None and p.grad.abs().sum() > 0, name
+    assert [name for name, p in layer.named_parameters() if p.grad is None] == []
 
 
 def test_autocast_bf16_on_cpu(make_layer):
@@ -89,14 +94,11 @@ def test_torch_compile_traces_without_graph_breaks(make_layer):
 
 
 def test_cbam_compiles_with_inductor_forward_and_backward():
+    """Inductor's kernels (built for this CPU) against the eager layer, within the eager layer's own rounding."""
     torch._dynamo.reset()
     layer = randomize_(cbam.CBAM(32)).train()
+    before = copy.deepcopy(layer)
     compiled = torch.compile(layer, fullgraph=True)
-    x = torch.randn(2, 32, 8, 8, requires_grad=True)
-    x_ref = x.detach().clone().requires_grad_()
-    out = compiled(x)
-    ref = layer(x_ref)
-    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-4)
-    out.square().sum().backward()
-    ref.square().sum().backward()
-    torch.testing.assert_close(x.grad, x_ref.grad, atol=1e-4, rtol=1e-4)
+    x, upstream = torch.randn(2, 32, 8, 8), torch.randn(2, 32, 8, 8)
+    actual = outcomes(layer, [x], upstream, step=lambda _, x: compiled(x))
+    rounding_bound(before, [x], upstream).check(actual, "inductor")

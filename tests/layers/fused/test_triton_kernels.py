@@ -11,10 +11,12 @@ from pathlib import Path
 
 import pytest
 
+ROOT = Path(__file__).resolve().parents[3]
+
 
 @pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs triton")
 def test_triton_kernels_match_primitives() -> None:
-    script = Path(__file__).with_name("_triton_parity.py")
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    result = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=600)
+    env = {**os.environ, "TRITON_INTERPRET": "1"}  # CBAM_TEST_SEED passes on
+    command = [sys.executable, "-m", "tests.layers.fused._triton_parity"]
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, f"{result.stdout}\n{result.stderr}"

@@ -11,6 +11,9 @@
   `SE_RESIDUAL_MIN_ELEMENTS`), eager otherwise and wherever the configuration is not fusable
   (other arrangements or pools, hooks on the branches, the meta device, TorchScript), and
   inside `torch.compile`, where inductor fuses the eager ops itself.
+
+The C kernels are built for this CPU (`-march=native`) unless `CBAM_CPU_ARCH` names another `-march`
+target (`x86-64`, `x86-64-v2`, `x86-64-v3`, ...): see `cpu_kernels`. Each target is cached apart.
 """
 
 from __future__ import annotations
@@ -26,6 +29,9 @@ import torch
 from torch import Tensor, nn
 
 from cbam.errors import ConfigError
+
+# The custom ops and their FLOP formulas, registered at import: FlopCounterMode copies the formulas as it starts.
+from cbam.layers.fused import gate
 
 IMPLS: tuple[str, ...] = ("auto", "eager", "compiled", "triton")
 FUSABLE_POOLS: frozenset[str] = frozenset({"avg", "max"})
@@ -67,18 +73,25 @@ def triton_available() -> bool:
 
 @torch._dynamo.assume_constant_result
 def _cpu_kernels_available(dtype: torch.dtype) -> bool:
-    return _build_cpu_kernels(dtype)
+    from cbam.layers.fused.cpu_kernels import target_arch
+
+    return _build_cpu_kernels(dtype, target_arch())
 
 
 @functools.cache
-def _build_cpu_kernels(dtype: torch.dtype) -> bool:
+def _build_cpu_kernels(dtype: torch.dtype, arch: str) -> bool:
+    """Whether the kernels for `dtype` build for `arch` (`CBAM_CPU_ARCH`); warns once per pair where not."""
     from cbam.layers.fused import cpu_kernels
 
-    if cpu_kernels.available(dtype):
+    try:
+        cpu_kernels._built(dtype, arch)
         return True
+    except (cpu_kernels.KernelBuildError, ConfigError, OSError) as e:
+        reason = str(e).splitlines()[0]
     warnings.warn(
-        f"the fused CPU attention kernels for {dtype} could not be built; CBAM runs eagerly (slower, "
-        "more memory). Install a C compiler (gcc) with OpenMP, or pass impl='eager' to silence this.",
+        f"the fused CPU attention kernels for {dtype} could not be built ({reason}); CBAM runs eagerly (slower, "
+        "more memory). Install a C compiler (gcc) with OpenMP, check CBAM_CPU_ARCH, or pass impl='eager' "
+        "to silence this.",
         RuntimeWarning,
         stacklevel=3,
     )
@@ -158,8 +171,6 @@ def fused_gate(
         return None
     if shortcut is not None and (shortcut.shape != x.shape or shortcut.device != x.device):
         return None
-    from cbam.layers.fused import gate  # registers the custom ops
-
     w1 = b1 = w2 = b2 = None
     use_avg = use_max = False
     if channel is not None:
@@ -174,8 +185,9 @@ def fused_gate(
     if bn is not None:
         bn_w, bn_b, bn_mean, bn_var, bn_eps = bn.weight, bn.bias, bn.running_mean, bn.running_var, bn.eps
         bn_training = bn.training
-    # Without autograd or tracing, skip the dispatcher and call the op's own function.
-    traced = torch.is_grad_enabled() or torch.compiler.is_compiling()
+    # Without autograd, tracing or a dispatch mode (FlopCounterMode, fake tensors), skip the dispatcher
+    # and call the op's own function.
+    traced = torch.is_grad_enabled() or torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack() > 0
     op = gate.gate_forward_into_input if overwrite_input else gate.gate_forward
     op = torch.ops.cbam.attention_gate if traced else op
     out, z_mean, z_var = op(

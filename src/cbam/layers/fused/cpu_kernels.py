@@ -1,8 +1,15 @@
 """The fused passes on the CPU: `cpu_kernels.c`, built with the system C compiler at first use.
 
 Same functions and semantics as `primitives.py`. Each element type gets its own shared library,
-compiled once per machine (`-O3 -march=native -fopenmp`) into the cache folder and loaded with
-ctypes; the build is atomic, so concurrent processes never load half a file.
+compiled once per machine (`-O3 -march=$CBAM_CPU_ARCH -fopenmp`) into the cache folder and loaded
+with ctypes; the build is atomic, so concurrent processes never load half a file.
+
+`CBAM_CPU_ARCH` is the compiler's `-march` target: `native` (the default: every extension of this
+CPU), or any other `-march` value, such as `x86-64` (baseline SSE2: code every x86-64 CPU runs),
+`x86-64-v2` or `x86-64-v3` (AVX2, FMA). Each target is a build of its own, cached side by side;
+the variable is read at each call, so a process may switch targets. (With gcc, `-std=c11` turns off
+contracting a * b + c into an FMA, and the loops fix their summation order: on an AVX2 machine the
+native and x86-64 builds gave the same bits. The parity tests check both against the eager layers.)
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ import functools
 import hashlib
 import os
 import platform
+import re
 import shutil
 import subprocess
 import tempfile
@@ -20,9 +28,13 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from cbam.errors import ConfigError
+
 SOURCE = Path(__file__).with_name("cpu_kernels.c")
 TYPE_FLAGS: dict[torch.dtype, str] = {torch.float32: "CBAM_F32", torch.float16: "CBAM_F16", torch.bfloat16: "CBAM_BF16"}
-COMPILE_FLAGS: tuple[str, ...] = ("-O3", "-march=native", "-fopenmp", "-fPIC", "-shared", "-std=c11")
+COMPILE_FLAGS: tuple[str, ...] = ("-O3", "-fopenmp", "-fPIC", "-shared", "-std=c11")
+ARCH_VARIABLE = "CBAM_CPU_ARCH"
+DEFAULT_ARCH = "native"
 
 
 class KernelBuildError(RuntimeError):
@@ -42,6 +54,11 @@ def _compiler() -> str:
     return compiler
 
 
+def target_arch() -> str:
+    """The `-march` the kernels are built for: `$CBAM_CPU_ARCH`, else `native`."""
+    return os.environ.get(ARCH_VARIABLE, "").strip() or DEFAULT_ARCH
+
+
 def _machine_key() -> str:
     """What the built code depends on besides its source: the CPU's features and the compiler."""
     try:
@@ -51,12 +68,21 @@ def _machine_key() -> str:
     return f"{platform.machine()}|{flags}|{_compiler()}"
 
 
-@functools.cache
 def _library(dtype: torch.dtype) -> ctypes.CDLL:
-    """Build (once per machine) and load the kernels for one element type."""
+    """The kernels for one element type, built for `target_arch()`."""
+    return _built(dtype, target_arch())
+
+
+@functools.cache
+def _built(dtype: torch.dtype, arch: str) -> ctypes.CDLL:
+    """Build (once per machine and target) and load the kernels for one element type.
+
+    The cache key hashes the whole command, `-march` included, so no target reuses another's build."""
     if dtype not in TYPE_FLAGS:
         raise TypeError(f"fused CPU attention supports float32, float16 and bfloat16, not {dtype}")
-    command = [_compiler(), *COMPILE_FLAGS, f"-D{TYPE_FLAGS[dtype]}"]
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+-]*", arch):
+        raise ConfigError(f"{ARCH_VARIABLE}={arch!r} is not a -march value (e.g. native, x86-64, x86-64-v3)")
+    command = [_compiler(), *COMPILE_FLAGS, f"-march={arch}", f"-D{TYPE_FLAGS[dtype]}"]
     digest = hashlib.sha256("\n".join([SOURCE.read_text(), *command, _machine_key()]).encode()).hexdigest()[:16]
     target = cache_dir() / f"gate-{TYPE_FLAGS[dtype].lower()}-{digest}.so"
     if not target.exists():
@@ -65,7 +91,10 @@ def _library(dtype: torch.dtype) -> ctypes.CDLL:
             built = Path(tmp) / target.name
             result = subprocess.run([*command, str(SOURCE), "-o", str(built)], capture_output=True, text=True)
             if result.returncode != 0:
-                raise KernelBuildError(f"building the fused CPU attention kernels failed:\n{result.stderr.strip()}")
+                raise KernelBuildError(
+                    f"building the fused CPU attention kernels for -march={arch} ({ARCH_VARIABLE}) failed:\n"
+                    f"{result.stderr.strip()}"
+                )
             os.replace(built, target)
     return ctypes.CDLL(str(target))
 
@@ -74,7 +103,7 @@ def available(dtype: torch.dtype = torch.float32) -> bool:
     """Whether the kernels for `dtype` build and load on this machine."""
     try:
         _library(dtype)
-    except (KernelBuildError, OSError, TypeError):
+    except (KernelBuildError, ConfigError, OSError, TypeError):
         return False
     return True
 

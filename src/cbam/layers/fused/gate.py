@@ -9,19 +9,23 @@ the backward recomputes the pooled descriptors, the maps and the max indices in 
 needs anyway.
 
 `torch.ops.cbam.attention_gate` and its backward are registered custom ops, so `torch.compile`
-treats the gate as one opaque node and still differentiates through it.
+treats the gate as one opaque node and still differentiates through it. Each has a FLOP formula
+for `torch.utils.flop_counter`, so `FlopCounterMode` counts the MLP's matrix products and the
+k x k convolution inside the op exactly as it counts them in the eager layers.
 """
 
 from __future__ import annotations
 
 import importlib
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from types import ModuleType
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.utils.flop_counter import register_flop_formula
 
 BACKENDS: tuple[str, ...] = ("reference", "cpu", "triton", "inductor")
 
@@ -344,6 +348,37 @@ def _backward(ctx, grad_out: Tensor | None, _grad_mean: Tensor, _grad_var: Tenso
 
 
 attention_gate.register_autograd(_backward, setup_context=_setup_context)
+
+
+def forward_flops(
+    x: Sequence[int], w1: Sequence[int] | None, conv_w: Sequence[int] | None, use_avg: bool, use_max: bool
+) -> int:
+    """FLOPs (2 per multiply-accumulate) of the gate's forward as FlopCounterMode counts the eager layers:
+    the shared MLP's two matrix products per pooled descriptor and the k x k convolution to one channel;
+    pooling, BatchNorm, sigmoid and the element-wise products count nothing there, and here."""
+    n, c, h, w = x
+    flops = 0
+    if w1 is not None:
+        descriptors = n * (int(use_avg) + int(use_max))
+        flops += 2 * 2 * descriptors * c * w1[0]  # (descriptors, C) @ (C, C/r), then (descriptors, C/r) @ (C/r, C)
+    if conv_w is not None:
+        flops += 2 * n * h * w * math.prod(conv_w)  # conv_w: (1, 2, k, k), one output channel per position
+    return flops
+
+
+@register_flop_formula(torch.ops.cbam.attention_gate)
+def _gate_flops(x, shortcut, w1, b1, w2, b2, conv_w, *args, **kwargs) -> int:
+    use_avg, use_max = args[5:7]  # after conv_b, bn_w, bn_b, bn_mean, bn_var
+    return forward_flops(x, w1, conv_w, use_avg, use_max)
+
+
+@register_flop_formula(torch.ops.cbam.attention_gate_backward)
+def _gate_backward_flops(grad, x, w1, b1, w2, b2, conv_w, *args, **kwargs) -> int:
+    """Eager's backward of each matrix product and of the convolution: one product for the input's gradient and
+    one for the weight's, each costing the forward's. (The fused backward also recomputes the forward's small
+    graphs; like activation checkpointing, that is not counted.)"""
+    use_avg, use_max = args[5:7]
+    return 2 * forward_flops(x, w1, conv_w, use_avg, use_max)
 
 
 def update_running_stats(bn: torch.nn.BatchNorm2d, mean: Tensor, var: Tensor, count: int) -> None:
