@@ -79,7 +79,8 @@ def _load_failure(err: Exception) -> str:
         return "it holds Python objects beyond tensors and plain data, and loading those could run code"
     reason = text.split("WeightsUnpickler error:", 1)[-1] if "WeightsUnpickler error:" in text else text
     lines = [line.strip() for line in reason.splitlines() if line.strip() and "weights_only" not in line]
-    return f"it is truncated, corrupt or not a PyTorch file ({lines[0] if lines else type(err).__name__})"
+    first = lines[0].split(". ")[0] if lines else type(err).__name__
+    return f"it is truncated, corrupt or not a PyTorch file ({first})"
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
