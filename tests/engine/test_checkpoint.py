@@ -59,7 +59,7 @@ class RunsCode:
 def test_a_checkpoint_that_would_run_code_is_refused_without_running_it(tmp_path, capsys):
     path = tmp_path / "evil.pt"
     torch.save({"model": {}, "payload": RunsCode()}, path, pickle_module=pickle)
-    with pytest.raises(CheckpointError, match="holds Python objects .* could run code") as refused:
+    with pytest.raises(CheckpointError, match=r"holds Python objects .* could run code") as refused:
         load_checkpoint(path)
     assert "weights_only" not in str(refused.value)
     assert "this ran on load" not in capsys.readouterr().out
