@@ -150,7 +150,10 @@ def claimed_run_folder(folder: Path, *, resume: bool, exist_ok: bool, main: bool
     created = _missing_folders(folder)
     if exist_ok and not resume:
         clear_run(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OutputError(f"cannot create the output folder {folder}: {err.strerror or err}") from None
     try:
         yield folder
     except BaseException:
