@@ -18,10 +18,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from cbam.engine.checkpoint import atomic_write
 from cbam.errors import ConfigError, DependencyError, OutputError
 from cbam.layers.fused import attention_impl
-from cbam.outputs import check_output_file
+from cbam.outputs import atomic_write, check_output_file
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ def format_markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]
 
 def write_csv(path: str | Path, header: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
     """The same table as CSV, written atomically."""
-    from cbam.engine.checkpoint import atomic_write
+    from cbam.outputs import atomic_write
 
     buffer = io.StringIO()
     writer = csv.writer(buffer)

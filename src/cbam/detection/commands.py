@@ -75,9 +75,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from cbam.detection.data import open_detection_data
     from cbam.detection.engine import collect_detections, eval_loader, eval_transforms, load_detector, score
     from cbam.detection.tables import COLUMNS, metric_keys
-    from cbam.engine.checkpoint import CheckpointError, atomic_write
+    from cbam.engine.checkpoint import CheckpointError
     from cbam.engine.distributed import init_distributed
     from cbam.engine.train import SkipLog
+    from cbam.outputs import atomic_write
 
     if args.save_predictions:
         check_output_file(args.save_predictions, force=args.force)

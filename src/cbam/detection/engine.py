@@ -37,7 +37,7 @@ from cbam.detection.transforms import (
     ssd_eval_transforms,
     ssd_train_transforms,
 )
-from cbam.engine.checkpoint import CheckpointError, atomic_write, load_checkpoint, save_checkpoint
+from cbam.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from cbam.engine.config import resumed_config
 from cbam.engine.distributed import Distributed, all_reduce_sum, init_distributed, uneven_steps
 from cbam.engine.run_folder import BEST, CONFIG_FILE, LAST, SUMMARY_FILE, claimed_run_folder
@@ -53,6 +53,7 @@ from cbam.engine.train import (
     training_state,
 )
 from cbam.errors import ConfigError
+from cbam.outputs import atomic_write
 
 log = logging.getLogger(__name__)
 

@@ -12,10 +12,9 @@ from torchvision.utils import draw_bounding_boxes
 from cbam.data.loading import IMAGE_ERRORS, DataError
 from cbam.detection.data import read_image
 from cbam.detection.engine import detect, load_detector
-from cbam.engine.checkpoint import atomic_write
 from cbam.engine.distributed import resolve_device
 from cbam.errors import OutputError
-from cbam.outputs import check_writable_folder
+from cbam.outputs import atomic_write, check_writable_folder
 
 
 def _check_outputs(images: list[Path], output: Path, force: bool) -> None:

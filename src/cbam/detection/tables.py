@@ -11,10 +11,9 @@ from typing import Any
 from cbam.detection.config import SMALL_INPUT_KWARGS, DetectConfig
 from cbam.detection.engine import RESUME_OVERRIDABLE, fit_detector
 from cbam.detection.registry import create_detector
-from cbam.engine.checkpoint import atomic_write
 from cbam.engine.run_folder import run_or_reuse
 from cbam.errors import unknown_name
-from cbam.outputs import check_writable_folder
+from cbam.outputs import atomic_write, check_writable_folder
 from cbam.paper import load_tables
 from cbam.report import format_markdown_table, write_csv
 

@@ -1,17 +1,15 @@
 """Checkpoints that survive a killed process and never run code when loaded.
 
-Every file is written to a temporary name in the same folder, flushed to disk, then renamed
-over the target, so a reader sees the old file or the new one, never half of one. Loading uses
+Every file is written with `cbam.outputs.atomic_write`, so a reader sees the old file or the new
+one, never half of one. Loading uses
 `torch.load(weights_only=True)`: a checkpoint from anywhere cannot execute code.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,37 +17,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from cbam.errors import CheckpointError, OutputError
-
-
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call `write(tmp)` on a temporary file beside `path`, then rename it over `path`.
-
-    An `OSError` (a folder that cannot be written, a full disk) names `path`, never the temporary file.
-    """
-    path = Path(path)
-    tmp: Path | None = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        tmp = Path(tmp_name)
-        write(tmp)
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
-        os.replace(tmp, path)
-    except OSError as err:
-        raise OutputError(f"cannot write {path}: {err.strerror or err}") from err
-    finally:
-        if tmp is not None:
-            tmp.unlink(missing_ok=True)
-
-
-def _umask() -> int:
-    current = os.umask(0)
-    os.umask(current)
-    return current
+from cbam.errors import CheckpointError
+from cbam.outputs import atomic_write
 
 
 def save_checkpoint(path: Path, state: Mapping[str, Any]) -> None:

@@ -8,14 +8,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cbam.engine.checkpoint import atomic_write
 from cbam.engine.config import TrainConfig
 from cbam.engine.distributed import is_main_process
 from cbam.engine.run_folder import BEST, run_or_reuse
 from cbam.engine.train import RESUME_OVERRIDABLE, RunResult, fit
 from cbam.errors import ConfigError, unknown_name
 from cbam.layers.create import AttentionSpec
-from cbam.outputs import check_writable_folder
+from cbam.outputs import atomic_write, check_writable_folder
 from cbam.paper import paper_rows
 from cbam.report import format_markdown_table, write_csv
 

@@ -37,12 +37,13 @@ from cbam.data.loading import (
     open_split,
 )
 from cbam.data.transforms import eval_transform, train_transform
-from cbam.engine.checkpoint import CheckpointError, atomic_write, load_checkpoint, save_checkpoint, save_safetensors
+from cbam.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, save_safetensors
 from cbam.engine.config import DATASET_RECIPES, TrainConfig, config_from_dict, resumed_config
 from cbam.engine.distributed import Distributed, all_reduce_sum, init_distributed, uneven_steps
 from cbam.engine.metrics import error_percent, topk_correct
 from cbam.engine.run_folder import BEST, CONFIG_FILE, LAST, METRICS_FILE, SUMMARY_FILE, claimed_run_folder
 from cbam.errors import ConfigError, TrainingError
+from cbam.outputs import atomic_write
 from cbam.profile import measure_arch
 from cbam.registry import create_model
 

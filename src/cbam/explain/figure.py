@@ -12,9 +12,9 @@ from torch import nn
 
 from cbam.data.loading import DataError, class_names, open_split
 from cbam.data.transforms import eval_transform
-from cbam.engine.checkpoint import atomic_write
 from cbam.explain.cam import grad_cam
 from cbam.explain.maps import attention_maps
+from cbam.outputs import atomic_write
 
 
 @dataclass(frozen=True)
