@@ -1,3 +1,4 @@
+import logging
 import os
 import random
 import signal
@@ -31,6 +32,13 @@ def _deterministic():
     torch.manual_seed(seed)
     warnings.filterwarnings("ignore", message=".*torch.jit.script.*is deprecated", category=FutureWarning)
     yield
+
+
+@pytest.fixture
+def cbam_log(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
+    """caplog holding every record of the `cbam` loggers, DEBUG up."""
+    caplog.set_level(logging.DEBUG, logger="cbam")
+    return caplog
 
 
 def randomize_(module: torch.nn.Module) -> torch.nn.Module:

@@ -140,15 +140,6 @@ def test_attach_works_in_training_mode_and_on_the_meta_device():
     assert len(big.cbam_report.insertions) == 50 and all(p.is_meta for p in big.parameters())
 
 
-@pytest.fixture
-def cbam_log(caplog, monkeypatch):
-    """caplog for the `cbam` loggers, also after a CLI test has given them their own stderr handler."""
-    monkeypatch.setattr(logging.getLogger("cbam"), "propagate", True)
-    monkeypatch.setattr(logging.getLogger("cbam"), "handlers", [])
-    caplog.set_level(logging.DEBUG, logger="cbam")
-    return caplog
-
-
 def test_the_report_is_logged_never_printed(capsys, cbam_log):
     attach(tv.resnet18(), "se", input_size=SIZE)
     [record] = cbam_log.records

@@ -204,15 +204,6 @@ def test_convert_writes_safetensors_that_load_and_evaluate_the_same(tmp_path, ca
         torch.testing.assert_close(ours(x), theirs(x), rtol=1e-4, atol=1e-5)
 
 
-@pytest.fixture
-def cbam_log(caplog, monkeypatch):
-    """caplog for the `cbam` loggers, also after a CLI test has given them their own stderr handler."""
-    monkeypatch.setattr(logging.getLogger("cbam"), "propagate", True)
-    monkeypatch.setattr(logging.getLogger("cbam"), "handlers", [])
-    caplog.set_level(logging.INFO, logger="cbam")
-    return caplog
-
-
 def test_torchvision_weights_load_into_a_zoo_network_with_new_attention(tmp_path, cbam_log, capsys):
     import torchvision
 
