@@ -157,17 +157,14 @@ def test_torch_compile_traces_the_fused_op_in_one_graph() -> None:
 
 @CPU_KERNELS
 @pytest.mark.parametrize("with_shortcut", [False, True])
-def test_custom_op_registration_passes_opcheck(with_shortcut: bool) -> None:
-    layer = randomize_(cbam.CBAM(8))
+@pytest.mark.parametrize("train", [False, True])
+def test_custom_op_registration_passes_opcheck(with_shortcut: bool, train: bool) -> None:
+    layer = randomize_(cbam.CBAM(8)).train(train)
     x = torch.randn(2, 8, 5, 6, requires_grad=True)
     shortcut = torch.randn(2, 8, 5, 6, requires_grad=True) if with_shortcut else None
-    bn = layer.spatial.bn
-    mlp = layer.channel.mlp
-    args = (
-        x, shortcut, mlp[0].weight, mlp[0].bias, mlp[2].weight, mlp[2].bias, layer.spatial.conv.weight, None,
-        bn.weight, bn.bias, bn.running_mean, bn.running_var, True, True, False, 1e-5, "cpu", with_shortcut,
-    )  # fmt: skip
-    torch.library.opcheck(torch.ops.cbam.attention_gate.default, args)
+    args = gate.GateArgs.of_layers(x, layer.channel, layer.spatial, "cpu", shortcut, relu=with_shortcut)
+    assert args.bn_training == train and args.conv_b is None
+    torch.library.opcheck(torch.ops.cbam.attention_gate.default, tuple(args))
 
 
 @CPU_KERNELS
@@ -205,7 +202,7 @@ def test_auto_picks_eager_for_small_maps_and_the_meta_device() -> None:
 
 @CPU_KERNELS
 def test_auto_fuses_large_cpu_maps() -> None:
-    assert fused.backend_for("auto", torch.empty(2, 64, 32, 32)) == "cpu"
+    assert fused.backend_for("auto", torch.empty(2, 64, 32, 32)) is fused.BACKENDS["cpu"]
 
 
 def test_auto_runs_a_float32_squeeze_excite_eagerly_in_inference_unless_it_is_a_large_residual_tail() -> None:
@@ -256,13 +253,13 @@ def test_triton_on_cpu_without_the_interpreter_is_a_clear_error(monkeypatch: pyt
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     if not fused.triton_available():
         pytest.skip("triton is not installed")
-    with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
+    with pytest.raises(ConfigError, match="TRITON_INTERPRET=1"):
         cbam.CBAM(8, impl="triton")(torch.randn(1, 8, 4, 4))
 
 
 @CPU_KERNELS
 def test_hooks_on_a_branch_run_the_eager_modules(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(fused, "AUTO_MIN_ELEMENTS", 0)
+    monkeypatch.setattr(fused.backends, "AUTO_MIN_ELEMENTS", 0)
     model = randomize_(cbam.create_model("resnet18_cbam", num_classes=3)).eval()
     eager = fused.set_attention_impl(copy.deepcopy(model), "eager")
     images = torch.randn(1, 3, 32, 32)
@@ -422,3 +419,12 @@ def test_cbam_cpu_arch_picks_the_kernels_target_and_each_target_has_a_build_of_i
         cpu_kernels._library(torch.float32)
     with pytest.warns(RuntimeWarning, match=r"-march=no-such-cpu \(CBAM_CPU_ARCH\).*runs eagerly"):
         assert fused.backend_for("auto", torch.empty(2, 64, 32, 32)) is None
+
+
+def test_every_backend_in_the_table_provides_the_passes_and_unknown_names_are_refused() -> None:
+    passes = ("channel_stats", "spatial_stats", "spatial_grad", "gate_apply", "channel_grad", "input_grad")
+    for backend in fused.BACKENDS.values():
+        if backend.name != "triton":  # importing triton here would fix TRITON_INTERPRET for this process
+            assert all(callable(getattr(backend.kernels(), name)) for name in passes), backend.name
+    with pytest.raises(ConfigError, match="unknown fused backend 'cuda'"):
+        fused.backends.kernels("cuda")

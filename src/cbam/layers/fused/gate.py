@@ -2,77 +2,159 @@
 
 The gate covers CBAM in the paper's configuration (channel then spatial), its channel-only and
 spatial-only ablations, and squeeze-and-excitation. Work on the full map goes through one of
-the kernel sets (`primitives`, `cpu_kernels`, `triton_kernels`); the small graphs (the shared
-MLP on (N, C), the k x k convolution and BatchNorm on (N, 2, H, W)) are written here with their
-gradients. The forward saves only x (and after a fused ReLU its output, as nn.ReLU keeps it):
-the backward recomputes the pooled descriptors, the maps and the max indices in the passes it
-needs anyway.
+the kernel sets (`backends.BACKENDS`); the small graphs (the shared MLP on (N, C), the k x k
+convolution and BatchNorm on (N, 2, H, W)) are written here with their gradients. The forward
+saves only x (and after a fused ReLU its output, as nn.ReLU keeps it): the backward recomputes
+the pooled descriptors, the maps and the max indices in the passes it needs anyway.
 
 `torch.ops.cbam.attention_gate` and its backward are registered custom ops, so `torch.compile`
-treats the gate as one opaque node and still differentiates through it. Each has a FLOP formula
-for `torch.utils.flop_counter`, so `FlopCounterMode` counts the MLP's matrix products and the
-k x k convolution inside the op exactly as it counts them in the eager layers.
+treats the gate as one opaque node and still differentiates through it. Their arguments are the
+fields of `GateArgs`, in order. Each op has a FLOP formula for `torch.utils.flop_counter`, so
+`FlopCounterMode` counts the MLP's matrix products and the k x k convolution inside the op
+exactly as it counts them in the eager layers.
 """
 
 from __future__ import annotations
 
-import importlib
 import math
-from collections.abc import Sequence
+import typing
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 from torch.utils.flop_counter import register_flop_formula
 
-BACKENDS: tuple[str, ...] = ("reference", "cpu", "triton", "inductor")
+from cbam.layers.fused.backends import kernels
 
 
-def kernels(backend: str) -> ModuleType:
-    """The kernel module for a backend name; triton and inductor are imported on first use."""
-    if backend == "reference":
-        return importlib.import_module("cbam.layers.fused.primitives")
-    if backend == "cpu":
-        return importlib.import_module("cbam.layers.fused.cpu_kernels")
-    if backend == "triton":
-        return importlib.import_module("cbam.layers.fused.triton_kernels")
-    if backend == "inductor":
-        return importlib.import_module("cbam.layers.fused.inductor_kernels")
-    raise ValueError(f"unknown fused backend {backend!r}; choose from {', '.join(BACKENDS)}")
+class GateArgs(NamedTuple):
+    """Everything the fused gate reads; as a tuple, the custom ops' argument list.
+
+    An absent branch leaves its fields at None: no channel gate, w1 to b2; no spatial gate, conv_w to
+    bn_var; a spatial gate without BatchNorm, bn_w to bn_var. Under the FLOP formulas each tensor is its shape.
+    """
+
+    x: Tensor
+    shortcut: Tensor | None = None  # added before the ReLU: the tail of a residual block
+    w1: Tensor | None = None  # the channel gate's shared MLP: Linear(C, C/r), ReLU, Linear(C/r, C)
+    b1: Tensor | None = None
+    w2: Tensor | None = None
+    b2: Tensor | None = None
+    conv_w: Tensor | None = None  # the spatial gate's k x k convolution to one channel
+    conv_b: Tensor | None = None
+    bn_w: Tensor | None = None  # the spatial gate's BatchNorm
+    bn_b: Tensor | None = None
+    bn_mean: Tensor | None = None
+    bn_var: Tensor | None = None
+    use_avg: bool = False  # the channel gate's pools
+    use_max: bool = False
+    bn_training: bool = False  # normalise by the batch's statistics and report them
+    bn_eps: float = 1e-5
+    backend: str = "reference"  # a name in `backends.BACKENDS`
+    relu: bool = False  # after the shortcut
+
+    @classmethod
+    def of_layers(
+        cls,
+        x: Tensor,
+        channel: nn.Module | None,
+        spatial: nn.Module | None,
+        backend: str,
+        shortcut: Tensor | None = None,
+        relu: bool = False,
+    ) -> GateArgs:
+        """The arguments that compute a channel and a spatial attention module (either may be None) on x."""
+        fields: dict[str, object] = {}
+        if channel is not None:
+            first, last = channel.mlp[0], channel.mlp[2]
+            fields.update(w1=first.weight, b1=first.bias, w2=last.weight, b2=last.bias)
+            fields.update(use_avg="avg" in channel.pool_types, use_max="max" in channel.pool_types)
+        if spatial is not None:
+            fields.update(conv_w=spatial.conv.weight, conv_b=spatial.conv.bias)
+        bn = spatial.bn if spatial is not None else None
+        if bn is not None:
+            fields.update(bn_w=bn.weight, bn_b=bn.bias, bn_mean=bn.running_mean, bn_var=bn.running_var)
+            fields.update(bn_training=bn.training, bn_eps=bn.eps)
+        return cls(x, shortcut, backend=backend, relu=relu, **fields)
+
+    def learnable(self) -> dict[str, Tensor]:
+        """The parameters present, by field name, in the order the backward op returns their gradients."""
+        present = {name: getattr(self, name) for name in LEARNABLE}
+        return {name: p for name, p in present.items() if p is not None}
+
+    def channel_graph(self) -> ChannelGraph | None:
+        if self.w1 is None:
+            return None
+        return ChannelGraph(self.w1, self.b1, self.w2, self.b2, self.use_avg, self.use_max)
+
+    def spatial_graph(self, k: ModuleType) -> SpatialGraph | None:
+        if self.conv_w is None:
+            return None
+        bn = (self.bn_w, self.bn_b, self.bn_mean, self.bn_var, self.bn_training, self.bn_eps)
+        return SpatialGraph(self.conv_w, self.conv_b, *bn, kernels=k)
 
 
-def _forward_stats(k: ModuleType, fn: str, *args: Tensor | None) -> tuple[Tensor, Tensor]:
-    """Mean and max of a pooling pass; the forward never needs the index, so skip it where possible."""
-    mean, mx, _ = getattr(k, fn)(*args, with_index=False)
-    return mean, mx
+LEARNABLE: tuple[str, ...] = ("w1", "b1", "w2", "b2", "conv_w", "conv_b", "bn_w", "bn_b")
+# The custom ops' schema is derived from GateArgs' annotations, so the argument list is written once.
+_SCHEMA_TYPES: dict[object, str] = {
+    Tensor: "Tensor",
+    Tensor | None: "Tensor?",
+    bool: "bool",
+    float: "float",
+    str: "str",
+}
+_ARG_TYPES: dict[str, str] = {name: _SCHEMA_TYPES[hint] for name, hint in typing.get_type_hints(GateArgs).items()}
+ARGS_SCHEMA = ", ".join(f"{schema_type} {name}" for name, schema_type in _ARG_TYPES.items())
+"""`GateArgs` in the dispatcher's schema language: the ops' arguments are its fields, in order."""
+TENSOR_FIELDS: tuple[str, ...] = tuple(
+    name for name, schema_type in _ARG_TYPES.items() if schema_type.startswith("Tensor")
+)
 
 
 @dataclass(frozen=True)
 class ChannelGraph:
     """The channel gate's small graph: Mc = sigmoid(sum over pools of MLP(pool)), in float32.
 
-    `pooled` stacks the descriptors: (pools, N, C), so each layer of the MLP is one call.
+    The pooled descriptors are stacked: (pools, N, C), so each layer of the MLP is one call.
     """
 
     w1: Tensor
     b1: Tensor
     w2: Tensor
     b2: Tensor
+    use_avg: bool
+    use_max: bool
+
+    def stack(self, avg: Tensor, mx: Tensor) -> Tensor:
+        """The descriptors this gate pools, stacked: (pools, N, C)."""
+        if self.use_avg and self.use_max:
+            return torch.stack([avg, mx])
+        return (avg if self.use_avg else mx).unsqueeze(0)
+
+    def unstack(self, dpooled: Tensor) -> tuple[Tensor | None, Tensor | None]:
+        """The gradients of the avg and max descriptors from those of `stack`'s result; None for a pool not used."""
+        return (dpooled[0] if self.use_avg else None), (dpooled[-1] if self.use_max else None)
 
     def forward(self, pooled: Tensor) -> tuple[Tensor, Tensor]:
         """Mc (N, C) and the hidden activations (pools, N, C/r), kept for the backward."""
         hidden = F.relu(F.linear(pooled, self.w1.float(), self.b1.float()))
         return torch.sigmoid(F.linear(hidden, self.w2.float(), self.b2.float()).sum(0)), hidden
 
-    def backward(self, pooled: Tensor, hidden: Tensor, mc: Tensor, dmc: Tensor) -> tuple[Tensor, list[Tensor]]:
-        """Gradients of the stacked descriptors and of (w1, b1, w2, b2)."""
+    def backward(self, pooled: Tensor, hidden: Tensor, mc: Tensor, dmc: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """Gradients of the stacked descriptors and of w1, b1, w2, b2 (by `GateArgs` field)."""
         dz = dmc * mc * (1 - mc)
         dhidden = (dz @ self.w2.float()) * (hidden > 0)
-        dw1 = torch.einsum("pnh,pnc->hc", dhidden, pooled)
-        dw2 = dz.t() @ hidden.sum(0)
-        return dhidden @ self.w1.float(), [dw1, dhidden.sum((0, 1)), dw2, dz.sum(0) * pooled.shape[0]]
+        grads = {
+            "w1": torch.einsum("pnh,pnc->hc", dhidden, pooled),
+            "b1": dhidden.sum((0, 1)),
+            "w2": dz.t() @ hidden.sum(0),
+            "b2": dz.sum(0) * pooled.shape[0],
+        }
+        return dhidden @ self.w1.float(), grads
 
 
 @dataclass(frozen=True)
@@ -137,10 +219,11 @@ class SpatialGraph:
         zh, mean, var = self._normalise(z)
         return torch.sigmoid(zh * self.bn_w.float() + self.bn_b.float()), mean, var
 
-    def forward_backward(self, s: Tensor, dms: Tensor) -> tuple[Tensor, Tensor, list[Tensor | None]]:
-        """Ms, the gradient of the descriptor s and those of (conv_w, conv_b, bn_w, bn_b), one conv each way."""
+    def forward_backward(self, s: Tensor, dms: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor | None]]:
+        """Ms, the gradient of the descriptor s and those of conv_w, conv_b, bn_w, bn_b (by `GateArgs` field),
+        one conv each way."""
         z = self._conv(s)
-        bn_grads: list[Tensor | None] = [None, None]
+        grads: dict[str, Tensor | None] = {}
         if self.bn_w is None:
             ms = torch.sigmoid(z)
             dz = dms * ms * (1 - ms)
@@ -148,23 +231,19 @@ class SpatialGraph:
             zh, _, var = self._normalise(z)
             ms = torch.sigmoid(zh * self.bn_w.float() + self.bn_b.float())
             dlogit = dms * ms * (1 - ms)
-            bn_grads = [(dlogit * zh).sum().reshape(1), dlogit.sum().reshape(1)]
+            grads.update(bn_w=(dlogit * zh).sum().reshape(1), bn_b=dlogit.sum().reshape(1))
             scale = self.bn_w.float() * torch.rsqrt(var + self.bn_eps)
             dz = dlogit * scale
             if self.bn_training:
                 dz = dz - scale * (dlogit.mean() + zh * (dlogit * zh).mean())
-        ds, dw, db = self._conv_backward(s, dz)
-        return ms, ds, [dw, db, *bn_grads]
+        ds, grads["conv_w"], grads["conv_b"] = self._conv_backward(s, dz)
+        return ms, ds, grads
 
 
-def _ncp(x: Tensor) -> Tensor:
-    return x.flatten(2)
-
-
-def _pools(use_avg: bool, use_max: bool, avg: Tensor, mx: Tensor) -> Tensor:
-    if use_avg and use_max:
-        return torch.stack([avg, mx])
-    return (avg if use_avg else mx).unsqueeze(0)
+def _without_index(stats: Callable[..., tuple[Tensor, Tensor, Tensor]], *args: Tensor | None) -> tuple[Tensor, Tensor]:
+    """Mean and max of a pooling pass; the forward never needs the index, so skip it where possible."""
+    mean, mx, _ = stats(*args, with_index=False)
+    return mean, mx
 
 
 def _descriptor(mean: Tensor, mx: Tensor, shape: torch.Size) -> Tensor:
@@ -172,213 +251,149 @@ def _descriptor(mean: Tensor, mx: Tensor, shape: torch.Size) -> Tensor:
     return torch.stack([mean, mx], dim=1).view(n, 2, h, w)
 
 
-def _gate_forward(
-    x: Tensor,
-    shortcut: Tensor | None,
-    w1: Tensor | None,
-    b1: Tensor | None,
-    w2: Tensor | None,
-    b2: Tensor | None,
-    conv_w: Tensor | None,
-    conv_b: Tensor | None,
-    bn_w: Tensor | None,
-    bn_b: Tensor | None,
-    bn_mean: Tensor | None,
-    bn_var: Tensor | None,
-    use_avg: bool,
-    use_max: bool,
-    bn_training: bool,
-    bn_eps: float,
-    backend: str,
-    relu: bool,
-    into_input: bool = False,
-) -> tuple[Tensor, Tensor, Tensor]:
-    k = kernels(backend)
-    x3 = _ncp(x)
-    mc = None
-    if w1 is not None:
-        avg, mx = _forward_stats(k, "channel_stats", x3)
-        mc, _ = ChannelGraph(w1, b1, w2, b2).forward(_pools(use_avg, use_max, avg, mx))
+def gate_forward(args: GateArgs, into_input: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+    """The fused gate's forward: (out, batch mean, batch variance of the spatial conv output).
+
+    out = x * Mc * Ms, then `+ shortcut` and a ReLU where asked: the tail of a residual block in the
+    same pass. `into_input` writes out over x, for inference where x is a temporary nobody reads again.
+    """
+    k = kernels(args.backend)
+    x, x3 = args.x, args.x.flatten(2)
+    channel, spatial = args.channel_graph(), args.spatial_graph(k)
+    mc = ms = None
     z_mean = z_var = x.new_zeros((), dtype=torch.float32)
-    ms = None
-    if conv_w is not None:
-        spatial = SpatialGraph(conv_w, conv_b, bn_w, bn_b, bn_mean, bn_var, bn_training, bn_eps, k)
-        smean, smax = _forward_stats(k, "spatial_stats", x3, mc)
+    if channel is not None:
+        mc, _ = channel.forward(channel.stack(*_without_index(k.channel_stats, x3)))
+    if spatial is not None:
+        smean, smax = _without_index(k.spatial_stats, x3, mc)
         ms4, z_mean, z_var = spatial.forward(_descriptor(smean, smax, x.shape))
         ms = ms4.flatten(1)
-    shortcut3 = _ncp(shortcut) if shortcut is not None else None
-    written = k.gate_apply(x3, mc, ms, shortcut3, relu, out=x3 if into_input else None)
+    shortcut3 = args.shortcut.flatten(2) if args.shortcut is not None else None
+    written = k.gate_apply(x3, mc, ms, shortcut3, args.relu, out=x3 if into_input else None)
     # detach: a tensor of its own, not a view, so callers may add to it in place (torchvision's `out += identity`)
     out = x if written is x3 else written.view(x.shape).detach()
     return out, z_mean.detach().clone(), z_var.detach().clone()
 
 
-def gate_forward(
-    x: Tensor,
-    shortcut: Tensor | None,
-    w1: Tensor | None,
-    b1: Tensor | None,
-    w2: Tensor | None,
-    b2: Tensor | None,
-    conv_w: Tensor | None,
-    conv_b: Tensor | None,
-    bn_w: Tensor | None,
-    bn_b: Tensor | None,
-    bn_mean: Tensor | None,
-    bn_var: Tensor | None,
-    use_avg: bool,
-    use_max: bool,
-    bn_training: bool,
-    bn_eps: float,
-    backend: str,
-    relu: bool,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """The fused gate's forward: (out, batch mean, batch variance of the spatial conv output).
-
-    out = x * Mc * Ms, then `+ shortcut` if one is given and a ReLU if `relu`: the tail of a
-    residual block in the same pass. This is the function `torch.ops.cbam.attention_gate` runs.
-    """
-    return _gate_forward(
-        x, shortcut, w1, b1, w2, b2, conv_w, conv_b, bn_w, bn_b, bn_mean, bn_var,
-        use_avg, use_max, bn_training, bn_eps, backend, relu,
-    )  # fmt: skip
-
-
-def gate_forward_into_input(*args: object) -> tuple[Tensor, Tensor, Tensor]:
-    """`gate_forward` (same arguments) writing its output over x: for inference, where x is a
-    temporary nobody reads again. Never through the dispatcher: it mutates x."""
-    return _gate_forward(*args, into_input=True)
-
-
-attention_gate = torch.library.custom_op("cbam::attention_gate", gate_forward, mutates_args=())
-
-
-@attention_gate.register_fake
-def _(x, shortcut, w1, b1, w2, b2, conv_w, conv_b, bn_w, bn_b, bn_mean, bn_var, *flags):
-    scalar = x.new_empty((), dtype=torch.float32)
-    return torch.empty_like(x), scalar, scalar.clone()
-
-
-@torch.library.custom_op("cbam::attention_gate_backward", mutates_args=())
-def attention_gate_backward(
-    grad: Tensor,
-    x: Tensor,
-    w1: Tensor | None,
-    b1: Tensor | None,
-    w2: Tensor | None,
-    b2: Tensor | None,
-    conv_w: Tensor | None,
-    conv_b: Tensor | None,
-    bn_w: Tensor | None,
-    bn_b: Tensor | None,
-    bn_mean: Tensor | None,
-    bn_var: Tensor | None,
-    use_avg: bool,
-    use_max: bool,
-    bn_training: bool,
-    bn_eps: float,
-    backend: str,
-) -> list[Tensor]:
-    """Gradients of x and of each present parameter (w1, b1, w2, b2, conv_w, conv_b, bn_w, bn_b), in order.
+def gate_backward(grad: Tensor, args: GateArgs) -> list[Tensor]:
+    """Gradients of x and of each present parameter (`GateArgs.learnable`), from that of out before any ReLU.
 
     Four passes over the map: recompute the channel pools, then the spatial pools with the
     gradient of Ms, then the gradient of Mc, then dx (which reads only the incoming gradient).
     """
-    k = kernels(backend)
-    x3, g3 = _ncp(x), _ncp(grad)
-    channel = ChannelGraph(w1, b1, w2, b2) if w1 is not None else None
+    k = kernels(args.backend)
+    x, x3, g3 = args.x, args.x.flatten(2), grad.flatten(2)
+    channel, spatial = args.channel_graph(), args.spatial_graph(k)
     mc = pooled = hidden = cidx = None
     if channel is not None:
         avg, cmx, cidx = k.channel_stats(x3)
-        pooled = _pools(use_avg, use_max, avg, cmx)
+        pooled = channel.stack(avg, cmx)
         mc, hidden = channel.forward(pooled)
     ms = dmean = dmax = sidx = None
-    spatial_grads: list[Tensor | None] = []
-    if conv_w is not None:
-        spatial = SpatialGraph(conv_w, conv_b, bn_w, bn_b, bn_mean, bn_var, bn_training, bn_eps, k)
+    grads: dict[str, Tensor | None] = {}
+    if spatial is not None:
         smean, smax, sidx, dms = k.spatial_grad(x3, g3, mc)
         s = _descriptor(smean, smax, x.shape)
         ms4, ds, spatial_grads = spatial.forward_backward(s, dms.view(x.shape[0], 1, *x.shape[2:]))
+        grads.update(spatial_grads)
         ms = ms4.flatten(1)
         dmean, dmax = ds[:, 0].flatten(1), ds[:, 1].flatten(1)
-    channel_grads: list[Tensor] = []
     davg = dcmax = None
     if channel is not None:
         dmc = k.channel_grad(x3, g3, ms, dmean, dmax, sidx)
         dpooled, channel_grads = channel.backward(pooled, hidden, mc, dmc)
-        davg = dpooled[0] if use_avg else None
-        dcmax = dpooled[-1] if use_max else None
-    dx = k.input_grad(g3, mc, ms, dmean, dmax, sidx, davg, dcmax, cidx if use_max else None).view(x.shape)
-    params = [w1, b1, w2, b2, conv_w, conv_b, bn_w, bn_b]
-    grads = [*channel_grads, *spatial_grads] if channel is not None else [None] * 4 + spatial_grads
-    grads = grads + [None] * (len(params) - len(grads))
-    return [dx] + [g.to(p.dtype) for p, g in zip(params, grads, strict=True) if p is not None]
+        grads.update(channel_grads)
+        davg, dcmax = channel.unstack(dpooled)
+    dx = k.input_grad(g3, mc, ms, dmean, dmax, sidx, davg, dcmax, cidx if args.use_max else None).view(x.shape)
+    return [dx, *(grads[name].to(p.dtype) for name, p in args.learnable().items())]
+
+
+def _attention_gate(*inputs: object) -> tuple[Tensor, Tensor, Tensor]:
+    return gate_forward(GateArgs(*inputs))
+
+
+def _attention_gate_backward(grad: Tensor, *inputs: object) -> list[Tensor]:
+    return gate_backward(grad, GateArgs(*inputs))
+
+
+attention_gate = torch.library.custom_op(
+    "cbam::attention_gate", _attention_gate, mutates_args=(), schema=f"({ARGS_SCHEMA}) -> (Tensor, Tensor, Tensor)"
+)
+# The backward reads neither `shortcut` (its gradient is the incoming one) nor `relu` (applied before the call).
+attention_gate_backward = torch.library.custom_op(
+    "cbam::attention_gate_backward",
+    _attention_gate_backward,
+    mutates_args=(),
+    schema=f"(Tensor grad, {ARGS_SCHEMA}) -> Tensor[]",
+)
+
+
+@attention_gate.register_fake
+def _(*inputs: object) -> tuple[Tensor, Tensor, Tensor]:
+    x = GateArgs(*inputs).x
+    scalar = x.new_empty((), dtype=torch.float32)
+    return torch.empty_like(x), scalar, scalar.clone()
 
 
 @attention_gate_backward.register_fake
-def _(grad, x, w1, b1, w2, b2, conv_w, conv_b, bn_w, bn_b, bn_mean, bn_var, *flags):
-    params = [w1, b1, w2, b2, conv_w, conv_b, bn_w, bn_b]
-    return [torch.empty_like(grad)] + [torch.empty_like(p) for p in params if p is not None]
+def _(grad: Tensor, *inputs: object) -> list[Tensor]:
+    return [torch.empty_like(grad), *(torch.empty_like(p) for p in GateArgs(*inputs).learnable().values())]
 
 
-TENSOR_INPUTS = 12  # x, shortcut, w1, b1, w2, b2, conv_w, conv_b, bn_w, bn_b, bn_mean, bn_var
-
-
-def _setup_context(ctx, inputs, output) -> None:
-    x, shortcut, *params = inputs[:TENSOR_INPUTS]
-    ctx.flags = inputs[TENSOR_INPUTS:-1]
-    ctx.has_shortcut, ctx.relu = shortcut is not None, inputs[-1]
-    if ctx.flags[2]:  # BatchNorm in training normalises by the batch: the running stats are not used
-        params[-2:] = [None, None]
+def _setup_context(ctx, inputs: tuple, output: tuple[Tensor, Tensor, Tensor]) -> None:
+    args = GateArgs(*inputs)
+    if args.bn_training:  # BatchNorm in training normalises by the batch: the running stats are not read
+        args = args._replace(bn_mean=None, bn_var=None)
+    ctx.has_shortcut = args.shortcut is not None
+    args = args._replace(shortcut=None)
+    ctx.flags = args._replace(**dict.fromkeys(TENSOR_FIELDS))  # the tensors go through save_for_backward
     # after a ReLU its output masks the gradient, as nn.ReLU keeps its output for the same purpose
-    ctx.save_for_backward(x, output[0] if ctx.relu else None, *params)
+    ctx.save_for_backward(output[0] if args.relu else None, *(getattr(args, name) for name in TENSOR_FIELDS))
 
 
-def _backward(ctx, grad_out: Tensor | None, _grad_mean: Tensor, _grad_var: Tensor):
-    x, out, *params = ctx.saved_tensors
+def _backward(ctx, grad_out: Tensor | None, _grad_mean: Tensor, _grad_var: Tensor) -> tuple[Tensor | None, ...]:
+    relu_out, *tensors = ctx.saved_tensors
+    args = ctx.flags._replace(**dict(zip(TENSOR_FIELDS, tensors, strict=True)))
     if grad_out is None:
-        grad_out = torch.zeros_like(x)
-    if ctx.relu:
-        grad_out = torch.ops.aten.threshold_backward(grad_out, out, 0)
-    grads = iter(torch.ops.cbam.attention_gate_backward(grad_out, x, *params, *ctx.flags))
-    dx = next(grads)
-    param_grads = [next(grads) if p is not None else None for p in params[:8]]
-    shortcut_grad = grad_out if ctx.has_shortcut else None
-    return (dx, shortcut_grad, *param_grads, None, None) + (None,) * (len(ctx.flags) + 1)
+        grad_out = torch.zeros_like(args.x)
+    if args.relu:
+        grad_out = torch.ops.aten.threshold_backward(grad_out, relu_out, 0)
+    dx, *param_grads = torch.ops.cbam.attention_gate_backward(grad_out, *args)
+    grads = {"x": dx, "shortcut": grad_out if ctx.has_shortcut else None}
+    grads.update(zip(args.learnable(), param_grads, strict=True))
+    return tuple(grads.get(name) for name in GateArgs._fields)
 
 
 attention_gate.register_autograd(_backward, setup_context=_setup_context)
 
 
-def forward_flops(
-    x: Sequence[int], w1: Sequence[int] | None, conv_w: Sequence[int] | None, use_avg: bool, use_max: bool
-) -> int:
-    """FLOPs (2 per multiply-accumulate) of the gate's forward as FlopCounterMode counts the eager layers:
-    the shared MLP's two matrix products per pooled descriptor and the k x k convolution to one channel;
-    pooling, BatchNorm, sigmoid and the element-wise products count nothing there, and here."""
-    n, c, h, w = x
+def forward_flops(shapes: GateArgs) -> int:
+    """FLOPs (2 per multiply-accumulate) of the gate's forward, given each tensor's shape in its place, as
+    FlopCounterMode counts the eager layers: the shared MLP's two matrix products per pooled descriptor and the
+    k x k convolution to one channel; pooling, BatchNorm, sigmoid and the element-wise products count nothing
+    there, and here."""
+    n, c, h, w = shapes.x
     flops = 0
-    if w1 is not None:
-        descriptors = n * (int(use_avg) + int(use_max))
-        flops += 2 * 2 * descriptors * c * w1[0]  # (descriptors, C) @ (C, C/r), then (descriptors, C/r) @ (C/r, C)
-    if conv_w is not None:
-        flops += 2 * n * h * w * math.prod(conv_w)  # conv_w: (1, 2, k, k), one output channel per position
+    if shapes.w1 is not None:
+        descriptors = n * (int(shapes.use_avg) + int(shapes.use_max))
+        # (descriptors, C) @ (C, C/r), then (descriptors, C/r) @ (C/r, C)
+        flops += 2 * 2 * descriptors * c * shapes.w1[0]
+    if shapes.conv_w is not None:
+        flops += 2 * n * h * w * math.prod(shapes.conv_w)  # conv_w: (1, 2, k, k), one output channel per position
     return flops
 
 
 @register_flop_formula(torch.ops.cbam.attention_gate)
-def _gate_flops(x, shortcut, w1, b1, w2, b2, conv_w, *args, **kwargs) -> int:
-    use_avg, use_max = args[5:7]  # after conv_b, bn_w, bn_b, bn_mean, bn_var
-    return forward_flops(x, w1, conv_w, use_avg, use_max)
+def _gate_flops(*inputs: object, **kwargs: object) -> int:
+    return forward_flops(GateArgs(*inputs))
 
 
 @register_flop_formula(torch.ops.cbam.attention_gate_backward)
-def _gate_backward_flops(grad, x, w1, b1, w2, b2, conv_w, *args, **kwargs) -> int:
+def _gate_backward_flops(grad: object, *inputs: object, **kwargs: object) -> int:
     """Eager's backward of each matrix product and of the convolution: one product for the input's gradient and
     one for the weight's, each costing the forward's. (The fused backward also recomputes the forward's small
     graphs; like activation checkpointing, that is not counted.)"""
-    use_avg, use_max = args[5:7]
-    return 2 * forward_flops(x, w1, conv_w, use_avg, use_max)
+    return 2 * forward_flops(GateArgs(*inputs))
 
 
 def update_running_stats(bn: torch.nn.BatchNorm2d, mean: Tensor, var: Tensor, count: int) -> None:
