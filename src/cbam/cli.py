@@ -21,6 +21,7 @@ from cbam.engine.distributed import shutdown_distributed
 from cbam.errors import UserError
 from cbam.explain import CAM_METHODS
 from cbam.export import EXPORT_FORMATS
+from cbam.extras import require_extra
 from cbam.layers.create import AttentionSpec, attention_names
 from cbam.outputs import check_output_file, check_writable_folder
 from cbam.paper import PAPER_TABLES
@@ -274,6 +275,7 @@ FIGURE_FORMATS: tuple[str, ...] = (".png", ".pdf", ".svg")
 
 
 def cmd_cam(args: argparse.Namespace) -> int:
+    require_extra("explain", "cbam cam")
     from pathlib import Path
 
     from cbam.explain.figure import draw_figure, load_networks, write_gallery
@@ -315,6 +317,7 @@ def cmd_cam(args: argparse.Namespace) -> int:
 
 
 def cmd_localize(args: argparse.Namespace) -> int:
+    require_extra("explain", "cbam localize")
     from pathlib import Path
 
     from cbam.explain.scores import format_interval, localize_checkpoint
@@ -348,6 +351,7 @@ def cmd_localize(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
+    require_extra("explain", "cbam compare")
     from pathlib import Path
 
     from cbam.engine.compare import run_compare

@@ -30,6 +30,7 @@ import numpy as np
 from PIL import Image
 
 from cbam.errors import ConfigError
+from cbam.extras import import_optional
 
 DATASET_NAME = "cluttered-digits"
 FORMAT_VERSION = 1
@@ -179,9 +180,9 @@ def render_sample(
 
 def _load_sources() -> tuple[np.ndarray, np.ndarray]:
     """scikit-learn's bundled digits: images (1797, 8, 8) in 0..16 and labels (1797,)."""
-    from sklearn.datasets import load_digits  # here, not at the top: importing scikit-learn takes seconds
+    datasets = import_optional("sklearn.datasets", "digits", "cluttered-digits")  # takes seconds: only here
 
-    digits = load_digits()
+    digits = datasets.load_digits()
     return digits.images, digits.target
 
 

@@ -11,6 +11,7 @@ from typing import Any
 from cbam._cli_args import parse_key_values
 from cbam.data.loading import default_workers
 from cbam.errors import ConfigError
+from cbam.extras import require_extra
 from cbam.outputs import check_output_file
 from cbam.report import format_markdown_table, write_csv
 
@@ -29,6 +30,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    require_extra("detection", "cbam detect")
     from cbam.detection.config import PRESETS, build_detect_config
     from cbam.detection.engine import fit_detector, resume_detect_config
     from cbam.engine.train import resolve_resume
@@ -72,6 +74,7 @@ def _json_ready(value: Any) -> Any:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    require_extra("detection", "cbam detect")
     from cbam.detection.data import open_detection_data
     from cbam.detection.engine import collect_detections, eval_loader, eval_transforms, load_detector, score
     from cbam.detection.tables import COLUMNS, metric_keys
@@ -122,6 +125,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    require_extra("detection", "cbam detect")
     from cbam.detection.predict import predict_files
 
     written = predict_files(Path(args.checkpoint), [Path(p) for p in args.images], Path(args.output),
@@ -131,6 +135,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
+    require_extra("detection", "cbam detect")
     from cbam.detection.config import build_detect_config
     from cbam.detection.tables import compare_detectors
 

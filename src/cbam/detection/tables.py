@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 from cbam.detection.config import SMALL_INPUT_KWARGS, DetectConfig
-from cbam.detection.engine import RESUME_OVERRIDABLE, fit_detector
 from cbam.detection.registry import create_detector
 from cbam.engine.run_folder import run_or_reuse
 from cbam.errors import unknown_name
@@ -116,6 +115,8 @@ def compare_detectors(
     """Train every row (keeping one that finished with this config, continuing one that stopped; a folder
     holding another config's run is refused unless `exist_ok`), then write comparison.md and comparison.csv
     with our metrics beside the paper's."""
+    from cbam.detection.engine import RESUME_OVERRIDABLE, fit_detector
+
     check_writable_folder(Path(output))
 
     def run(config: DetectConfig) -> dict[str, Any]:

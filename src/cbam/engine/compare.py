@@ -13,6 +13,7 @@ from cbam.engine.distributed import is_main_process
 from cbam.engine.run_folder import BEST, run_or_reuse
 from cbam.engine.train import RESUME_OVERRIDABLE, RunResult, fit
 from cbam.errors import ConfigError, unknown_name
+from cbam.extras import import_optional
 from cbam.layers.create import AttentionSpec
 from cbam.outputs import atomic_write, check_writable_folder
 from cbam.paper import paper_rows
@@ -180,8 +181,7 @@ def write_reports(
 
 
 def plot_curves(results: list[tuple[CompareRow, RunResult]], path: Path) -> None:
-    import matplotlib
-
+    matplotlib = import_optional("matplotlib", "explain", "curves.png")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator

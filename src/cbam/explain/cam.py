@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from cbam.errors import ConfigError, unknown_name
+from cbam.extras import import_optional
 
 CAM_METHODS: tuple[str, ...] = (
     "gradcam",
@@ -30,7 +31,7 @@ CAM_METHODS: tuple[str, ...] = (
 
 
 def _method_class(method: str) -> type:
-    import pytorch_grad_cam as pgc
+    pgc = import_optional("pytorch_grad_cam", "explain", "Grad-CAM")
 
     classes = {
         "gradcam": pgc.GradCAM,
@@ -105,7 +106,8 @@ def grad_cam(
     The class is `targets[i]` where given (the ground truth), else the network's prediction. The
     model runs in eval mode for the maps and is left as it was found.
     """
-    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+    targets_module = import_optional("pytorch_grad_cam.utils.model_targets", "explain", "Grad-CAM")
+    ClassifierOutputTarget = targets_module.ClassifierOutputTarget
 
     if images.dim() != 4:
         raise ValueError(f"images must be (N, C, H, W), got shape {tuple(images.shape)}")

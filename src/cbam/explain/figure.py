@@ -14,6 +14,7 @@ from cbam.data.loading import DataError, class_names, open_split
 from cbam.data.transforms import eval_transform
 from cbam.explain.cam import grad_cam
 from cbam.explain.maps import attention_maps
+from cbam.extras import import_optional
 from cbam.outputs import atomic_write
 
 
@@ -80,8 +81,7 @@ def draw_figure(
     `with_attention_maps` adds, after each network's Grad-CAM, the spatial map Ms of the last
     attention block of every stage (CBAM networks only).
     """
-    import matplotlib
-
+    matplotlib = import_optional("matplotlib", "explain", "Grad-CAM figures")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

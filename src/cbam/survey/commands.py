@@ -6,11 +6,13 @@ import argparse
 import json
 from pathlib import Path
 
+from cbam.extras import require_extra
 from cbam.outputs import check_output_file
 from cbam.report import format_markdown_table, write_csv
 
 
 def cmd_build(args: argparse.Namespace) -> int:
+    require_extra("survey", "cbam survey")
     from cbam.survey.study import build_study
 
     study = build_study(
@@ -22,6 +24,7 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    require_extra("survey", "cbam survey")
     import uvicorn
 
     from cbam.survey.app import create_app
@@ -34,6 +37,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_tally(args: argparse.Namespace) -> int:
+    require_extra("survey", "cbam survey")
     from cbam.survey.store import VoteStore
     from cbam.survey.study import load_study
     from cbam.survey.tally import per_question_rows, table6_markdown, tally_votes

@@ -6,6 +6,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from cbam.extras import import_optional
 from cbam.paper import load_tables
 from cbam.report import format_markdown_table
 from cbam.survey.store import Vote
@@ -16,10 +17,9 @@ ROWS = (("equal", "Seems equal"), ("baseline", "Baseline better"), ("cbam", "CBA
 
 def sign_test(cbam: int, baseline: int) -> float | None:
     """Two-sided sign test of CBAM against baseline votes ("equal" left out); None without any."""
-    from scipy.stats import binomtest
-
+    stats = import_optional("scipy.stats", "survey", "cbam survey tally")
     n = cbam + baseline
-    return float(binomtest(cbam, n, 0.5, alternative="two-sided").pvalue) if n else None
+    return float(stats.binomtest(cbam, n, 0.5, alternative="two-sided").pvalue) if n else None
 
 
 @dataclass(frozen=True)
