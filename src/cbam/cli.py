@@ -18,7 +18,7 @@ from cbam.detection.commands import add_detect_commands
 from cbam.engine.compare import COMPARE_PRESETS
 from cbam.engine.config import recipe_names
 from cbam.engine.distributed import shutdown_distributed
-from cbam.errors import UserError
+from cbam.errors import ConfigError, UserError
 from cbam.explain import CAM_METHODS
 from cbam.export import EXPORT_FORMATS
 from cbam.extras import require_extra
@@ -38,17 +38,13 @@ from cbam.report import format_markdown_table, write_csv
 from cbam.survey.commands import add_survey_commands
 
 
-class CommandError(UserError):
-    """A command-line mistake: printed as one line, exit status 2."""
-
-
 def _parse_attention(text: str) -> AttentionSpec:
     """A name (`cbam`) or a JSON mapping (`{"name": "cbam", "kernel_size": 3}`)."""
     if text.lstrip().startswith("{"):
         try:
             return json.loads(text)
         except json.JSONDecodeError as err:
-            raise CommandError(f"--attention is not valid JSON: {err}") from None
+            raise ConfigError(f"--attention is not valid JSON: {err}") from None
     return text
 
 
@@ -130,18 +126,18 @@ def _profile_model(args: argparse.Namespace) -> int:
 
 def cmd_profile(args: argparse.Namespace) -> int:
     if args.paper_table and args.arch:
-        raise CommandError("give a model name or --paper-table, not both")
+        raise ConfigError("give a model name or --paper-table, not both")
     if args.paper_table:
         return _profile_tables(args)
     if not args.arch:
-        raise CommandError("give a model name (see `cbam models`) or --paper-table N")
+        raise ConfigError("give a model name (see `cbam models`) or --paper-table N")
     return _profile_model(args)
 
 
 def cmd_models(args: argparse.Namespace) -> int:
     names = list_models(args.pattern, include_shortcuts=not args.base_only)
     if not names:
-        raise CommandError(f"no model matches {args.pattern!r}")
+        raise ConfigError(f"no model matches {args.pattern!r}")
     print("\n".join(names))
     return 0
 
@@ -232,12 +228,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     overrides = _training_overrides(args)
     if args.resume is not None:
         if args.exist_ok:
-            raise CommandError("--resume continues the run in --output and --exist-ok replaces it; give one")
+            raise ConfigError("--resume continues the run in --output and --exist-ok replaces it; give one")
         checkpoint = resolve_resume(args.resume, Path(args.output))
         config = resume_config(checkpoint, **_resume_request(args.recipe, overrides))
     else:
         if not args.data:
-            raise CommandError("give --data (an ImageNet-layout folder, cifar10, cifar100 or cluttered-digits)")
+            raise ConfigError("give --data (an ImageNet-layout folder, cifar10, cifar100 or cluttered-digits)")
         checkpoint = None
         config = build_config(args.recipe, **overrides)
     result = fit(config, resume=checkpoint, exist_ok=args.exist_ok)
@@ -285,10 +281,10 @@ def cmd_cam(args: argparse.Namespace) -> int:
         print("\n".join(name for name, _ in networks[0].model.named_modules() if name))
         return 0
     if not (args.output or args.html):
-        raise CommandError("give --output FIGURE (.png, .pdf or .svg), --html FOLDER, or both")
+        raise ConfigError("give --output FIGURE (.png, .pdf or .svg), --html FOLDER, or both")
     if args.output:
         if Path(args.output).suffix.lower() not in FIGURE_FORMATS:
-            raise CommandError(f"--output {args.output}: the figure's name must end in {', '.join(FIGURE_FORMATS)}")
+            raise ConfigError(f"--output {args.output}: the figure's name must end in {', '.join(FIGURE_FORMATS)}")
         check_output_file(args.output, force=args.force)
     if args.html:
         check_writable_folder(Path(args.html), "gallery folder")
@@ -296,7 +292,7 @@ def cmd_cam(args: argparse.Namespace) -> int:
     networks, trained_on = load_networks([Path(p) for p in args.checkpoint])
     data = args.data or trained_on
     if not data:
-        raise CommandError("give --data: the checkpoint does not record its dataset")
+        raise ConfigError("give --data: the checkpoint does not record its dataset")
     indices = [int(i) for i in args.images] if args.images else None
     options = {
         "split": args.split,
@@ -358,7 +354,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from cbam.engine.config import build_config
 
     if not args.data:
-        raise CommandError("give --data (an ImageNet-layout folder, cifar10, cifar100 or cluttered-digits)")
+        raise ConfigError("give --data (an ImageNet-layout folder, cifar10, cifar100 or cluttered-digits)")
     config = build_config(args.recipe, **_training_overrides(args))
     comparison = run_compare(args.preset, config, Path(args.output), archs=args.arch, exist_ok=args.exist_ok)
     print(f"\n## {args.preset} on {args.data}\n")
@@ -383,7 +379,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from cbam.export import export_model, onnx_max_difference, require_onnx
 
     if not (args.checkpoint or args.arch):
-        raise CommandError("give --checkpoint FILE, a model name (--arch) for fresh weights, or both")
+        raise ConfigError("give --checkpoint FILE, a model name (--arch) for fresh weights, or both")
     check_output_file(args.output, force=args.force)
     if args.format == "onnx":
         require_onnx(runtime=True)
@@ -406,7 +402,7 @@ def cmd_export(args: argparse.Namespace) -> int:
             f"{check.max_rel:.3g} of the largest output"
         )
         if check.max_rel > 1e-3:
-            raise CommandError(f"the ONNX file disagrees with PyTorch by {check.max_rel:.3g} of the output scale")
+            raise ConfigError(f"the ONNX file disagrees with PyTorch by {check.max_rel:.3g} of the output scale")
     return 0
 
 

@@ -14,12 +14,20 @@ from pathlib import Path
 from cbam.errors import OutputError
 
 
+def missing_folders(folder: Path) -> list[Path]:
+    """`folder` and those of its parents that do not exist yet, deepest first (absolute)."""
+    missing = []
+    current = Path(folder).absolute()
+    while not current.exists() and current != current.parent:
+        missing.append(current)
+        current = current.parent
+    return missing
+
+
 def _nearest_existing(path: Path) -> Path:
     """`path` or its closest ancestor that exists (the folder that must be writable)."""
-    current = path.absolute()
-    while not current.exists() and current != current.parent:
-        current = current.parent
-    return current
+    missing = missing_folders(path)
+    return missing[-1].parent if missing else Path(path).absolute()
 
 
 def check_writable_folder(folder: Path, what: str = "output folder") -> None:

@@ -96,3 +96,13 @@ def test_resuming_accepts_equal_values_and_names_each_real_change():
     assert resumed_config(saved, {"epochs": 9}, ("epochs",)).epochs == 9
     with pytest.raises(ConfigError, match=r"lr 0.01 -> 0.02; batch_size 32 -> 64\. Only epochs may change"):
         resumed_config(saved, {"lr": 0.02, "batch_size": 64, "epochs": 9}, ("epochs",))
+
+
+def test_the_run_banner_says_whose_recipe_trains():
+    from cbam.engine.train import _recipe_line
+
+    assert _recipe_line(build_config(None, data="cluttered-digits")).endswith(
+        "(the dataset's own; --recipe imagenet for the paper's)"
+    )
+    assert _recipe_line(build_config("imagenet", data="cluttered-digits")) == "recipe: imagenet"
+    assert _recipe_line(build_config(None, data="some/folder")) == "recipe: the paper's ImageNet recipe"

@@ -19,7 +19,7 @@ from typing import Any, Literal, TypeVar
 import yaml
 
 from cbam.errors import OutputError
-from cbam.outputs import check_writable_folder
+from cbam.outputs import check_writable_folder, missing_folders
 
 log = logging.getLogger(__name__)
 
@@ -130,10 +130,7 @@ def run_or_reuse(
 
 def clear_run(folder: Path) -> None:
     """Remove an earlier run's files (the user asked to replace it with `--exist-ok`)."""
-    present = run_files(folder)
-    for name in present:
-        (Path(folder) / name).unlink()
-    shutil.rmtree(Path(folder) / "tensorboard", ignore_errors=True)
+    present = _remove_run_files(Path(folder))
     if present:
         log.info("replacing the run in %s (--exist-ok): removed %s", folder, ", ".join(present))
 
@@ -147,7 +144,7 @@ def claimed_run_folder(folder: Path, *, resume: bool, exist_ok: bool, main: bool
         yield folder
         return
     check_run_folder(folder, resume=resume, exist_ok=exist_ok)
-    created = _missing_folders(folder)
+    created = missing_folders(folder)
     if exist_ok and not resume:
         clear_run(folder)
     try:
@@ -162,21 +159,18 @@ def claimed_run_folder(folder: Path, *, resume: bool, exist_ok: bool, main: bool
         raise
 
 
-def _missing_folders(folder: Path) -> list[Path]:
-    """`folder` and those of its parents that do not exist yet, deepest first."""
-    missing = []
-    current = folder.absolute()
-    while not current.exists() and current != current.parent:
-        missing.append(current)
-        current = current.parent
-    return missing
-
-
 def _remove_started(folder: Path, created: list[Path]) -> None:
     """Undo a run that wrote no checkpoint: its run files, and the folders the run created."""
-    for name in run_files(folder):
-        (folder / name).unlink(missing_ok=True)
-    shutil.rmtree(folder / "tensorboard", ignore_errors=True)
+    _remove_run_files(folder)
     for path in created:
         with contextlib.suppress(OSError):
             path.rmdir()  # only if empty: never delete what someone else put there
+
+
+def _remove_run_files(folder: Path) -> list[str]:
+    """Delete the run files in `folder` and its TensorBoard logs; returns the names deleted."""
+    present = run_files(folder)
+    for name in present:
+        (folder / name).unlink(missing_ok=True)
+    shutil.rmtree(folder / "tensorboard", ignore_errors=True)
+    return present

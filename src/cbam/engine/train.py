@@ -193,8 +193,7 @@ def _device_batches(
     """The loader's readable batches on `device`, each of at least `min_size` images; unreadable samples go to
     `skips`."""
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    concat: Callable[[Any, Any], Any] = lambda a, b: torch.cat([a, b])  # noqa: E731
-    for images, targets in merged_batches(loader, skips, min_size, len, concat):
+    for images, targets in merged_batches(loader, skips, min_size, len, lambda a, b: torch.cat([a, b])):
         yield (
             images.to(device, non_blocking=True).contiguous(memory_format=memory_format),
             targets.to(device, non_blocking=True),
@@ -463,8 +462,8 @@ def _save_epoch(output: Path, checkpoint: dict[str, Any], model: nn.Module, is_b
 def _recipe_line(config: TrainConfig) -> str:
     if not config.recipe:
         return "recipe: the paper's ImageNet recipe"
-    own = " (the dataset's own; --recipe imagenet for the paper's)" if DATASET_RECIPES.get(config.data) else ""
-    return f"recipe: {config.recipe}{own}"
+    own = DATASET_RECIPES.get(config.data) == config.recipe
+    return f"recipe: {config.recipe}" + (" (the dataset's own; --recipe imagenet for the paper's)" if own else "")
 
 
 def fit(config: TrainConfig, resume: Path | None = None, *, exist_ok: bool = False) -> RunResult:
