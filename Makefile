@@ -24,13 +24,13 @@ $(STAMP): pyproject.toml
 ## The main job on the embedded default: ResNet-18 without attention, with SE and with CBAM trained on
 ## cluttered-digits (about 10 minutes on 2 CPU cores), compared in runs/cluttered-digits/
 run: $(STAMP)
-	$(BIN)/cbam compare --preset table4 --arch resnet18 --data cluttered-digits --recipe cluttered-digits \
+	$(BIN)/cbam compare --table table4 --arch resnet18 --data cluttered-digits --recipe cluttered-digits \
 		--output runs/cluttered-digits
 
 ## After `make run`: Faster R-CNN C4 from its ResNet-18 and ResNet-18 + CBAM on cluttered-digits' boxes, compared
 ## with the paper's Table 7 in runs/detect-cluttered-digits/ (about 15 minutes on 2 CPU cores)
 detect: $(STAMP)
-	$(BIN)/cbam detect compare --preset table7 --backbone resnet18 --backbone-runs runs/cluttered-digits \
+	$(BIN)/cbam detect compare --table table7 --backbone resnet18 --backbone-runs runs/cluttered-digits \
 		--output runs/detect-cluttered-digits
 
 ## The paper's Tables 4 and 5 (parameters, GFLOPs) rebuilt and counted, beside the printed figures
