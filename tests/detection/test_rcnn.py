@@ -15,11 +15,12 @@ from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 import cbam
+from cbam.checkpoint import Checkpoint, save_checkpoint, save_weights
+from cbam.classification.task import ClassificationConfig
 from cbam.detection import rcnn
 from cbam.detection.weights import load_backbone, read_backbone_state
-from cbam.engine.checkpoint import CheckpointError, save_checkpoint, save_safetensors
-from cbam.engine.config import TrainConfig
-from cbam.engine.train import CHECKPOINT_FORMAT
+from cbam.engine.config import build_config
+from cbam.errors import CheckpointError
 from cbam.layers import CBAM
 from cbam.layers.fused import set_attention_impl, spatial_fusable
 from cbam.layers.spatial import SpatialAttention
@@ -264,7 +265,7 @@ def test_train_step_and_inference(kind):
 
 @pytest.mark.parametrize("kind", ["c4", "fpn"])
 def test_create_detector_builds_both(kind):
-    from cbam.detection.registry import create_detector
+    from cbam.detection.detectors import create_detector
 
     options = {**SMALL, "anchor_sizes": SMALL_ANCHORS[kind]}
     model = create_detector(f"faster_rcnn_{kind}", backbone="resnet18", attention="cbam", num_classes=11, **options)
@@ -304,11 +305,10 @@ def test_paper_defaults():
 def cbam_checkpoint(tmp_path, arch="resnet18", attention="cbam"):
     """A classification network saved as `cbam train` saves it: last.pt and last.safetensors."""
     model = randomize_(cbam.create_model(arch, attention=attention, num_classes=10))
-    config = TrainConfig(arch=arch, attention=attention).to_dict()
-    checkpoint = {"format": CHECKPOINT_FORMAT, "config": config, "classes": list("0123456789"), "epoch": 1}
-    save_checkpoint(tmp_path / "last.pt", {**checkpoint, "model": model.state_dict()})
-    metadata = {"arch": arch, "attention": attention, "model_kwargs": {}, "classes": list("0123456789")}
-    save_safetensors(tmp_path / "last.safetensors", model, metadata)
+    config = build_config(ClassificationConfig, None, arch=arch, attention=attention).to_dict()
+    checkpoint = Checkpoint("classification", config, list("0123456789"), 1, model.state_dict())
+    save_checkpoint(tmp_path / "last.pt", checkpoint)
+    save_weights(tmp_path / "last.safetensors", checkpoint)
     return model.state_dict()
 
 

@@ -8,7 +8,8 @@ import torch
 from torch import nn
 from torchvision.models.detection import ssd300_vgg16
 
-from cbam.detection.registry import create_detector, list_detectors
+from cbam.checkpoint import Checkpoint, save_checkpoint, save_weights
+from cbam.detection.detectors import create_detector, list_detectors
 from cbam.detection.ssd import (
     BACKBONES,
     TABLE8_ASPECT_RATIOS,
@@ -20,7 +21,7 @@ from cbam.detection.ssd import (
     subsample_fc,
     upsample_padding,
 )
-from cbam.engine.checkpoint import CheckpointError, save_checkpoint, save_safetensors
+from cbam.errors import CheckpointError
 from cbam.layers import BAM, CBAM, ChannelAttention, SpatialAttention, SqueezeExcite
 from cbam.paper import load_tables
 from cbam.registry import create_model
@@ -342,8 +343,9 @@ def test_full_vgg16_classifier_fills_fc6_and_fc7(tmp_path):
 
 def test_mobilenet_weights_from_a_cbam_train_checkpoint_and_safetensors(tmp_path):
     network = randomize_(create_model("mobilenet_v1"))
-    save_checkpoint(tmp_path / "last.pt", {"model": network.state_dict(), "config": {"arch": "mobilenet_v1"}})
-    save_safetensors(tmp_path / "last.safetensors", network, {"arch": "mobilenet_v1"})
+    checkpoint = Checkpoint("classification", {"arch": "mobilenet_v1"}, None, 1, network.state_dict())
+    save_checkpoint(tmp_path / "last.pt", checkpoint)
+    save_weights(tmp_path / "last.safetensors", checkpoint)
     for name in ("last.pt", "last.safetensors"):
         model = stairnet300(backbone="mobilenet_v1", backbone_weights=tmp_path / name)
         trunk = model.backbone.body.trunk
@@ -377,6 +379,7 @@ def test_a_state_dict_that_does_not_fit_names_the_file_and_the_keys(tmp_path):
 
 def test_a_checkpoint_of_another_network_is_refused(tmp_path):
     network = create_model("resnet18")
-    save_checkpoint(tmp_path / "best.pt", {"model": network.state_dict(), "config": {"arch": "resnet18"}})
+    checkpoint = Checkpoint("classification", {"arch": "resnet18"}, None, 1, network.state_dict())
+    save_checkpoint(tmp_path / "best.pt", checkpoint)
     with pytest.raises(CheckpointError, match=r"best\.pt.*resnet18"):
         stairnet300(backbone="mobilenet_v1", backbone_weights=tmp_path / "best.pt")

@@ -8,15 +8,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cbam.detection.config import SMALL_INPUT_KWARGS, DetectConfig
-from cbam.detection.registry import create_detector
+from cbam.detection.detectors import create_detector
+from cbam.detection.task import DetectionConfig
+from cbam.engine.config import config_from_dict, resumable_keys
 from cbam.engine.run_folder import run_or_reuse
 from cbam.errors import unknown_name
 from cbam.outputs import atomic_write, check_writable_folder
 from cbam.paper import load_tables
 from cbam.report import format_markdown_table, write_csv
 
-DETECT_PRESETS: tuple[str, ...] = ("table7", "table8")
+DETECT_TABLES: tuple[str, ...] = ("table7", "table8")
 BACKBONES = {"ResNet50": "resnet50", "ResNet101": "resnet101", "VGG16": "vgg16", "MobileNet": "mobilenet_v1"}
 DETECTORS = {"SSD": ("ssd300", "none"), "StairNet": ("stairnet300", "none"), "StairNet+SE": ("stairnet300", "se"),
              "StairNet+CBAM": ("stairnet300", "cbam")}  # fmt: skip
@@ -42,13 +43,13 @@ class DetectRow:
     paper: dict[str, float]
 
 
-def table_rows(preset: str, backbones: list[str] | None = None) -> list[DetectRow]:
+def table_rows(table: str, backbones: list[str] | None = None) -> list[DetectRow]:
     """The rows of Table 7 or 8; `backbones` keeps only those (or, for a backbone the table lacks, puts it in
     place of the table's, e.g. resnet18 on small data)."""
-    if preset not in DETECT_PRESETS:
-        raise unknown_name("detection preset", preset, DETECT_PRESETS)
+    if table not in DETECT_TABLES:
+        raise unknown_name("detection table", table, DETECT_TABLES)
     rows = []
-    if preset == "table7":
+    if table == "table7":
         for entry in load_tables()["table7_coco_faster_rcnn"]:
             paper = {k: entry[k] for k in ("map", "map50", "map75")}
             backbone, attention = BACKBONES[entry["backbone"]], entry["attention"]
@@ -78,12 +79,12 @@ def count_parameters(row: DetectRow, num_classes: int, **kwargs: Any) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def profile_table(preset: str, backbones: list[str] | None = None) -> tuple[list[str], list[list[str]], list[dict]]:
+def profile_table(table: str, backbones: list[str] | None = None) -> tuple[list[str], list[list[str]], list[dict]]:
     """Parameters of each row at the table's class count, beside the paper's (Table 8 prints them)."""
     header = ["Detector", "Backbone", "Attention", "Params (M)", "Paper params (M)", "Difference (M)"]
     rows, records = [], []
-    for row in table_rows(preset, backbones):
-        params = count_parameters(row, CLASSES[preset]) / 1e6
+    for row in table_rows(table, backbones):
+        params = count_parameters(row, CLASSES[table]) / 1e6
         paper = row.paper.get("params_m")
         difference = "-" if paper is None else f"{params - paper:+.2f}"
         rows.append([row.detector, row.backbone, row.attention, f"{params:.2f}",
@@ -93,40 +94,46 @@ def profile_table(preset: str, backbones: list[str] | None = None) -> tuple[list
     return header, rows, records
 
 
-def _row_config(base: DetectConfig, row: DetectRow, output: Path, backbone_runs: Path | None) -> DetectConfig:
+def _row_config(base: DetectionConfig, row: DetectRow, output: Path, backbone_runs: Path | None) -> DetectionConfig:
     weights = base.backbone_weights
     if backbone_runs is not None:
         run = backbone_runs / (row.backbone if row.attention == "none" else f"{row.backbone}-{row.attention}")
         weights = str(run / "best.pt")
         if not Path(weights).is_file():
             raise FileNotFoundError(f"no classification checkpoint for {row.name} at {weights}")
-    kwargs = base.detector_kwargs
-    if row.detector != base.detector:
-        kwargs = SMALL_INPUT_KWARGS.get(row.detector, {}) if base.data == "cluttered-digits" else {}
+    kwargs = base.detector_kwargs if row.detector == base.detector else {}  # options of another detector
     return dataclasses.replace(base, detector=row.detector, backbone=row.backbone, attention=row.attention,
                                detector_kwargs=dict(kwargs), backbone_weights=weights,
                                output=str(output / row.name))  # fmt: skip
 
 
 def compare_detectors(
-    preset: str, base: DetectConfig, output: Path, *, backbones: list[str] | None = None,
+    table: str, base: DetectionConfig, output: Path, *, backbones: list[str] | None = None,
     backbone_runs: Path | None = None, exist_ok: bool = False,
 ) -> tuple[list[str], list[list[str]]]:  # fmt: skip
     """Train every row (keeping one that finished with this config, continuing one that stopped; a folder
     holding another config's run is refused unless `exist_ok`), then write comparison.md and comparison.csv
     with our metrics beside the paper's."""
-    from cbam.detection.engine import RESUME_OVERRIDABLE, fit_detector
+    from cbam.engine.run import RunResult
+    from cbam.tasks import fit
 
     check_writable_folder(Path(output))
 
-    def run(config: DetectConfig) -> dict[str, Any]:
+    def run(config: DetectionConfig) -> dict[str, Any]:
         def train(resume: Path | None, replace: bool) -> dict[str, Any]:
-            return fit_detector(config, resume=resume, exist_ok=replace).to_dict()
+            return fit(config, resume=resume, exist_ok=replace).to_dict()
 
-        return run_or_reuse(Path(config.output), config.to_dict(), RESUME_OVERRIDABLE, train, dict, exist_ok=exist_ok)
+        def finished(summary: dict[str, Any]) -> dict[str, Any]:
+            return RunResult.from_dict(summary).to_dict()
 
-    results = [(row, run(_row_config(base, row, output, backbone_runs))) for row in table_rows(preset, backbones)]
-    ours_keys, paper_keys = metric_keys(base.metric), PAPER_KEYS[preset]
+        def complete(saved: dict[str, Any]) -> dict[str, Any]:
+            return config_from_dict(DetectionConfig, saved).to_dict()
+
+        return run_or_reuse(Path(config.output), config.to_dict(), resumable_keys(DetectionConfig), train, finished,
+                            exist_ok=exist_ok, complete=complete)  # fmt: skip
+
+    results = [(row, run(_row_config(base, row, output, backbone_runs))) for row in table_rows(table, backbones)]
+    ours_keys, paper_keys = metric_keys(base.metric), PAPER_KEYS[table]
     header = ["Detector", "Params (M)", *(COLUMNS[k] for k in ours_keys), "Paper row",
               *(f"Paper {COLUMNS[k]}" for k in paper_keys)]  # fmt: skip
     rows = []
@@ -135,7 +142,7 @@ def compare_detectors(
         ours_name = f"{row.detector} {row.backbone}" + ("" if row.attention == "none" else f" + {row.attention}")
         rows.append([ours_name, f"{summary['params'] / 1e6:.2f}", *(f"{100 * best[f'val_{k}']:.1f}" for k in ours_keys),
                      row.description, *(f"{row.paper[k]:.1f}" for k in paper_keys)])  # fmt: skip
-    table = format_markdown_table(header, rows)
-    atomic_write(output / "comparison.md", lambda tmp: tmp.write_text(f"## {preset} on {base.data}\n\n{table}\n"))
+    markdown = format_markdown_table(header, rows)
+    atomic_write(output / "comparison.md", lambda tmp: tmp.write_text(f"## {table} on {base.data}\n\n{markdown}\n"))
     write_csv(output / "comparison.csv", header, rows)
     return header, rows

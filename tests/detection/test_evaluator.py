@@ -9,7 +9,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from torchvision.ops import box_iou
 
-from cbam.detection.metrics import (
+from cbam.detection.evaluator import (
     DetectionEvaluator,
     _box_iou,
     coco_ground_truth,
