@@ -8,9 +8,9 @@ import torch
 
 import cbam
 from cbam import cli
+from cbam.classification.task import ClassificationConfig
 from cbam.cli import main
 from cbam.data.loading import default_workers
-from cbam.engine.config import TrainConfig
 
 
 def run(capsys, *argv):
@@ -147,6 +147,6 @@ def test_a_file_torch_refuses_never_passes_on_the_advice_to_load_it_unsafely(cap
 def test_workers_default_to_the_cpus_this_process_may_use(monkeypatch):
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
-    assert default_workers() == 2 and TrainConfig().workers == 2
+    assert default_workers() == 2 and ClassificationConfig().workers == 2
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # torchrun with 4 processes on this machine
     assert default_workers() == 1

@@ -14,7 +14,7 @@ from torch import nn
 import cbam
 from cbam.cli import main
 from cbam.convert import convert_authors_state, convert_file, load_pretrained, shown_names
-from cbam.engine.checkpoint import CheckpointError
+from cbam.errors import CheckpointError
 
 
 def randomize_(network: nn.Module) -> nn.Module:

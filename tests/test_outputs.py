@@ -2,14 +2,14 @@
 
 import pytest
 
-from cbam.engine.checkpoint import load_checkpoint, save_checkpoint
+from cbam.checkpoint import Checkpoint, read_checkpoint, save_checkpoint
 from cbam.errors import OutputError
 from cbam.outputs import atomic_write, check_output_file, check_writable_folder
 
 
 def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
     target = tmp_path / "last.pt"
-    save_checkpoint(target, {"model": {}, "epoch": 1})
+    save_checkpoint(target, Checkpoint("classification", {}, None, 1, {}))
 
     def crash(tmp):
         tmp.write_bytes(b"half a checkpoint")
@@ -17,7 +17,7 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
 
     with pytest.raises(KeyboardInterrupt):
         atomic_write(target, crash)
-    assert load_checkpoint(target)["epoch"] == 1
+    assert read_checkpoint(target).epoch == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
 
 

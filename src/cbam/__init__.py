@@ -2,10 +2,11 @@
 
 from cbam.attach import AttentionRecorder, attach, attention_modules, detach
 from cbam.convert import load_pretrained
-from cbam.detection.registry import create_detector, list_detectors
+from cbam.detection.detectors import create_detector, list_detectors
 from cbam.explain import attention_maps, grad_cam
 from cbam.layers import BAM, CBAM, ChannelAttention, SpatialAttention, SqueezeExcite, create_attention_factory
 from cbam.registry import create_model, list_models, register_model
+from cbam.tasks import fit, load_model
 
 __version__ = "0.1.0"
 
@@ -24,9 +25,11 @@ __all__ = [
     "create_detector",
     "create_model",
     "detach",
+    "fit",
     "grad_cam",
     "list_detectors",
     "list_models",
+    "load_model",
     "load_pretrained",
     "register_model",
 ]

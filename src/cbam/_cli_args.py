@@ -21,3 +21,68 @@ def parse_key_values(pairs: Sequence[str], flag: str) -> dict[str, Any]:
         except (ValueError, SyntaxError):
             values[key] = text
     return values
+
+
+# ---------------------------------------------------------------------------------------------
+# Training commands: `cbam train`, `cbam compare`, `cbam detect train`, `cbam detect compare`
+
+
+def add_run_arguments(parser: Any, cls: Any, *, skip: tuple[str, ...] = (), resume: bool = False) -> None:
+    """The flags of a command that trains runs of `cls`: its output, recipe and every config option."""
+    from cbam.engine.config import add_config_arguments, recipe_names
+
+    parser.add_argument("--output", help="run folder for checkpoints, metrics and reports")
+    parser.add_argument(
+        "--recipe",
+        help=f"named recipe ({', '.join(recipe_names(cls))}) or a YAML file of config keys, a run's config.yaml "
+        "too (default: the dataset's own where it has one, else the defaults)",
+    )
+    parser.add_argument(
+        "--exist-ok", action="store_true", help="replace a run already in --output (else refused; see --resume)"
+    )
+    parser.add_argument(
+        "--print-config", action="store_true", help="print the resolved config (a valid recipe) and stop"
+    )
+    if resume:
+        parser.add_argument(
+            "--resume",
+            nargs="?",
+            const="last",
+            metavar="CHECKPOINT",
+            help="continue from the last checkpoint in --output, or from CHECKPOINT; flags equal to the run's "
+            "are accepted",
+        )
+    add_config_arguments(parser, cls, skip)
+
+
+def run_config(args: Any, cls: Any, *, skip: tuple[str, ...] = (), **fixed: Any) -> tuple[Any, Any]:
+    """(config, checkpoint to resume or None) from a training command's flags (the `skip` given to
+    `add_run_arguments`) and `fixed` values."""
+    from pathlib import Path
+
+    from cbam.engine.config import build_config, config_arguments, requested_values
+    from cbam.engine.run import resolve_resume
+    from cbam.tasks import resume_config
+
+    given = {**config_arguments(args, cls, skip), **fixed, "output": args.output}
+    if getattr(args, "resume", None) is None:
+        return build_config(cls, args.recipe, **given), None
+    if args.exist_ok:
+        raise ConfigError("--resume continues the run in --output and --exist-ok replaces it; give one")
+    if not args.output:
+        raise ConfigError("give --output: the run folder to continue")
+    checkpoint = resolve_resume(args.resume, Path(args.output))
+    requested = requested_values(cls, args.recipe, given, dataset_recipe=False)
+    return resume_config(checkpoint, **requested), checkpoint
+
+
+def printed_or_checked(args: Any, config: Any) -> bool:
+    """With --print-config, print the config and say so (the command stops); else insist on --output."""
+    from cbam.engine.config import config_yaml
+
+    if args.print_config:
+        print(config_yaml(config), end="")
+        return True
+    if not args.output:
+        raise ConfigError("give --output: the folder the run writes its checkpoints and reports to")
+    return False

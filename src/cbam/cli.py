@@ -13,16 +13,17 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from cbam import __version__
-from cbam._cli_args import parse_key_values
+from cbam._cli_args import add_run_arguments, parse_key_values, printed_or_checked, run_config
+from cbam.classification.compare import COMPARE_TABLES
+from cbam.classification.task import ClassificationConfig
 from cbam.detection.commands import add_detect_commands
-from cbam.engine.compare import COMPARE_PRESETS
-from cbam.engine.config import recipe_names
+from cbam.engine.config import parse_attention
 from cbam.engine.distributed import shutdown_distributed
 from cbam.errors import ConfigError, UserError
 from cbam.explain import CAM_METHODS
 from cbam.export import EXPORT_FORMATS
 from cbam.extras import require_extra
-from cbam.layers.create import AttentionSpec, attention_names
+from cbam.layers.create import attention_names
 from cbam.outputs import check_output_file, check_writable_folder
 from cbam.paper import PAPER_TABLES
 from cbam.profile import (
@@ -37,15 +38,7 @@ from cbam.registry import create_model, list_models, model_entry
 from cbam.report import format_markdown_table, write_csv
 from cbam.survey.commands import add_survey_commands
 
-
-def _parse_attention(text: str) -> AttentionSpec:
-    """A name (`cbam`) or a JSON mapping (`{"name": "cbam", "kernel_size": 3}`)."""
-    if text.lstrip().startswith("{"):
-        try:
-            return json.loads(text)
-        except json.JSONDecodeError as err:
-            raise ConfigError(f"--attention is not valid JSON: {err}") from None
-    return text
+COMPARE_SKIP = ("arch", "attention")  # options each compare row sets itself, so not flags
 
 
 def _parse_model_args(pairs: Sequence[str]) -> dict[str, Any]:
@@ -104,7 +97,7 @@ def _profile_tables(args: argparse.Namespace) -> int:
 
 def _profile_model(args: argparse.Namespace) -> int:
     entry = model_entry(args.arch)
-    attention = entry.fixed.get("attention", "none") if args.attention is None else _parse_attention(args.attention)
+    attention = entry.fixed.get("attention", "none") if args.attention is None else parse_attention(args.attention)
     kwargs = _parse_model_args(args.model_arg)
     size = (3, args.input_size, args.input_size)
     ours = measure_arch(args.arch, attention, input_size=size, **kwargs)
@@ -142,111 +135,26 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
-TRAINING_FLAGS = {
-    # flag: (config key, type, help)
-    "--epochs": ("epochs", int, "training epochs (paper: 90)"),
-    "--batch-size": ("batch_size", int, "global batch over all processes (paper: 256)"),
-    "--lr": ("lr", float, "learning rate for a global batch of 256, scaled linearly (paper: 0.1)"),
-    "--optimizer": ("optimizer", str, "sgd (paper) or adamw"),
-    "--momentum": ("momentum", float, "SGD momentum (paper: 0.9)"),
-    "--weight-decay": ("weight_decay", float, "weight decay (paper: 1e-4)"),
-    "--lr-schedule": ("lr_schedule", str, "step (paper) or cosine"),
-    "--lr-step": ("lr_step", int, "epochs between x0.1 steps (paper: 30)"),
-    "--warmup-epochs": ("warmup_epochs", int, "linear warm-up epochs (default 0)"),
-    "--label-smoothing": ("label_smoothing", float, "label smoothing (default 0)"),
-    "--image-size": ("image_size", int, "training crop and evaluation crop (paper: 224)"),
-    "--eval-resize": ("eval_resize", int, "short side before the evaluation centre crop (paper: 256)"),
-    "--workers": ("workers", int, "data-loading processes per training process (default: the CPUs available)"),
-    "--seed": ("seed", int, "seed of initialisation, shuffling and augmentation"),
-    "--amp-dtype": ("amp_dtype", str, "auto (bf16 on CPU, fp16 on CUDA), bfloat16 or float16"),
-    "--device": ("device", str, "auto, cpu or cuda"),
-}
-TRAINING_SWITCHES = {
-    "--amp": ("amp", "mixed precision"),
-    "--channels-last": ("channels_last", "channels_last memory format"),
-    "--compile": ("compile", "torch.compile the network"),
-    "--sync-bn": ("sync_bn", "synchronise BatchNorm statistics across processes (CUDA)"),
-    "--freeze-bn-stats": ("freeze_bn_stats", "normalise with the running BatchNorm statistics while training"),
-    "--hflip": ("hflip", "random horizontal flips"),
-    "--download": ("download", "download CIFAR when missing (needs a network)"),
-}
-
-
-def _add_training_arguments(parser: argparse.ArgumentParser, *, model: bool) -> None:
-    parser.add_argument("--data", help="ImageNet-layout folder, cifar10, cifar100 or cluttered-digits")
-    parser.add_argument("--output", required=True, help="run folder for checkpoints, metrics and reports")
-    parser.add_argument(
-        "--recipe",
-        help=f"named recipe ({', '.join(recipe_names())}) or a YAML file of config keys "
-        "(default: the dataset's own where it has one, else the paper's ImageNet recipe)",
-    )
-    parser.add_argument(
-        "--exist-ok", action="store_true", help="replace a run already in --output (else refused; see --resume)"
-    )
-    if model:
-        parser.add_argument("--arch", help="model name (see `cbam models`)")
-        parser.add_argument("--attention", help=f"{', '.join(attention_names())}, or a JSON mapping")
-    parser.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE", help="builder option")
-    for flag, (_, kind, text) in TRAINING_FLAGS.items():
-        parser.add_argument(flag, type=kind, help=text)
-    parser.add_argument(
-        "--crop-scale", type=float, nargs=2, metavar=("LO", "HI"), help="random-resized crop area range (paper: 0.08 1)"
-    )
-    for flag, (_, text) in TRAINING_SWITCHES.items():
-        parser.add_argument(flag, action=argparse.BooleanOptionalAction, help=text)
-
-
-def _training_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    """Config values the user gave on the command line (None for those left out)."""
-    values: dict[str, Any] = {"data": args.data, "output": args.output, "crop_scale": args.crop_scale}
-    for flag, (key, *_) in {**TRAINING_FLAGS, **TRAINING_SWITCHES}.items():
-        values[key] = getattr(args, flag.removeprefix("--").replace("-", "_"))
-    if getattr(args, "arch", None) is not None:
-        values["arch"] = args.arch
-    if getattr(args, "attention", None) is not None:
-        values["attention"] = _parse_attention(args.attention)
-    if args.model_arg:
-        values["model_kwargs"] = _parse_model_args(args.model_arg)
-    return values
-
-
-def _resume_request(recipe: str | None, overrides: dict[str, Any]) -> dict[str, Any]:
-    """What a resumed run's command line asks for: its recipe's values (if it names one), then its flags."""
-    from cbam.engine.config import read_recipe
-
-    requested: dict[str, Any] = {**read_recipe(recipe), "recipe": recipe} if recipe else {}
-    requested.update({k: v for k, v in overrides.items() if v is not None})
-    return requested
-
-
 def cmd_train(args: argparse.Namespace) -> int:
-    from pathlib import Path
+    from cbam.classification.task import ClassificationConfig
+    from cbam.tasks import fit
 
-    from cbam.engine.config import build_config
-    from cbam.engine.train import fit, resolve_resume, resume_config
-
-    overrides = _training_overrides(args)
-    if args.resume is not None:
-        if args.exist_ok:
-            raise ConfigError("--resume continues the run in --output and --exist-ok replaces it; give one")
-        checkpoint = resolve_resume(args.resume, Path(args.output))
-        config = resume_config(checkpoint, **_resume_request(args.recipe, overrides))
-    else:
-        if not args.data:
-            raise ConfigError("give --data (an ImageNet-layout folder, cifar10, cifar100 or cluttered-digits)")
-        checkpoint = None
-        config = build_config(args.recipe, **overrides)
+    config, checkpoint = run_config(args, ClassificationConfig)
+    if printed_or_checked(args, config):
+        return 0
+    if not config.data:
+        raise ConfigError("give --data (an ImageNet-layout folder, cifar10, cifar100 or cluttered-digits)")
     result = fit(config, resume=checkpoint, exist_ok=args.exist_ok)
     final = result.final
     print(
         f"done: val top-1 error {final['val_top1_error']:.2f}%, top-5 {final['val_top5_error']:.2f}% "
-        f"(best top-1 {result.best_top1_error:.2f}% at epoch {result.best_epoch}); run in {result.output}"
+        f"(best top-1 {result.best_value:.2f}% at epoch {result.best_epoch}); run in {result.output}"
     )
     return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from cbam.engine.evaluate import evaluate_checkpoint
+    from cbam.classification.evaluate import evaluate_checkpoint
 
     result = evaluate_checkpoint(
         args.checkpoint,
@@ -350,14 +258,16 @@ def cmd_compare(args: argparse.Namespace) -> int:
     require_extra("explain", "cbam compare")
     from pathlib import Path
 
-    from cbam.engine.compare import run_compare
-    from cbam.engine.config import build_config
+    from cbam.classification.compare import run_compare
+    from cbam.classification.task import ClassificationConfig
 
-    if not args.data:
+    config, _ = run_config(args, ClassificationConfig, skip=COMPARE_SKIP)
+    if printed_or_checked(args, config):
+        return 0
+    if not config.data:
         raise ConfigError("give --data (an ImageNet-layout folder, cifar10, cifar100 or cluttered-digits)")
-    config = build_config(args.recipe, **_training_overrides(args))
-    comparison = run_compare(args.preset, config, Path(args.output), archs=args.arch, exist_ok=args.exist_ok)
-    print(f"\n## {args.preset} on {args.data}\n")
+    comparison = run_compare(args.table, config, Path(args.output), archs=args.arch, exist_ok=args.exist_ok)
+    print(f"\n## {args.table} on {args.data}\n")
     print(format_markdown_table(comparison.header, comparison.rows))
     print(f"\nwritten: {Path(args.output) / 'comparison.md'}, comparison.csv, curves.png")
     return 0
@@ -383,7 +293,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     check_output_file(args.output, force=args.force)
     if args.format == "onnx":
         require_onnx(runtime=True)
-    attention = _parse_attention(args.attention) if args.attention else None
+    attention = parse_attention(args.attention) if args.attention else None
     model_kwargs = _parse_model_args(args.model_arg)
     if args.checkpoint:
         from cbam.convert import load_pretrained
@@ -448,14 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
     models.set_defaults(func=cmd_models)
 
     train = commands.add_parser("train", help="train a network (the paper's ImageNet recipe by default)")
-    _add_training_arguments(train, model=True)
-    train.add_argument(
-        "--resume",
-        nargs="?",
-        const="last",
-        metavar="CHECKPOINT",
-        help="continue from the last checkpoint in --output, or from CHECKPOINT; flags equal to the run's are accepted",
-    )
+    add_run_arguments(train, ClassificationConfig, resume=True)
     train.set_defaults(func=cmd_train)
 
     evaluate = commands.add_parser("eval", help="top-1/top-5 error of a checkpoint (single centre crop)")
@@ -471,9 +374,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(func=cmd_eval)
 
     compare = commands.add_parser("compare", help="train the rows of a paper table and compare them")
-    compare.add_argument("--preset", required=True, choices=COMPARE_PRESETS, help="which paper table's rows")
+    compare.add_argument("--table", required=True, choices=COMPARE_TABLES, help="which paper table's rows")
     compare.add_argument("--arch", action="append", help="only this architecture's rows (repeatable)")
-    _add_training_arguments(compare, model=False)
+    add_run_arguments(compare, ClassificationConfig, skip=COMPARE_SKIP)
     compare.set_defaults(func=cmd_compare)
 
     cam = commands.add_parser("cam", help="the paper's Fig. 4: each image, then each network's Grad-CAM and P")

@@ -25,7 +25,15 @@ from typing import Any
 from torch import Tensor, nn
 
 from cbam.attach import AttentionAfter
-from cbam.engine.checkpoint import load_safetensors, read_torch_file, save_safetensors
+from cbam.checkpoint import (
+    Checkpoint,
+    checkpoint_in_safetensors,
+    is_cbam_checkpoint,
+    parse_checkpoint,
+    read_safetensors,
+    read_torch_file,
+    save_weights,
+)
 from cbam.errors import CheckpointError
 from cbam.layers.create import AttentionSpec
 from cbam.registry import Builder, create_model, model_entry
@@ -167,43 +175,38 @@ def flat_state(raw: Mapping[str, Any], source: str) -> dict[str, Tensor]:
     return state
 
 
-def _recorded_in_metadata(meta: Mapping[str, Any]) -> RecordedNetwork | None:
-    if not isinstance(meta.get("arch"), str):
+def _recorded(checkpoint: Checkpoint | None) -> RecordedNetwork | None:
+    """The zoo network a cbam file records (None for a detector's, or a file that is not cbam's)."""
+    if checkpoint is None or checkpoint.task != "classification" or not isinstance(checkpoint.config.get("arch"), str):
         return None
-    classes = meta.get("classes")
-    num_classes = meta.get("num_classes") or (len(classes) if isinstance(classes, list) else None)
-    return RecordedNetwork(meta["arch"], meta.get("attention", "none"), num_classes, meta.get("model_kwargs") or {})
-
-
-def _recorded_in_training(state: Mapping[str, Any]) -> RecordedNetwork | None:
-    """The network of a `cbam train` checkpoint (None for another trainer's `{"model": ...}`)."""
-    config = state.get("config")
-    if not isinstance(config, Mapping) or not isinstance(config.get("arch"), str):
-        return None
-    classes = state.get("classes")
-    num_classes = len(classes) if isinstance(classes, list) else None
-    return RecordedNetwork(config["arch"], config.get("attention"), num_classes, config.get("model_kwargs") or {})
+    config = checkpoint.config
+    return RecordedNetwork(config["arch"], config.get("attention", "none"), checkpoint.num_classes,
+                           config.get("model_kwargs") or {})  # fmt: skip
 
 
 def read_weights(path: str | Path) -> StoredWeights:
     """The weights in any file this project reads, and the network the file records.
 
-    `.safetensors` (with cbam's metadata or without), a `cbam train` checkpoint, an authors' checkpoint
-    (renamed to the zoo's keys), `{"state_dict": ...}` or `{"model": ...}` from other trainers, or a bare
-    state dict. Never runs code from the file (`read_torch_file`); every problem is a `CheckpointError`.
+    `.safetensors` (with cbam's metadata or without), a cbam checkpoint (`cbam.checkpoint`), an authors'
+    checkpoint (renamed to the zoo's keys), `{"state_dict": ...}` or `{"model": ...}` from other trainers, or
+    a bare state dict. Never runs code from the file (`read_torch_file`); every problem is a `CheckpointError`.
     """
     path = Path(path)
     if path.suffix == ".safetensors":
-        tensors, meta = load_safetensors(path)
-        return StoredWeights(flat_state(tensors, str(path)), _recorded_in_metadata(meta), meta.get("arch"))
+        tensors, meta = read_safetensors(path)
+        network = _recorded(checkpoint_in_safetensors(tensors, meta))
+        named = network.arch if network else meta.get("arch")
+        return StoredWeights(flat_state(tensors, str(path)), network, named)
     state = read_torch_file(path)
     if is_authors_checkpoint(state) and any(str(k).startswith("module.layer1.") for k in state["state_dict"]):
         authors = convert_authors_state(state)  # their CBAM/BAM names -> the zoo's
         network = RecordedNetwork(authors.arch, authors.attention, authors.num_classes)
         return StoredWeights(authors.state_dict, network, authors.arch)
-    if isinstance(state.get("model"), Mapping):  # a `cbam train` checkpoint, or another trainer's
-        network = _recorded_in_training(state)
+    if is_cbam_checkpoint(state):
+        network = _recorded(parse_checkpoint(state))
         return StoredWeights(flat_state(state["model"], str(path)), network, network.arch if network else None)
+    if isinstance(state.get("model"), Mapping):  # another trainer's `{"model": ...}`
+        return StoredWeights(flat_state(state["model"], str(path)), None, None)
     if isinstance(state.get("state_dict"), Mapping):
         named = state.get("arch") if isinstance(state.get("arch"), str) else None
         return StoredWeights(flat_state(state["state_dict"], str(path)), None, named)
@@ -453,12 +456,7 @@ def convert_file(source: str | Path, destination: str | Path) -> AuthorsNetwork:
     network = convert_authors_state(read_torch_file(Path(source)))
     model = create_model(network.arch, attention=network.attention, num_classes=network.num_classes)
     load_state_into(model, network.state_dict, str(source), target=network.arch)
-    metadata = {
-        "arch": network.arch,
-        "attention": network.attention,
-        "model_kwargs": {},
-        "num_classes": network.num_classes,
-        "source": str(source),
-    }
-    save_safetensors(Path(destination), model, metadata)
+    config = {"arch": network.arch, "attention": network.attention, "model_kwargs": {}}
+    extras = {"num_classes": network.num_classes, "source": str(source)}
+    save_weights(Path(destination), Checkpoint("classification", config, None, 0, model.state_dict(), extras))
     return network

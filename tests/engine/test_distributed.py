@@ -11,9 +11,9 @@ import sys
 import pytest
 import torch
 
-from cbam.engine.checkpoint import load_checkpoint
+from cbam.checkpoint import read_checkpoint
+from cbam.classification.task import ClassificationConfig, ClassificationTask
 from cbam.engine.config import config_from_dict
-from cbam.engine.train import build_model
 
 ARGS = [
     "train", "--arch", "wide_resnet18", "--model-arg", "widen_factor=0.25", "--attention", "cbam",
@@ -33,25 +33,25 @@ def train(processes: int, data, output, *extra: str) -> None:
 def test_two_processes_take_the_same_steps_as_one_process(image_folder, tmp_path):
     train(1, image_folder, tmp_path / "one", "--freeze-bn-stats")
     train(2, image_folder, tmp_path / "two", "--freeze-bn-stats")
-    one = load_checkpoint(tmp_path / "one" / "last.pt")
-    two = load_checkpoint(tmp_path / "two" / "last.pt")
+    one = read_checkpoint(tmp_path / "one" / "last.pt")
+    two = read_checkpoint(tmp_path / "two" / "last.pt")
     torch.manual_seed(0)
-    start = build_model(config_from_dict(one["config"]), 3).state_dict()
-    moved = [k for k, v in one["model"].items() if v.is_floating_point() and not torch.equal(v, start[k])]
+    start = ClassificationTask.build_model(config_from_dict(ClassificationConfig, one.config), 3).state_dict()
+    moved = [k for k, v in one.model.items() if v.is_floating_point() and not torch.equal(v, start[k])]
     assert len(moved) > 20  # the runs trained
-    for key, value in one["model"].items():
-        torch.testing.assert_close(two["model"][key], value, atol=1e-5, rtol=1e-4, msg=key)
+    for key, value in one.model.items():
+        torch.testing.assert_close(two.model[key], value, atol=1e-5, rtol=1e-4, msg=key)
     # metrics are summed over processes: both runs evaluated every validation image once
     for key in ("val_loss", "val_top1_error", "train_loss"):
-        assert two["history"][-1][key] == pytest.approx(one["history"][-1][key], rel=1e-4), key
+        assert two.history[-1][key] == pytest.approx(one.history[-1][key], rel=1e-4), key
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(p.name for p in (tmp_path / "one").iterdir())
 
 
 @pytest.mark.slow
 def test_two_processes_with_per_process_batchnorm_train_and_write_once(image_folder, tmp_path):
     train(2, image_folder, tmp_path / "two")
-    state = load_checkpoint(tmp_path / "two" / "last.pt")
-    assert state["epoch"] == 2 and state["history"][-1]["skipped_images"] == 0
+    state = read_checkpoint(tmp_path / "two" / "last.pt")
+    assert state.epoch == 2 and state.history[-1]["skipped_images"] == 0
     assert not list(tmp_path.glob("two/*.tmp")) and (tmp_path / "two" / "summary.json").exists()
 
 
@@ -70,5 +70,5 @@ def test_a_truncated_image_in_one_process_share_neither_hangs_nor_stops_the_run(
     bad = image_folder / "train" / "class1" / "003.png"
     bad.write_bytes(bad.read_bytes()[:40])
     train(2, image_folder, tmp_path / "two", "--batch-size", "4", "--epochs", "1")
-    state = load_checkpoint(tmp_path / "two" / "last.pt")
-    assert state["epoch"] == 1 and state["history"][-1]["skipped_images"] == 1
+    state = read_checkpoint(tmp_path / "two" / "last.pt")
+    assert state.epoch == 1 and state.history[-1]["skipped_images"] == 1

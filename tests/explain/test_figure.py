@@ -5,8 +5,8 @@ from __future__ import annotations
 from PIL import Image
 
 from cbam.cli import main
-from cbam.engine.train import fit
-from tests.engine.conftest import tiny_config, write_image_folder
+from cbam.tasks import fit
+from tests.conftest import tiny_config, write_image_folder
 
 
 def test_cam_figure_has_a_row_per_image_and_a_column_per_network(tmp_path, capsys) -> None:

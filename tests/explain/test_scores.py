@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 from cbam.cli import main
-from cbam.engine.train import fit
-from tests.engine.conftest import tiny_config, write_image_folder
+from cbam.tasks import fit
+from tests.conftest import tiny_config, write_image_folder
 
 
 def write_val_boxes(root) -> int:

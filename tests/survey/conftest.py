@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import uvicorn
 
-from cbam.engine.train import fit
 from cbam.survey.app import create_app
 from cbam.survey.study import build_study, load_study
-from tests.engine.conftest import tiny_config, write_image_folder
+from cbam.tasks import fit
+from tests.conftest import tiny_config, write_image_folder
 
 QUESTIONS = 4
 

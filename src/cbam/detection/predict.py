@@ -6,15 +6,30 @@ import json
 from pathlib import Path
 
 import torch
+from torch import Tensor
+from torchvision import tv_tensors
 from torchvision.io import write_png
 from torchvision.utils import draw_bounding_boxes
 
 from cbam.data.loading import IMAGE_ERRORS, DataError
 from cbam.detection.data import read_image
-from cbam.detection.engine import detect, load_detector
+from cbam.detection.task import eval_transforms, to_original
 from cbam.engine.distributed import resolve_device
 from cbam.errors import OutputError
 from cbam.outputs import atomic_write, check_writable_folder
+from cbam.tasks import LoadedModel, load_model
+
+
+@torch.no_grad()
+def detect(loaded: LoadedModel, images: list[Tensor], device: torch.device | str = "cpu") -> list[dict[str, Tensor]]:
+    """Detections of a loaded detector for uint8 or [0, 1] float (3, H, W) images, in each image's own pixels."""
+    transform = eval_transforms(loaded.config)
+    inputs, targets = [], []
+    for image in images:
+        prepared = transform(tv_tensors.Image(image))
+        inputs.append(prepared.as_subclass(Tensor).to(device))
+        targets.append({"orig_size": tuple(image.shape[-2:])})
+    return to_original(loaded.model(inputs), inputs, targets)
 
 
 def _check_outputs(images: list[Path], output: Path, force: bool) -> None:
@@ -42,7 +57,7 @@ def predict_files(
         raise DataError(f"no such image file: {', '.join(missing)}")
     _check_outputs(images, output, force)
     target = resolve_device(device)
-    loaded = load_detector(checkpoint, target)
+    loaded = load_model(checkpoint, target, task="detection")
     listing, written = [], []
     for path in images:
         try:

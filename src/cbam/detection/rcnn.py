@@ -30,7 +30,7 @@ from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from cbam.detection.registry import register_detector
+from cbam.detection.detectors import register_detector
 from cbam.detection.weights import load_backbone, read_backbone_state
 from cbam.errors import ConfigError
 from cbam.layers.create import AttentionSpec

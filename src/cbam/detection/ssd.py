@@ -24,10 +24,9 @@ from torchvision.models.detection.anchor_utils import DefaultBoxGenerator
 from torchvision.models.detection.ssd import SSD, SSDScoringHead
 
 from cbam.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from cbam.detection.registry import register_detector
+from cbam.detection.detectors import register_detector
 from cbam.detection.weights import load_backbone, read_backbone_state
-from cbam.engine.checkpoint import CheckpointError
-from cbam.errors import ConfigError, unknown_name
+from cbam.errors import CheckpointError, ConfigError, unknown_name
 from cbam.layers.create import AttentionSpec, create_attention_factory
 from cbam.models._helpers import attention_or_identity, initialize_weights
 from cbam.registry import create_model

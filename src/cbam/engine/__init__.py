@@ -1,6 +1,8 @@
-"""Training, evaluation and comparison runs: the recipe lives here, not in the layers or models."""
+"""The run skeleton every task shares (`run`), the options mechanism (`config`), the task interface (`task`),
+and what runs need around them: processes (`distributed`), batches (`batches`) and run folders (`run_folder`).
+The recipe lives here and in the tasks (`cbam.classification`, `cbam.detection`), not in the layers or models."""
 
-from cbam.engine.config import TrainConfig, build_config
-from cbam.engine.train import EvalResult, RunResult, evaluate, fit, train_one_epoch
+from cbam.engine.run import RunResult, run
+from cbam.engine.task import Headline, Task, TaskData
 
-__all__ = ["EvalResult", "RunResult", "TrainConfig", "build_config", "evaluate", "fit", "train_one_epoch"]
+__all__ = ["Headline", "RunResult", "Task", "TaskData", "run"]

@@ -1,166 +1,238 @@
-"""The training configuration: one frozen dataclass, filled from a recipe, a YAML file and flags.
+"""Run options declared once: each a dataclass field with its type, default, help and the paper's value.
 
-Precedence, lowest first: the dataclass defaults (the paper's ImageNet recipe), a named recipe
-(`cbam/recipes/<name>.yaml`) or a YAML file, then command-line values. A built-in dataset with a
-recipe of its own (`cluttered-digits`) gets that recipe when none is named.
+A task's config (`ClassificationConfig`, `DetectionConfig`) is a frozen dataclass deriving from `RunConfig`,
+which declares what every run shares. From the same declarations come the command-line flags
+(`add_config_arguments`), the YAML recipes (`read_recipe`: unknown keys are refused, naming the valid
+ones), the checks, and what a resumed run may change. Precedence, lowest first: the defaults, a recipe
+(`cbam/recipes/<task>/<name>.yaml`, or a YAML file; a built-in dataset's own when none is named), then
+explicit values. A run's saved `config.yaml` is itself a valid recipe.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
-from collections.abc import Mapping
+import json
+import typing
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, TypeVar
 
 import yaml
 
+from cbam._cli_args import parse_key_values
 from cbam.data.loading import data_location, default_workers
 from cbam.errors import ConfigError, unknown_name
 
-LR_SCHEDULES: tuple[str, ...] = ("step", "cosine")
+C = TypeVar("C", bound="RunConfig")
+
+
+def option(
+    default: Any = dataclasses.MISSING,
+    help: str = "",
+    *,
+    paper: Any = None,
+    choices: tuple[str, ...] | None = None,
+    flag: str | None = None,
+    metavar: str | tuple[str, ...] | None = None,
+    parse: Callable[[str], Any] | None = None,
+    resumable: bool = False,
+    cli: bool = True,
+    default_factory: Callable[[], Any] | None = None,
+) -> Any:
+    """A config field: `help` and `paper` (the paper's value) for `--help`, `choices` checked everywhere,
+    `flag`/`metavar`/`parse` for its command-line form, `resumable` when a resumed run may change it."""
+    metadata = {"help": help, "paper": paper, "choices": choices, "flag": flag, "metavar": metavar,
+                "parse": parse, "resumable": resumable, "cli": cli}  # fmt: skip
+    if default_factory is not None:
+        return field(default_factory=default_factory, metadata=metadata)
+    if isinstance(default, dict | list):
+        return field(default_factory=lambda: type(default)(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def parse_attention(text: str) -> Any:
+    """An attention spec from the command line: a name (`cbam`) or a JSON mapping (`{"name": "cbam", ...}`)."""
+    if text.lstrip().startswith("{"):
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"--attention is not valid JSON: {err}") from None
+    return text
+
+
 OPTIMIZERS: tuple[str, ...] = ("sgd", "adamw")
 AMP_DTYPES: tuple[str, ...] = ("auto", "bfloat16", "float16")
-REFERENCE_BATCH = 256  # the learning rate is given for this global batch and scaled linearly
-# Built-in datasets with a recipe of their own, used when no recipe is named.
-DATASET_RECIPES: dict[str, str] = {"cluttered-digits": "cluttered-digits"}
 
 
 @dataclass(frozen=True)
-class TrainConfig:
-    """Everything a run needs; the defaults are the paper's ImageNet recipe (Sect. 4.1)."""
+class RunConfig:
+    """What every training run shares, whatever its task: where, how long it is seeded, and how it runs."""
 
-    data: str = ""  # a dataset name, or a folder (kept as an absolute path)
-    output: str = ""
-    recipe: str = ""  # the recipe the values came from; "" is the paper's ImageNet recipe (these defaults)
-    arch: str = "resnet50"
-    attention: Any = "none"
-    model_kwargs: dict[str, Any] = field(default_factory=dict)
-    epochs: int = 90
-    batch_size: int = 256  # global, over all processes
-    lr: float = 0.1  # for a global batch of 256; scaled linearly with batch_size
-    optimizer: str = "sgd"
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    lr_schedule: str = "step"
-    lr_step: int = 30
-    lr_gamma: float = 0.1
-    warmup_epochs: int = 0
-    label_smoothing: float = 0.0
-    image_size: int = 224
-    eval_resize: int = 256
-    crop_scale: tuple[float, float] = (0.08, 1.0)
-    hflip: bool = True
-    workers: int = field(default_factory=default_workers)
-    seed: int = 0
-    amp: bool = False
-    amp_dtype: str = "auto"
-    channels_last: bool = False
-    compile: bool = False
-    sync_bn: bool = False
-    freeze_bn_stats: bool = False  # normalise with (and keep) the running statistics while training
-    download: bool = False
-    device: str = "auto"
+    task: ClassVar[str] = ""
+    # Built-in datasets with a recipe of their own, used when no recipe is named.
+    dataset_recipes: ClassVar[Mapping[str, str]] = {}
+
+    output: str = option("", "run folder for checkpoints, metrics and reports", cli=False)
+    recipe: str = option("", "the recipe the values came from", cli=False)
+    optimizer: str = option("sgd", "optimizer", paper="sgd", choices=OPTIMIZERS)
+    momentum: float = option(0.9, "SGD momentum", paper=0.9)
+    weight_decay: float = option(1e-4, "weight decay", paper=1e-4)
+    hflip: bool = option(True, "random horizontal flips", paper=True)
+    workers: int = option(
+        help="data-loading processes per training process (default: the CPUs available)",
+        default_factory=default_workers,
+        resumable=True,
+    )
+    seed: int = option(0, "seed of initialisation, shuffling and augmentation")
+    amp: bool = option(False, "mixed precision")
+    amp_dtype: str = option("auto", "auto (bf16 on CPU, fp16 on CUDA), bfloat16 or float16", choices=AMP_DTYPES)
+    channels_last: bool = option(False, "channels_last memory format", resumable=True)
+    compile: bool = option(False, "torch.compile the network", resumable=True)
+    sync_bn: bool = option(False, "synchronise BatchNorm statistics across processes (CUDA)")
+    freeze_bn_stats: bool = option(False, "normalise with (and keep) the running BatchNorm statistics while training")
+    device: str = option("auto", "auto, cpu, cuda or cuda:N", resumable=True)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data", data_location(self.data))
-        object.__setattr__(self, "crop_scale", tuple(self.crop_scale))
-        checks = [
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, list):
+                object.__setattr__(self, f.name, tuple(value))
+            choices = f.metadata.get("choices")
+            if choices and value not in choices:
+                raise unknown_name(f.name, value, choices)
+        for ok, message in self.checks():
+            if not ok:
+                raise ConfigError(message)
+
+    def checks(self) -> list[tuple[bool, str]]:
+        """(holds, message) for each constraint on the values; a task adds its own."""
+        return [
             (self.epochs >= 1, f"epochs must be at least 1, got {self.epochs}"),
             (self.batch_size >= 1, f"batch_size must be at least 1, got {self.batch_size}"),
             (self.lr > 0, f"lr must be positive, got {self.lr}"),
-            (self.lr_step >= 1, f"lr_step must be at least 1, got {self.lr_step}"),
             (self.workers >= 0, f"workers must be 0 or more, got {self.workers}"),
-            (self.image_size >= 8, f"image_size must be at least 8, got {self.image_size}"),
-            (self.eval_resize >= self.image_size, "eval_resize must be at least image_size"),
-            (
-                0 < self.crop_scale[0] <= self.crop_scale[1] <= 1,
-                f"crop_scale must be 0 < lo <= hi <= 1: {self.crop_scale}",
-            ),
-            (0 <= self.label_smoothing < 1, f"label_smoothing must be in [0, 1), got {self.label_smoothing}"),
         ]
-        for ok, message in checks:
-            if not ok:
-                raise ConfigError(message)
-        if self.optimizer not in OPTIMIZERS:
-            raise unknown_name("optimizer", self.optimizer, OPTIMIZERS)
-        if self.lr_schedule not in LR_SCHEDULES:
-            raise unknown_name("lr_schedule", self.lr_schedule, LR_SCHEDULES)
-        if self.amp_dtype not in AMP_DTYPES:
-            raise unknown_name("amp_dtype", self.amp_dtype, AMP_DTYPES)
 
     @property
-    def scaled_lr(self) -> float:
-        """The learning rate for this global batch: lr x batch_size / 256 (Goyal et al.)."""
-        return self.lr * self.batch_size / REFERENCE_BATCH
+    def base_lr(self) -> float:
+        """The learning rate the optimizer starts from (before warm-up and decay)."""
+        return self.lr
 
     def to_dict(self) -> dict[str, Any]:
-        out = dataclasses.asdict(self)
-        out["crop_scale"] = list(self.crop_scale)
-        return out
+        """Plain values (tuples as lists): what config.yaml and checkpoints hold, itself a valid recipe."""
+        values = dataclasses.asdict(self)
+        return {k: list(values[k]) if isinstance(values[k], tuple) else values[k] for k in config_fields(type(self))}
 
 
-def config_fields() -> set[str]:
-    return {f.name for f in dataclasses.fields(TrainConfig)}
+def config_fields(cls: type[RunConfig]) -> dict[str, dataclasses.Field]:
+    """The options of `cls` in reading order: where the run goes, then the task's own, then the shared ones."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    shared = [f.name for f in dataclasses.fields(RunConfig)]
+    order = [
+        "output",
+        "recipe",
+        *(k for k in fields if k not in shared),
+        *(k for k in shared if k not in ("output", "recipe")),
+    ]
+    return {name: fields[name] for name in order}
 
 
-def recipe_names() -> list[str]:
-    folder = resources.files("cbam.recipes")
+def resumable_keys(cls: type[RunConfig]) -> tuple[str, ...]:
+    """What a resumed run may change (everything else comes from its checkpoint)."""
+    return (*(name for name, f in config_fields(cls).items() if f.metadata.get("resumable")), "output")
+
+
+# ---------------------------------------------------------------------------------------------
+# Recipes
+
+
+def _recipe_folder(cls: type[RunConfig]) -> Any:
+    return resources.files("cbam.recipes").joinpath(cls.task)
+
+
+def recipe_names(cls: type[RunConfig]) -> list[str]:
+    folder = _recipe_folder(cls)
     return sorted(p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml"))
 
 
-def read_recipe(recipe: str) -> dict[str, Any]:
-    """Values of a named recipe or of a YAML file; unknown keys are refused."""
+def read_recipe(cls: type[RunConfig], recipe: str) -> dict[str, Any]:
+    """Values of a named recipe or of a YAML file (a run's config.yaml too); unknown keys are refused."""
     path = Path(recipe)
     if recipe.endswith((".yaml", ".yml")) or path.exists():
         if not path.is_file():
             raise ConfigError(f"recipe file {recipe} does not exist")
         text = path.read_text(encoding="utf-8")
-    elif recipe in recipe_names():
-        text = resources.files("cbam.recipes").joinpath(f"{recipe}.yaml").read_text(encoding="utf-8")
+    elif recipe in recipe_names(cls):
+        text = _recipe_folder(cls).joinpath(f"{recipe}.yaml").read_text(encoding="utf-8")
     else:
-        raise unknown_name("recipe", recipe, recipe_names())
+        raise unknown_name(f"{cls.task} recipe", recipe, recipe_names(cls))
     try:
         values = yaml.safe_load(text) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"recipe {recipe} is not valid YAML: {err}") from None
     if not isinstance(values, dict):
         raise ConfigError(f"recipe {recipe} must be a mapping of config keys, got {type(values).__name__}")
-    unknown = set(values) - config_fields()
-    if unknown:
-        raise ConfigError(f"recipe {recipe} has unknown keys {sorted(unknown)}; valid keys: {sorted(config_fields())}")
+    _refuse_unknown(cls, values, f"recipe {recipe} has")
     return values
 
 
-def recipe_for(recipe: str | None, data: str | None) -> str | None:
-    """The recipe named, else the dataset's own (`DATASET_RECIPES`), else None (the paper's defaults)."""
+def recipe_for(cls: type[RunConfig], recipe: str | None, data: str | None) -> str | None:
+    """The recipe named, else the dataset's own, else None (the defaults)."""
+    return recipe or cls.dataset_recipes.get(data or "")
+
+
+def recipe_line(config: RunConfig) -> str:
+    """How the banner names the recipe a run trains with."""
+    if not config.recipe:
+        return "recipe: the defaults"
+    own = type(config).dataset_recipes.get(config.data) == config.recipe
+    return f"recipe: {config.recipe}" + (" (the dataset's own)" if own else "")
+
+
+def _refuse_unknown(cls: type[RunConfig], values: Mapping[str, Any], what: str) -> None:
+    unknown = sorted(set(values) - set(config_fields(cls)))
+    if unknown:
+        raise ConfigError(
+            f"{what} unknown {cls.task} config keys {unknown}; valid keys: {', '.join(config_fields(cls))}"
+        )
+
+
+def config_from_dict(cls: type[C], values: Mapping[str, Any]) -> C:
+    """A config from plain values (a recipe, config.yaml, a checkpoint's); unknown keys are refused."""
+    _refuse_unknown(cls, values, "got")
+    return cls(**values)
+
+
+def requested_values(
+    cls: type[RunConfig], recipe: str | None, given: Mapping[str, Any], *, dataset_recipe: bool = True
+) -> dict[str, Any]:
+    """The recipe's values (with `dataset_recipe`, the dataset's own when none is named), then every given
+    value that is not None; mappings (builder options) given are added to the recipe's."""
+    if dataset_recipe:
+        recipe = recipe_for(cls, recipe, given.get("data") or getattr(cls, "data", None))
+    values: dict[str, Any] = read_recipe(cls, recipe) if recipe else {}
     if recipe:
-        return recipe
-    return DATASET_RECIPES.get(data or "")
+        values["recipe"] = recipe
+    for key, value in given.items():
+        if value is None:
+            continue
+        values[key] = {**values.get(key, {}), **value} if isinstance(value, Mapping) else value
+    return values
 
 
-def build_config(recipe: str | None = None, **overrides: Any) -> TrainConfig:
-    """Defaults, then the recipe (the dataset's own when none is named), then every override that is not None."""
-    recipe = recipe_for(recipe, overrides.get("data"))
-    values: dict[str, Any] = read_recipe(recipe) if recipe else {}
-    values["recipe"] = recipe or ""
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    return config_from_dict(values, strict=True)
+def build_config(cls: type[C], recipe: str | None = None, **given: Any) -> C:
+    """Defaults, then the recipe (the dataset's own when none is named), then every given value not None."""
+    return config_from_dict(cls, requested_values(cls, recipe, given))
 
 
-def config_from_dict(values: Mapping[str, Any], *, strict: bool = False) -> TrainConfig:
-    """Rebuild a config saved by `TrainConfig.to_dict` (in a checkpoint or config.yaml); `strict` refuses
-    unknown keys, naming the valid ones (a saved config from a newer version keeps loading without it)."""
-    unknown = set(values) - config_fields()
-    if unknown and strict:
-        raise ConfigError(f"unknown config keys {sorted(unknown)}; valid keys: {', '.join(sorted(config_fields()))}")
-    return TrainConfig(**{k: v for k, v in values.items() if k in config_fields()})
-
-
-def resumed_config(saved: Any, requested: Mapping[str, Any], allowed: tuple[str, ...]) -> Any:
-    """`saved` (a config dataclass) with the values a resumed run asks for: a value equal to the saved one is
-    accepted whatever the key; a real change is refused, naming it, unless its key is in `allowed`."""
+def resumed_config(saved: C, requested: Mapping[str, Any]) -> C:
+    """`saved` with the values a resumed run asks for: a value equal to the saved one is accepted whatever the
+    key (the command that started the run can be repeated); a real change only where the option is resumable."""
+    allowed = resumable_keys(type(saved))
     candidate = dataclasses.replace(saved, **requested)
     changed = [key for key in requested if getattr(candidate, key) != getattr(saved, key)]
     refused = [key for key in changed if key not in allowed]
@@ -171,3 +243,73 @@ def resumed_config(saved: Any, requested: Mapping[str, Any], allowed: tuple[str,
             f"Only {', '.join(allowed)} may change; start a new run (another --output) to change the rest"
         )
     return candidate
+
+
+def config_yaml(config: RunConfig | Mapping[str, Any]) -> str:
+    """A config as YAML: what `--print-config` shows and config.yaml holds (a valid recipe)."""
+    values = config.to_dict() if isinstance(config, RunConfig) else dict(config)
+    return yaml.safe_dump(values, sort_keys=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# Command-line flags, generated from the declarations
+
+
+def _flag(f: dataclasses.Field) -> str:
+    return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+
+
+def _help(f: dataclasses.Field) -> str:
+    text = f.metadata.get("help", "")
+    if f.metadata.get("paper") is not None:
+        return f"{text} (paper: {f.metadata['paper']})"
+    if f.default is not dataclasses.MISSING and f.default not in ("", None) and "default" not in text:
+        return f"{text} (default: {f.default})"
+    return text
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, cls: type[RunConfig], skip: tuple[str, ...] = ()) -> None:
+    """One flag per option of `cls` (left out: `skip` and options not meant for the command line); every flag
+    defaults to None, so that what the user did not give comes from the recipe."""
+    hints = typing.get_type_hints(cls)
+    for name, f in config_fields(cls).items():
+        if name in skip or not f.metadata.get("cli", True):
+            continue
+        kind, options = hints[name], {"help": _help(f), "default": None}
+        if f.metadata.get("choices"):  # shown, and checked by the config: one line naming the close ones
+            options["metavar"] = "{" + ",".join(f.metadata["choices"]) + "}"
+        if f.metadata.get("metavar"):
+            options["metavar"] = f.metadata["metavar"]
+        origin, args = typing.get_origin(kind), typing.get_args(kind)
+        if kind is bool:
+            options["action"] = argparse.BooleanOptionalAction
+        elif f.metadata.get("parse") is not None or kind is Any:
+            options["type"] = str
+        elif origin is dict:
+            options.update(action="append", metavar=f.metadata.get("metavar") or "KEY=VALUE")
+        elif origin is tuple:
+            options.update(type=args[0], nargs="+" if args[-1] is Ellipsis else len(args))
+        elif kind in (int, float, str):
+            options["type"] = kind
+        else:  # `str | None` and the like
+            options["type"] = next(a for a in args if a is not type(None))
+        parser.add_argument(_flag(f), dest=name, **options)
+
+
+def config_arguments(args: argparse.Namespace, cls: type[RunConfig], skip: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The options of `cls` given through the flags `add_config_arguments` made (same `skip`), parsed; those
+    left out are not returned."""
+    hints = typing.get_type_hints(cls)
+    values: dict[str, Any] = {}
+    for name, f in config_fields(cls).items():
+        if name in skip or not f.metadata.get("cli", True):
+            continue
+        value = getattr(args, name, None)
+        if value is None:
+            continue
+        if f.metadata.get("parse") is not None:
+            value = f.metadata["parse"](value)
+        elif typing.get_origin(hints[name]) is dict:
+            value = parse_key_values(value, _flag(f))
+        values[name] = value
+    return values

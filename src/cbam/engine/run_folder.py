@@ -18,7 +18,7 @@ from typing import Any, Literal, TypeVar
 
 import yaml
 
-from cbam.errors import OutputError
+from cbam.errors import OutputError, UserError
 from cbam.outputs import check_writable_folder, missing_folders
 
 log = logging.getLogger(__name__)
@@ -74,10 +74,18 @@ def config_differences(saved: Mapping[str, Any], wanted: Mapping[str, Any]) -> l
     return sorted(key for key in {*saved, *wanted} if saved.get(key) != wanted.get(key))
 
 
-def plan_run(folder: Path, wanted: Mapping[str, Any], allowed: tuple[str, ...], *, exist_ok: bool) -> RunPlan:
+def plan_run(
+    folder: Path,
+    wanted: Mapping[str, Any],
+    allowed: tuple[str, ...],
+    *,
+    exist_ok: bool,
+    complete: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+) -> RunPlan:
     """What a comparison does with one row's folder: train it (`new`), keep it (`finished`), continue it
     (`resume`: same config but for `allowed` keys such as a longer run), or `replace` it (`exist_ok`); a folder
-    holding a run of another config is refused, naming the differences."""
+    holding a run of another config is refused, naming the differences. `complete` fills a saved config
+    with the defaults of options added since it was written."""
     folder = Path(folder)
     if not run_files(folder):
         return "new"
@@ -91,6 +99,9 @@ def plan_run(folder: Path, wanted: Mapping[str, Any], allowed: tuple[str, ...], 
         raise OutputError(
             f"{folder} holds an incomplete run (no {CONFIG_FILE} or {LAST}); pass --exist-ok to retrain it"
         )
+    if complete is not None:
+        with contextlib.suppress(UserError):
+            saved = complete(saved)
     differences = config_differences(saved, wanted)
     conflicting = [key for key in differences if key not in allowed]
     if conflicting:
@@ -116,10 +127,11 @@ def run_or_reuse(
     finished: Callable[[dict[str, Any]], Result],
     *,
     exist_ok: bool = False,
+    complete: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
 ) -> Result:
     """A comparison row by `plan_run`: `finished(summary)` for a kept run, else `train(resume, exist_ok)`."""
     folder = Path(folder)
-    plan = plan_run(folder, wanted, allowed, exist_ok=exist_ok)
+    plan = plan_run(folder, wanted, allowed, exist_ok=exist_ok, complete=complete)
     if plan == "finished":
         log.info("%s: kept the finished run", folder)
         return finished(json.loads((folder / SUMMARY_FILE).read_text()))

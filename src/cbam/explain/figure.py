@@ -30,15 +30,16 @@ class Network:
 
 def load_networks(paths: list[Path]) -> tuple[list[Network], str | None]:
     """Each checkpoint's network (eval mode) and the dataset the first one was trained on."""
-    from cbam.engine.evaluate import eval_geometry, load_network
+    from cbam.tasks import load_model
 
     networks, data = [], None
     for path in paths:
-        model, _, trained = load_network(Path(path))
-        size, resize = eval_geometry(trained)
-        label = str(trained.get("attention", "")) or Path(path).parent.name
-        networks.append(Network(label if label != "none" else "baseline", model.eval(), size, resize))
-        data = data or trained.get("data")
+        loaded = load_model(Path(path), task="classification")
+        config = loaded.config
+        label = str(config.attention) or Path(path).parent.name
+        networks.append(Network(label if label != "none" else "baseline", loaded.model, config.image_size,
+                                config.eval_resize))  # fmt: skip
+        data = data or config.data
     return networks, data
 
 

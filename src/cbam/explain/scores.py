@@ -56,13 +56,14 @@ def localize_checkpoint(
     device: str = "auto",
 ) -> LocalizationScores:
     """Grad-CAM of the ground-truth class for every image with a box of that class, scored against it."""
-    from cbam.engine.evaluate import eval_geometry, load_network
+    from cbam.tasks import load_model
 
-    model, _, trained = load_network(Path(path))
-    data = data or trained.get("data")
+    loaded = load_model(Path(path), task="classification")
+    model, config = loaded.model, loaded.config
+    data = data or config.data
     if not data:
         raise DataError("give --data: this weights file does not record its dataset")
-    image_size, resize = eval_geometry(trained)
+    image_size, resize = config.image_size, config.eval_resize
     base = open_split(data, split)
     names = class_names(base)
     root = data_root(data) / split

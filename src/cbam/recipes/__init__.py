@@ -1,1 +1,1 @@
-"""Named training recipes (YAML files of TrainConfig keys)."""
+"""Named training recipes: YAML files of config keys, one folder per task (classification/, detection/)."""

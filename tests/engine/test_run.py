@@ -8,14 +8,14 @@ import logging
 import pytest
 import torch
 
+from cbam.checkpoint import read_checkpoint
+from cbam.classification.evaluate import evaluate_checkpoint
+from cbam.classification.task import ClassificationTask, lr_factor
 from cbam.data.loading import DataError, Skipped
-from cbam.engine import train as train_module
-from cbam.engine.checkpoint import CheckpointError, load_checkpoint
-from cbam.engine.evaluate import evaluate_checkpoint
-from cbam.engine.train import SkipLog, TrainingError, fit, lr_factor, merged_batches, resume_config
-from cbam.errors import OutputError
-from tests.conftest import kill_after_first_checkpoint
-from tests.engine.conftest import tiny_config, write_image_folder
+from cbam.engine.batches import SkipLog, merged_batches
+from cbam.errors import CheckpointError, OutputError, TrainingError
+from cbam.tasks import fit, resume_config
+from tests.conftest import kill_after_first_checkpoint, tiny_config, write_image_folder
 
 
 def test_training_lowers_the_loss_and_writes_every_artefact(image_folder, tmp_path):
@@ -38,12 +38,13 @@ def test_an_interrupted_run_resumed_ends_with_the_same_weights(image_folder, tmp
     fit(half)
     resumed = resume_config(tmp_path / "half" / "last.pt", epochs=3)
     fit(resumed, resume=tmp_path / "half" / "last.pt")
-    a = load_checkpoint(tmp_path / "whole" / "last.pt")
-    b = load_checkpoint(tmp_path / "half" / "last.pt")
-    assert a["epoch"] == b["epoch"] == 3
-    for key, value in a["model"].items():
-        assert torch.equal(value, b["model"][key]), key
-    assert [r["val_loss"] for r in a["history"]] == [r["val_loss"] for r in b["history"]]
+    a = read_checkpoint(tmp_path / "whole" / "last.pt")
+    b = read_checkpoint(tmp_path / "half" / "last.pt")
+    assert a.epoch == b.epoch == 3
+    for key, value in a.model.items():
+        assert torch.equal(value, b.model[key]), key
+    assert [r["val_loss"] for r in a.history] == [r["val_loss"] for r in b.history]
+    assert [r["lr"] for r in a.history] == [r["lr"] for r in b.history]
 
 
 def test_resume_refuses_to_change_the_recipe(image_folder, tmp_path):
@@ -59,7 +60,7 @@ def test_evaluation_of_a_checkpoint_and_its_safetensors_agree(image_folder, tmp_
     from_st = evaluate_checkpoint(tmp_path / "run" / "best.safetensors", workers=0)
     assert from_pt == from_st
     assert from_pt.images == 18
-    history = load_checkpoint(tmp_path / "run" / "best.pt")["history"]
+    history = read_checkpoint(tmp_path / "run" / "best.pt").history
     assert from_pt.top1_error == pytest.approx(history[0]["val_top1_error"])
 
 
@@ -92,11 +93,11 @@ def test_batches_that_skipping_leaves_too_small_are_merged_and_the_rest_counted(
 
 
 def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_checkpoint(image_folder, tmp_path, monkeypatch):
-    real_build = train_module.build_model
+    real_build = ClassificationTask.build_model
     calls = {"n": 0}
 
-    def poisoned(config, num_classes):
-        model = real_build(config, num_classes)
+    def poisoned(config, num_classes, fresh=True):
+        model = real_build(config, num_classes, fresh=fresh)
 
         def hook(module, inputs, output):
             calls["n"] += 1
@@ -105,11 +106,11 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_checkpoint(image_fol
         model.register_forward_hook(hook)
         return model
 
-    monkeypatch.setattr(train_module, "build_model", poisoned)
+    monkeypatch.setattr(ClassificationTask, "build_model", staticmethod(poisoned))
     config = tiny_config(image_folder, tmp_path / "run", epochs=3)
     with pytest.raises(TrainingError, match=r"loss became nan.*last checkpoint is kept"):
         fit(config)
-    assert load_checkpoint(tmp_path / "run" / "last.pt")["epoch"] == 1
+    assert read_checkpoint(tmp_path / "run" / "last.pt").epoch == 1
 
 
 def test_missing_or_empty_data_and_unwritable_output_get_clear_errors(tmp_path, image_folder):
@@ -165,10 +166,10 @@ def test_a_killed_run_resumes_to_the_weights_of_an_uninterrupted_one(image_folde
     ]  # fmt: skip
     last = tmp_path / "killed" / "last.pt"
     kill_after_first_checkpoint(argv, last, timeout_s=120)
-    interrupted_at = load_checkpoint(last)["epoch"]
+    interrupted_at = read_checkpoint(last).epoch
     assert 1 <= interrupted_at <= 4
     fit(resume_config(last), resume=last)
     fit(dataclasses.replace(config, output=str(tmp_path / "whole")))
-    a = load_checkpoint(tmp_path / "whole" / "last.pt")["model"]
-    b = load_checkpoint(last)["model"]
+    a = read_checkpoint(tmp_path / "whole" / "last.pt").model
+    b = read_checkpoint(last).model
     assert all(torch.equal(a[k], b[k]) for k in a)

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from cbam.engine.metrics import error_percent, topk_correct
+from cbam.classification.accuracy import error_percent, topk_correct
 
 
 def test_topk_correct_counts_hand_made_logits():

@@ -35,7 +35,7 @@ def test_train_then_eval_json_then_resume(capsys, image_folder, tmp_path):
     [
         (["--arch", "resnet5"], "unknown model 'resnet5'; did you mean resnet50"),
         (["--attention", "cbma"], "unknown attention 'cbma'"),
-        (["--recipe", "imagent"], "unknown recipe 'imagent'"),
+        (["--recipe", "imagent"], "unknown classification recipe 'imagent'"),
         (["--lr-schedule", "poly"], "unknown lr_schedule"),
     ],
 )
@@ -121,7 +121,7 @@ def test_a_truncated_image_is_skipped_named_once_and_never_ends_the_run(capsys, 
 def test_compare_prints_and_writes_the_table(capsys, image_folder, tmp_path):
     tiny = TINY[6:]  # the recipe flags, without the model
     code, out, err = run(
-        capsys, "compare", "--preset", "table4", "--arch", "resnet18", "--data", image_folder,
+        capsys, "compare", "--table", "table4", "--arch", "resnet18", "--data", image_folder,
         "--output", tmp_path / "cmp", "--epochs", "1", *tiny,
     )  # fmt: skip
     assert code == 0, err
@@ -134,5 +134,5 @@ def test_compare_prints_and_writes_the_table(capsys, image_folder, tmp_path):
 
 
 def argv_compare(image_folder, tmp_path, tiny):
-    return ["compare", "--preset", "table4", "--arch", "resnet18", "--data", image_folder,
+    return ["compare", "--table", "table4", "--arch", "resnet18", "--data", image_folder,
             "--output", tmp_path / "cmp", "--epochs", "1", *tiny]  # fmt: skip

@@ -8,10 +8,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cbam.engine.config import TrainConfig
+from cbam.classification.task import ClassificationConfig
+from cbam.engine.config import config_from_dict, resumable_keys
 from cbam.engine.distributed import is_main_process
+from cbam.engine.run import RunResult
 from cbam.engine.run_folder import BEST, run_or_reuse
-from cbam.engine.train import RESUME_OVERRIDABLE, RunResult, fit
 from cbam.errors import ConfigError, unknown_name
 from cbam.extras import import_optional
 from cbam.layers.create import AttentionSpec
@@ -19,7 +20,7 @@ from cbam.outputs import atomic_write, check_writable_folder
 from cbam.paper import paper_rows
 from cbam.report import format_markdown_table, write_csv
 
-COMPARE_PRESETS: tuple[str, ...] = ("table1", "table2", "table3", "table4", "table5")
+COMPARE_TABLES: tuple[str, ...] = ("table1", "table2", "table3", "table4", "table5")
 
 
 @dataclass(frozen=True)
@@ -39,19 +40,19 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
 
-def preset_rows(preset: str, archs: list[str] | None = None) -> list[CompareRow]:
+def table_rows(table: str, archs: list[str] | None = None) -> list[CompareRow]:
     """The rows of a paper table (`table1`-`table5`), optionally only those of some architectures.
 
     Networks are built as trained (stride on the 3x3), not in the paper's FLOP-counting layout.
     """
-    if preset not in COMPARE_PRESETS:
-        raise unknown_name("preset", preset, COMPARE_PRESETS)
-    rows = paper_rows(int(preset.removeprefix("table")))
+    if table not in COMPARE_TABLES:
+        raise unknown_name("table", table, COMPARE_TABLES)
+    rows = paper_rows(int(table.removeprefix("table")))
     if archs:
         available = sorted({r.arch for r in rows})
         unknown = [a for a in archs if a not in available]
         if unknown:
-            raise ConfigError(f"{preset} has no rows for {unknown}; its architectures: {', '.join(available)}")
+            raise ConfigError(f"{table} has no rows for {unknown}; its architectures: {', '.join(available)}")
         rows = [r for r in rows if r.arch in archs]
     return [
         CompareRow(
@@ -67,7 +68,7 @@ def preset_rows(preset: str, archs: list[str] | None = None) -> list[CompareRow]
     ]
 
 
-def _row_config(base: TrainConfig, row: CompareRow, output: Path) -> TrainConfig:
+def _row_config(base: ClassificationConfig, row: CompareRow, output: Path) -> ClassificationConfig:
     return dataclasses.replace(
         base,
         arch=row.arch,
@@ -77,16 +78,19 @@ def _row_config(base: TrainConfig, row: CompareRow, output: Path) -> TrainConfig
     )
 
 
-def run_row(config: TrainConfig, exist_ok: bool = False) -> RunResult:
+def run_row(config: ClassificationConfig, exist_ok: bool = False) -> RunResult:
     """One row's run: kept if it finished with this config, continued if it stopped, trained if new; a folder
     holding a run of another config is refused (replaced with `exist_ok`)."""
+    from cbam.tasks import fit
+
     return run_or_reuse(
         Path(config.output),
         config.to_dict(),
-        RESUME_OVERRIDABLE,
+        resumable_keys(ClassificationConfig),
         lambda resume, replace: fit(config, resume=resume, exist_ok=replace),
-        lambda summary: RunResult(**summary),
+        RunResult.from_dict,
         exist_ok=exist_ok,
+        complete=lambda saved: config_from_dict(ClassificationConfig, saved).to_dict(),
     )
 
 
@@ -100,13 +104,13 @@ class Comparison:
 
 
 def run_compare(
-    preset: str, base: TrainConfig, output: Path, archs: list[str] | None = None, *, exist_ok: bool = False
+    table: str, base: ClassificationConfig, output: Path, archs: list[str] | None = None, *, exist_ok: bool = False
 ) -> Comparison:
     """Train every row (keeping finished runs, continuing interrupted ones) and write the reports; where
     the data has boxes, the table gains each network's Grad-CAM pointing game."""
     output = Path(output)
     check_writable_folder(output)
-    results = [(row, run_row(_row_config(base, row, output), exist_ok)) for row in preset_rows(preset, archs)]
+    results = [(row, run_row(_row_config(base, row, output), exist_ok)) for row in table_rows(table, archs)]
     header, rows = comparison_table(results, pointing_scores(results, base.data))
     if is_main_process():
         write_reports(output, results, header, rows)

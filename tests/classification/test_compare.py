@@ -4,31 +4,31 @@ import dataclasses
 import pytest
 from PIL import Image
 
-from cbam.engine.compare import preset_rows, run_compare
-from tests.engine.conftest import tiny_config
+from cbam.classification.compare import run_compare, table_rows
+from tests.conftest import tiny_config
 
 
-def test_table4_preset_restricted_to_one_architecture_is_baseline_se_cbam():
-    rows = preset_rows("table4", ["resnet18"])
+def test_table4_restricted_to_one_architecture_is_baseline_se_cbam():
+    rows = table_rows("table4", ["resnet18"])
     assert [(r.arch, r.attention) for r in rows] == [("resnet18", "none"), ("resnet18", "se"), ("resnet18", "cbam")]
     assert [r.paper_top1_error for r in rows] == [29.60, 29.41, 29.27]
     assert all("stride_in_1x1" not in r.model_kwargs for r in rows)  # trained as built, not as FLOP-counted
 
 
-def test_ablation_presets_carry_their_variants():
-    assert [r.attention for r in preset_rows("table3")][2:] == [
+def test_ablation_tables_carry_their_variants():
+    assert [r.attention for r in table_rows("table3")][2:] == [
         {"name": "cbam", "arrangement": "spatial-channel"},
         {"name": "cbam", "arrangement": "parallel"},
     ]
-    assert len(preset_rows("table1")) == 4 and len(preset_rows("table2")) == 6
-    assert len({r.name for r in preset_rows("table2")}) == 6  # one run folder per row
+    assert len(table_rows("table1")) == 4 and len(table_rows("table2")) == 6
+    assert len({r.name for r in table_rows("table2")}) == 6  # one run folder per row
 
 
-def test_unknown_preset_or_architecture_is_refused():
-    with pytest.raises(ValueError, match="unknown preset 'table9'"):
-        preset_rows("table9")
+def test_unknown_table_or_architecture_is_refused():
+    with pytest.raises(ValueError, match="unknown table 'table9'"):
+        table_rows("table9")
     with pytest.raises(ValueError, match="no rows for \\['vgg16'\\]; its architectures: resnet101, resnet18"):
-        preset_rows("table4", ["vgg16"])
+        table_rows("table4", ["vgg16"])
 
 
 def test_compare_trains_each_row_writes_the_reports_and_reuses_finished_runs(image_folder, tmp_path):

@@ -1,0 +1,96 @@
+"""The tasks by name, training any task's config, and `load_model`: a saved network, whatever its task.
+
+`load_model(path)` is how every command opens a file cbam wrote (a `.pt` checkpoint or `.safetensors`
+weights, of any format version): the file says its task, config and classes, so no flags are needed.
+Weights from elsewhere (torchvision, timm, the authors' code) come in through `cbam.load_pretrained`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from cbam.checkpoint import TASKS, Checkpoint, read_checkpoint
+from cbam.engine.config import RunConfig, config_from_dict
+from cbam.engine.run import RunResult, run
+from cbam.engine.task import Task
+from cbam.errors import CheckpointError, ConfigError, unknown_name
+from cbam.extras import require_extra
+
+
+def task_class(name: str) -> type[Task]:
+    """The task called `name` (detection needs the `detection` extra)."""
+    if name == "classification":
+        from cbam.classification.task import ClassificationTask
+
+        return ClassificationTask
+    if name == "detection":
+        require_extra("detection", "a detection run")
+        from cbam.detection.task import DetectionTask
+
+        return DetectionTask
+    raise unknown_name("task", name, TASKS)
+
+
+def fit(config: RunConfig, resume: Path | None = None, *, exist_ok: bool = False) -> RunResult:
+    """Train `config` (a `ClassificationConfig` or `DetectionConfig`) with its task; see `cbam.engine.run.run`."""
+    return run(task_class(config.task), config, resume, exist_ok=exist_ok)
+
+
+def resume_config(checkpoint: Path, **requested: Any) -> RunConfig:
+    """The config saved in `checkpoint`, with what a resumed run asks for: values equal to the saved ones are
+    accepted (the command that started the run can be repeated), real changes only to resumable options."""
+    from cbam.engine.config import resumed_config
+
+    saved = read_checkpoint(checkpoint)
+    config = config_from_dict(task_class(saved.task).config_class, saved.config)
+    return resumed_config(config, {k: v for k, v in requested.items() if v is not None})
+
+
+@dataclass
+class LoadedModel:
+    """A saved network in eval mode, with what it was trained on."""
+
+    task: str
+    model: nn.Module
+    config: Any
+    classes: list[str] | None
+    metadata: dict[str, Any]
+    epoch: int
+    path: Path
+
+
+def load_model(path: str | Path, device: torch.device | str = "cpu", *, task: str | None = None) -> LoadedModel:
+    """The network saved in `path` by cbam, rebuilt from the file alone and loaded strictly; `task` refuses a
+    file of another task (a command that evaluates classifiers given a detector says so in one line)."""
+    path = Path(path)
+    checkpoint = read_checkpoint(path)
+    if task is not None and checkpoint.task != task:
+        command = "cbam detect" if checkpoint.task == "detection" else "cbam"
+        raise CheckpointError(f"{path} holds a {checkpoint.task} network, not a {task} one; use `{command}` commands")
+    kind = task_class(checkpoint.task)
+    try:
+        config = config_from_dict(kind.config_class, checkpoint.config)
+    except ConfigError as err:
+        raise CheckpointError(f"{path} records a config this cbam cannot build: {err}") from None
+    model = kind.build_model(config, _num_classes(path, checkpoint), fresh=False)
+    try:
+        model.load_state_dict(checkpoint.model)
+    except RuntimeError as err:
+        first = str(err).splitlines()[1].strip() if len(str(err).splitlines()) > 1 else str(err)
+        raise CheckpointError(f"{path}'s weights do not fit the network it records: {first}") from None
+    return LoadedModel(checkpoint.task, model.to(device).eval(), config, checkpoint.classes, checkpoint.metadata,
+                       checkpoint.epoch, path)  # fmt: skip
+
+
+def _num_classes(path: Path, checkpoint: Checkpoint) -> int:
+    if checkpoint.num_classes:
+        return checkpoint.num_classes
+    fc = checkpoint.model.get("fc.weight")
+    if fc is None:
+        raise CheckpointError(f"{path} records neither its classes nor a classifier (fc.weight)")
+    return int(fc.shape[0])
