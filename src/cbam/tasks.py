@@ -7,6 +7,8 @@ Weights from elsewhere (torchvision, timm, the authors' code) come in through `c
 
 from __future__ import annotations
 
+import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,11 +17,14 @@ import torch
 from torch import nn
 
 from cbam.checkpoint import TASKS, Checkpoint, read_checkpoint
-from cbam.engine.config import RunConfig, config_from_dict
+from cbam.engine.config import RunConfig, config_from_dict, resumable_keys
 from cbam.engine.run import RunResult, run
+from cbam.engine.run_folder import LAST, SUMMARY_FILE, plan_run
 from cbam.engine.task import Task
 from cbam.errors import CheckpointError, ConfigError, unknown_name
 from cbam.extras import require_extra
+
+log = logging.getLogger(__name__)
 
 
 def task_class(name: str) -> type[Task]:
@@ -39,6 +44,21 @@ def task_class(name: str) -> type[Task]:
 def fit(config: RunConfig, resume: Path | None = None, *, exist_ok: bool = False) -> RunResult:
     """Train `config` (a `ClassificationConfig` or `DetectionConfig`) with its task; see `cbam.engine.run.run`."""
     return run(task_class(config.task), config, resume, exist_ok=exist_ok)
+
+
+def fit_or_reuse(config: RunConfig, *, exist_ok: bool = False) -> RunResult:
+    """One row of a comparison: kept if its folder holds a finished run of this config, continued if that run
+    stopped (or is to run longer), trained if new; a folder holding another config's run is refused (replaced
+    with `exist_ok`)."""
+    folder, kind = Path(config.output), type(config)
+    plan = plan_run(folder, config.to_dict(), resumable_keys(kind), exist_ok=exist_ok,
+                    complete=lambda saved: config_from_dict(kind, saved).to_dict())  # fmt: skip
+    if plan == "finished":
+        log.info("%s: kept the finished run", folder)
+        return RunResult.from_dict(json.loads((folder / SUMMARY_FILE).read_text()))
+    if plan == "resume":
+        log.info("%s: continuing the run from %s", folder, LAST)
+    return fit(config, resume=folder / LAST if plan == "resume" else None, exist_ok=plan == "replace")
 
 
 def resume_config(checkpoint: Path, **requested: Any) -> RunConfig:

@@ -9,10 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from cbam.classification.task import ClassificationConfig
-from cbam.engine.config import config_from_dict, resumable_keys
 from cbam.engine.distributed import is_main_process
 from cbam.engine.run import RunResult
-from cbam.engine.run_folder import BEST, run_or_reuse
+from cbam.engine.run_folder import BEST
 from cbam.errors import ConfigError, unknown_name
 from cbam.extras import import_optional
 from cbam.layers.create import AttentionSpec
@@ -78,22 +77,6 @@ def _row_config(base: ClassificationConfig, row: CompareRow, output: Path) -> Cl
     )
 
 
-def run_row(config: ClassificationConfig, exist_ok: bool = False) -> RunResult:
-    """One row's run: kept if it finished with this config, continued if it stopped, trained if new; a folder
-    holding a run of another config is refused (replaced with `exist_ok`)."""
-    from cbam.tasks import fit
-
-    return run_or_reuse(
-        Path(config.output),
-        config.to_dict(),
-        resumable_keys(ClassificationConfig),
-        lambda resume, replace: fit(config, resume=resume, exist_ok=replace),
-        RunResult.from_dict,
-        exist_ok=exist_ok,
-        complete=lambda saved: config_from_dict(ClassificationConfig, saved).to_dict(),
-    )
-
-
 @dataclass(frozen=True)
 class Comparison:
     """The trained rows and the table written from them."""
@@ -108,9 +91,13 @@ def run_compare(
 ) -> Comparison:
     """Train every row (keeping finished runs, continuing interrupted ones) and write the reports; where
     the data has boxes, the table gains each network's Grad-CAM pointing game."""
+    from cbam.tasks import fit_or_reuse
+
     output = Path(output)
     check_writable_folder(output)
-    results = [(row, run_row(_row_config(base, row, output), exist_ok)) for row in table_rows(table, archs)]
+    results = [
+        (row, fit_or_reuse(_row_config(base, row, output), exist_ok=exist_ok)) for row in table_rows(table, archs)
+    ]
     header, rows = comparison_table(results, pointing_scores(results, base.data))
     if is_main_process():
         write_reports(output, results, header, rows)

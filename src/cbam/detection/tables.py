@@ -10,8 +10,6 @@ from typing import Any
 
 from cbam.detection.detectors import create_detector
 from cbam.detection.task import DetectionConfig
-from cbam.engine.config import config_from_dict, resumable_keys
-from cbam.engine.run_folder import run_or_reuse
 from cbam.errors import unknown_name
 from cbam.outputs import atomic_write, check_writable_folder
 from cbam.paper import load_tables
@@ -114,33 +112,19 @@ def compare_detectors(
     """Train every row (keeping one that finished with this config, continuing one that stopped; a folder
     holding another config's run is refused unless `exist_ok`), then write comparison.md and comparison.csv
     with our metrics beside the paper's."""
-    from cbam.engine.run import RunResult
-    from cbam.tasks import fit
+    from cbam.tasks import fit_or_reuse
 
     check_writable_folder(Path(output))
-
-    def run(config: DetectionConfig) -> dict[str, Any]:
-        def train(resume: Path | None, replace: bool) -> dict[str, Any]:
-            return fit(config, resume=resume, exist_ok=replace).to_dict()
-
-        def finished(summary: dict[str, Any]) -> dict[str, Any]:
-            return RunResult.from_dict(summary).to_dict()
-
-        def complete(saved: dict[str, Any]) -> dict[str, Any]:
-            return config_from_dict(DetectionConfig, saved).to_dict()
-
-        return run_or_reuse(Path(config.output), config.to_dict(), resumable_keys(DetectionConfig), train, finished,
-                            exist_ok=exist_ok, complete=complete)  # fmt: skip
-
-    results = [(row, run(_row_config(base, row, output, backbone_runs))) for row in table_rows(table, backbones)]
+    rows_and_configs = [(row, _row_config(base, row, output, backbone_runs)) for row in table_rows(table, backbones)]
+    results = [(row, fit_or_reuse(config, exist_ok=exist_ok)) for row, config in rows_and_configs]
     ours_keys, paper_keys = metric_keys(base.metric), PAPER_KEYS[table]
     header = ["Detector", "Params (M)", *(COLUMNS[k] for k in ours_keys), "Paper row",
               *(f"Paper {COLUMNS[k]}" for k in paper_keys)]  # fmt: skip
     rows = []
-    for row, summary in results:
-        best = next(h for h in summary["history"] if h["epoch"] == summary["best_epoch"])
+    for row, run in results:
+        best = next(h for h in run.history if h["epoch"] == run.best_epoch)
         ours_name = f"{row.detector} {row.backbone}" + ("" if row.attention == "none" else f" + {row.attention}")
-        rows.append([ours_name, f"{summary['params'] / 1e6:.2f}", *(f"{100 * best[f'val_{k}']:.1f}" for k in ours_keys),
+        rows.append([ours_name, f"{run.params / 1e6:.2f}", *(f"{100 * best[f'val_{k}']:.1f}" for k in ours_keys),
                      row.description, *(f"{row.paper[k]:.1f}" for k in paper_keys)])  # fmt: skip
     markdown = format_markdown_table(header, rows)
     atomic_write(output / "comparison.md", lambda tmp: tmp.write_text(f"## {table} on {base.data}\n\n{markdown}\n"))

@@ -9,12 +9,11 @@ removes the folder it created.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import shutil
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 import yaml
 
@@ -114,30 +113,6 @@ def plan_run(
         )
     finished = (folder / SUMMARY_FILE).is_file() and not set(differences) & set(RUN_LENGTH_KEYS)
     return "finished" if finished else "resume"
-
-
-Result = TypeVar("Result")
-
-
-def run_or_reuse(
-    folder: Path,
-    wanted: Mapping[str, Any],
-    allowed: tuple[str, ...],
-    train: Callable[[Path | None, bool], Result],
-    finished: Callable[[dict[str, Any]], Result],
-    *,
-    exist_ok: bool = False,
-    complete: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
-) -> Result:
-    """A comparison row by `plan_run`: `finished(summary)` for a kept run, else `train(resume, exist_ok)`."""
-    folder = Path(folder)
-    plan = plan_run(folder, wanted, allowed, exist_ok=exist_ok, complete=complete)
-    if plan == "finished":
-        log.info("%s: kept the finished run", folder)
-        return finished(json.loads((folder / SUMMARY_FILE).read_text()))
-    if plan == "resume":
-        log.info("%s: continuing the run from %s", folder, LAST)
-    return train(folder / LAST if plan == "resume" else None, plan == "replace")
 
 
 def clear_run(folder: Path) -> None:
