@@ -274,6 +274,25 @@ def attach(
     return model
 
 
+def gate_built_in_attention(model: nn.Module) -> nn.Module:
+    """Put a zero gate on each attention layer a zoo network built in (its blocks' `attention`, its stages'
+    `stage_attention`), in place: the network then computes what it does without attention until training
+    moves the gates, as `attach(..., init="identity")` does for the layers it inserts."""
+    for module in list(model.modules()):
+        if isinstance(module, AttentionAfter):
+            continue
+        for slot in ("attention", "stage_attention"):
+            inner = getattr(module, slot, None)
+            holder, names = (
+                (inner, [str(i) for i in range(len(inner))]) if isinstance(inner, nn.ModuleList) else (module, [slot])
+            )
+            for name in names if isinstance(inner, nn.Module) else ():
+                layer = getattr(holder, name)
+                if not isinstance(layer, nn.Identity | AttentionAfter):
+                    setattr(holder, name, AttentionAfter(nn.Identity(), layer, gate=True))
+    return model
+
+
 def detach(model: nn.Module) -> nn.Module:
     """Remove every attention `attach` inserted, in place; the original layers come back as they were."""
     wrappers = attention_wrappers(model)

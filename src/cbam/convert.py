@@ -35,6 +35,7 @@ from cbam.checkpoint import (
     save_weights,
 )
 from cbam.errors import CheckpointError
+from cbam.external import is_external
 from cbam.layers.create import AttentionSpec
 from cbam.registry import Builder, create_model, model_entry
 
@@ -144,6 +145,7 @@ class RecordedNetwork:
     attention: Any
     num_classes: int | None
     model_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    attach_init: str = "paper"  # "identity": attention behind zero gates (a run that started from weights)
 
 
 @dataclass(frozen=True)
@@ -180,8 +182,10 @@ def _recorded(checkpoint: Checkpoint | None) -> RecordedNetwork | None:
     if checkpoint is None or checkpoint.task != "classification" or not isinstance(checkpoint.config.get("arch"), str):
         return None
     config = checkpoint.config
+    init = config.get("attach_init", "auto")
+    init = ("identity" if config.get("weights") else "paper") if init == "auto" else init
     return RecordedNetwork(config["arch"], config.get("attention", "none"), checkpoint.num_classes,
-                           config.get("model_kwargs") or {})  # fmt: skip
+                           config.get("model_kwargs") or {}, init)  # fmt: skip
 
 
 def read_weights(path: str | Path) -> StoredWeights:
@@ -343,8 +347,11 @@ RUNTIME_KWARGS: tuple[str, ...] = ("impl",)
 _ABSENT = object()
 
 
-def _builder(arch: str) -> Builder | None:
-    """The builder behind a zoo name (`resnet50_cbam` -> resnet50's); None for a name the zoo lacks."""
+def _builder(arch: str) -> Builder | str | None:
+    """The builder behind a zoo name (`resnet50_cbam` -> resnet50's), another library's name as it is; None
+    for a name the zoo lacks."""
+    if is_external(arch):
+        return arch
     try:
         return model_entry(arch).builder
     except ValueError:
@@ -355,7 +362,7 @@ def _attention_of(arch: str, attention: AttentionSpec) -> AttentionSpec:
     """The attention a network has: the one given, else the one its name fixes, else none."""
     if attention is not None:
         return attention
-    return model_entry(arch).fixed.get("attention", "none")
+    return "none" if is_external(arch) else model_entry(arch).fixed.get("attention", "none")
 
 
 def _same_attention(a: AttentionSpec, b: AttentionSpec) -> bool:
@@ -380,12 +387,13 @@ def _check_request(
     path: Path, recorded: RecordedNetwork, arch: str | None, attention: AttentionSpec, model_kwargs: Mapping[str, Any]
 ) -> None:
     """Refuse a network asked for that is not the one the file records, naming both."""
-    if arch is not None and model_entry(arch).builder is not _builder(recorded.arch):
+    if arch is not None and _builder(arch) is not _builder(recorded.arch):
         raise CheckpointError(
             f"{path} records the network {recorded.arch}, not the {arch} asked for; "
             f"leave the architecture out to load the {recorded.arch} it holds"
         )
-    asked = attention if attention is not None else model_entry(arch).fixed.get("attention") if arch else None
+    fixed = model_entry(arch).fixed.get("attention") if arch and not is_external(arch) else None
+    asked = attention if attention is not None else fixed
     held = _attention_of(recorded.arch, recorded.attention)
     if asked is not None and not _same_attention(asked, held):
         raise CheckpointError(
@@ -429,7 +437,7 @@ def load_pretrained(
         _check_request(path, recorded, arch, attention, model_kwargs)
         runtime = {k: v for k, v in model_kwargs.items() if k in RUNTIME_KWARGS}
         classes = {"num_classes": recorded.num_classes} if recorded.num_classes else _classes_from(weights.state)
-        kwargs = {**recorded.model_kwargs, **classes, **runtime}
+        kwargs = {**recorded.model_kwargs, **classes, **runtime, "attach_init": recorded.attach_init}
         arch, attention = recorded.arch, recorded.attention
     elif arch is None:
         raise CheckpointError(

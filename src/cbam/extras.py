@@ -24,6 +24,7 @@ EXTRAS: dict[str, dict[str, str]] = {
     "detection": {"pycocotools": "pycocotools"},
     "explain": {"grad-cam": "pytorch_grad_cam", "matplotlib": "matplotlib"},
     "digits": {"scikit-learn": "sklearn"},
+    "timm": {"timm": "timm"},
 }
 """Each extra's packages: distribution name -> the module it installs."""
 

@@ -1,7 +1,8 @@
 """Networks by name: `register_model`, `create_model`, `list_models`.
 
 Each builder registers under its function name, and under `<name>_se`, `<name>_cbam` and
-`<name>_bam` with that attention fixed (`resnet50_cbam`).
+`<name>_bam` with that attention fixed (`resnet50_cbam`). Prefixed names are other libraries'
+networks (`torchvision:resnet50`, `timm:efficientnet_b0`; see `cbam.external`).
 """
 
 from __future__ import annotations
@@ -11,9 +12,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from torch import nn
 
 from cbam.errors import ConfigError, OptionError, unknown_name
+from cbam.external import create_external, file_weights, is_external, is_weights_file, list_external, set_classes
 from cbam.layers.create import AttentionSpec
 from cbam.layers.fused import check_impl, set_attention_impl
 
@@ -53,7 +56,10 @@ def _load_builtin_models() -> None:
 
 
 def list_models(pattern: str = "*", *, include_shortcuts: bool = True) -> list[str]:
-    """Registered names matching a shell-style `pattern`, sorted."""
+    """Registered names matching a shell-style `pattern`, sorted; `torchvision:*` or `timm:res*` lists
+    that library's networks instead."""
+    if is_external(pattern):
+        return list_external(pattern)
     _load_builtin_models()
     names = (n for n, e in _REGISTRY.items() if include_shortcuts or not e.fixed)
     return sorted(n for n in names if fnmatch.fnmatchcase(n, pattern))
@@ -75,6 +81,9 @@ def create_model(
     attention: AttentionSpec | None = None,
     num_classes: int = 1000,
     impl: str = "auto",
+    weights: str | None = None,
+    attach_init: str | None = None,
+    strict: bool = True,
     **kwargs: Any,
 ) -> nn.Module:
     """Build a registered network: `create_model("resnet50", attention="cbam")`.
@@ -84,11 +93,23 @@ def create_model(
     name fixes (`resnet50_cbam`) or none. Other keywords go to the builder
     (`stride_in_1x1`, `stem`, `widen_factor`, `width_mult`, ...). `impl` sets how every
     attention layer runs (`"auto"`, `"eager"`, `"compiled"`, `"triton"`; see `cbam.layers.fused`).
+
+    `weights` starts from trained weights: a file (ours, the authors', a torchvision or timm state dict),
+    or for `torchvision:`/`timm:` names their library's own (`IMAGENET1K_V2`, `DEFAULT`; `pretrained`).
+    The classifier is then replaced where `num_classes` differs, and attention starts as an exact
+    identity (`attach_init="identity"`, the default with weights; `"paper"` for the layers' own init).
+    Weights that do not fit are refused, or with `strict=False` loaded where they fit.
     """
     check_impl(impl)
-    entry = model_entry(arch)
     if num_classes < 1:
         raise ConfigError(f"num_classes must be at least 1, got {num_classes}")
+    if is_external(arch):
+        if kwargs:
+            raise OptionError(f"{arch} takes no builder options, got {sorted(kwargs)}")
+        model = create_external(arch, attention=attention, num_classes=num_classes, weights=weights,
+                                attach_init=attach_init, strict=strict)  # fmt: skip
+        return set_attention_impl(model, impl) if impl != "auto" else model
+    entry = model_entry(arch)
     fixed_attention = entry.fixed.get("attention")
     if attention is None:
         attention = fixed_attention if fixed_attention is not None else "none"
@@ -97,10 +118,38 @@ def create_model(
             f"{arch!r} fixes attention={fixed_attention!r}; got attention={attention!r}. "
             f"Use the base name {entry.builder.__name__!r} to choose the attention."
         )
+    if weights and not is_weights_file(weights):
+        raise ConfigError(f"{arch} is cbam's own network: --weights takes a file (named weights are for "
+                          "torchvision: and timm: networks)")  # fmt: skip
+    file_classes = _classes_in(weights) if weights else None
     try:
-        model = entry.builder(attention=attention, num_classes=num_classes, **kwargs)
+        model = entry.builder(attention=attention, num_classes=file_classes or num_classes, **kwargs)
     except TypeError as err:
         if "unexpected keyword argument" in str(err):
             raise OptionError(f"{arch}: {err}") from None
         raise
+    if weights:
+        _load_zoo_weights(model, arch, weights, strict)
+    if file_classes and file_classes != num_classes:
+        set_classes(model, num_classes)
+    if (attach_init or ("identity" if weights else "paper")) == "identity":
+        from cbam.attach import gate_built_in_attention  # attach imports the registry (through profile)
+
+        gate_built_in_attention(model)
     return set_attention_impl(model, impl) if impl != "auto" else model
+
+
+def _classes_in(weights: str) -> int | None:
+    """The class count of a weights file's classifier (`fc.weight` or `classifier.weight` rows)."""
+    state = file_weights(weights)
+    for key in ("fc.weight", "classifier.weight", "classifier.1.weight", "head.weight"):
+        if isinstance(state.get(key), torch.Tensor) and state[key].dim() == 2:
+            return int(state[key].shape[0])
+    return None
+
+
+def _load_zoo_weights(model: nn.Module, arch: str, weights: str, strict: bool) -> None:
+    from cbam.convert import load_state_into
+
+    advice = "; --partial-weights loads the weights that fit and reports the rest"
+    load_state_into(model, file_weights(weights), weights, strict=strict, target=arch, advice=advice, verbose=False)

@@ -17,16 +17,18 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from cbam.classification.accuracy import error_percent, topk_correct
-from cbam.data.loading import AugmentedDataset, DataError, class_names, collate_skipping, open_split
+from cbam.data.loading import AugmentedDataset, DataError, class_names, collate_skipping, data_location, open_split
 from cbam.data.transforms import eval_transform, train_transform
 from cbam.engine.batches import SkipLog, merged_batches
 from cbam.engine.config import RunConfig, option, parse_attention
 from cbam.engine.distributed import Distributed, all_reduce_sum
 from cbam.engine.task import Headline, Task, TaskData
-from cbam.profile import measure_arch
+from cbam.external import is_external
+from cbam.profile import count_macs, count_parameters, measure_arch
 from cbam.registry import create_model
 
 LR_SCHEDULES: tuple[str, ...] = ("step", "cosine")
+ATTACH_INITS: tuple[str, ...] = ("auto", "identity", "paper")
 REFERENCE_BATCH = 256  # the learning rate is given for this global batch and scaled linearly
 
 
@@ -56,6 +58,30 @@ class ClassificationConfig(RunConfig):
     crop_scale: tuple[float, float] = option((0.08, 1.0), "random-resized crop area range", paper="0.08 1",
                                              metavar=("LO", "HI"))  # fmt: skip
     download: bool = option(False, "download CIFAR when missing (needs a network)", resumable=True)
+    weights: str | None = option(
+        None,
+        "start from trained weights: a file (ours, torchvision's, timm's), or for a "
+        "torchvision:/timm: network its library's own (IMAGENET1K_V2, DEFAULT; pretrained)",
+    )
+    attach_init: str = option(
+        "auto",
+        "attention's start: identity (the network computes what it did until "
+        "training moves it; auto with --weights) or paper (auto without)",
+        choices=ATTACH_INITS,
+    )
+    partial_weights: bool = option(False, "load the weights that fit the network and report the rest (else refused)")
+
+    def __post_init__(self) -> None:
+        if self.weights:
+            object.__setattr__(self, "weights", data_location(self.weights))
+        super().__post_init__()
+
+    @property
+    def attention_init(self) -> str:
+        """How attention starts: `attach_init`, where `auto` is identity with weights and the paper's without."""
+        if self.attach_init != "auto":
+            return self.attach_init
+        return "identity" if self.weights else "paper"
 
     def checks(self) -> list[tuple[bool, str]]:
         return [
@@ -164,7 +190,10 @@ class ClassificationTask(Task):
 
     @classmethod
     def build_model(cls, config: ClassificationConfig, num_classes: int, *, fresh: bool = True) -> nn.Module:
-        return create_model(config.arch, attention=config.attention, num_classes=num_classes, **config.model_kwargs)
+        """The network; a fresh one starts from `config.weights`, one to load trained weights into skips them."""
+        return create_model(config.arch, attention=config.attention, num_classes=num_classes,
+                            weights=config.weights if fresh else None, attach_init=config.attention_init,
+                            strict=not config.partial_weights, **config.model_kwargs)  # fmt: skip
 
     def datasets(self) -> TaskData:
         config = self.config
@@ -195,13 +224,22 @@ class ClassificationTask(Task):
     def complexity(self, model: nn.Module, num_classes: int) -> tuple[int, float | None]:
         config = self.config
         size = (3, config.image_size, config.image_size)
+        if is_external(config.arch):
+            return count_parameters(model), count_macs(model, size) / 1e9
         measured = measure_arch(config.arch, config.attention, input_size=size, num_classes=num_classes,
                                 **config.model_kwargs)  # fmt: skip
         return measured.params, measured.gflops
 
     def describe(self, params: int, gflops: float | None) -> str:
-        return (f"{self.config.arch} attention={json.dumps(self.config.attention)}: {params:,} params, "
-                f"{gflops:.3f} GFLOPs at {self.config.image_size}px")  # fmt: skip
+        config = self.config
+        start = ""
+        if config.weights:
+            init = "as an exact identity" if config.attention_init == "identity" else "at its own init"
+            start = (
+                f" from weights {config.weights} (a new classifier where the classes differ; attention starts {init})"
+            )
+        return (f"{config.arch} attention={json.dumps(config.attention)}{start}: {params:,} params, "
+                f"{gflops:.3f} GFLOPs at {config.image_size}px")  # fmt: skip
 
     def epoch_summary(self, metrics: dict[str, float]) -> str:
         return f"top-1 {metrics['top1_error']:.2f}%  top-5 {metrics['top5_error']:.2f}%"

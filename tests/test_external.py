@@ -1,0 +1,178 @@
+"""torchvision and timm networks by name, from weights made here (never downloaded), with attention attached."""
+
+import json
+from urllib.error import URLError
+
+import pytest
+import torch
+import torchvision
+
+import cbam
+from cbam.cli import main
+from cbam.errors import CheckpointError, ConfigError, DependencyError
+from cbam.external import cached_file, set_classes
+from cbam.tasks import load_model
+from tests.conftest import tiny_config, write_image_folder
+
+
+def saved_weights(tmp_path, network: torch.nn.Module, name: str):
+    """A network's weights in a file, with random BatchNorm statistics so nothing hides behind a 0 or 1."""
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for module in network.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.normal_(0, 0.1)
+                module.running_var.uniform_(0.5, 1.5)
+                module.weight.uniform_(0.5, 1.5)  # timm starts each block's last BatchNorm at 0
+    path = tmp_path / name
+    torch.save(network.state_dict(), path)
+    return path, network.eval()
+
+
+def timm_resnet18():
+    timm = pytest.importorskip("timm")
+    return timm.create_model("resnet18", pretrained=False)
+
+
+NETWORKS = {
+    "torchvision:resnet18": lambda: torchvision.models.resnet18(),
+    "torchvision:mobilenet_v3_small": lambda: torchvision.models.mobilenet_v3_small(),
+    "timm:resnet18": timm_resnet18,
+}
+
+
+@pytest.mark.parametrize("arch", list(NETWORKS))
+def test_identity_init_computes_what_the_pretrained_network_did(tmp_path, arch):
+    path, plain = saved_weights(tmp_path, NETWORKS[arch](), "weights.pth")
+    with_cbam = cbam.create_model(arch, attention="cbam", weights=str(path)).eval()
+    assert len(with_cbam.cbam_report.insertions) >= 8, "attention went into every block"
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(with_cbam(x), plain(x)), "zero gates: exactly the pretrained network's outputs"
+        paper = cbam.create_model(arch, attention="cbam", weights=str(path), attach_init="paper").eval()
+        assert not torch.allclose(paper(x), plain(x), atol=1e-3), "the paper's init changes the outputs"
+
+
+def test_a_new_classifier_fits_the_data_and_keeps_every_other_weight(tmp_path):
+    path, plain = saved_weights(tmp_path, torchvision.models.resnet18(), "r18.pth")
+    model = cbam.create_model("torchvision:resnet18", attention="se", weights=str(path), num_classes=5).eval()
+    assert model.fc.out_features == 5
+    features = {}
+    model.avgpool.register_forward_hook(lambda m, i, o: features.setdefault("ours", o))
+    plain.avgpool.register_forward_hook(lambda m, i, o: features.setdefault("plain", o))
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        model(x), plain(x)
+    assert torch.equal(features["ours"], features["plain"])
+
+
+def test_the_same_network_through_a_zoo_name_gates_its_built_in_attention(tmp_path):
+    path, plain = saved_weights(tmp_path, torchvision.models.resnet18(), "r18.pth")
+    model = cbam.create_model("resnet18", attention="cbam", weights=str(path)).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), plain(x), rtol=0, atol=0)
+
+
+def test_named_torchvision_weights_come_from_torchs_cache(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "hub"))
+    url = torchvision.models.ResNet18_Weights.IMAGENET1K_V1.url
+    target = cached_file(url)
+    assert target.parent == tmp_path / "hub" / "checkpoints"
+
+    def no_network(*args, **kwargs):
+        raise URLError("no route to host")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
+    with pytest.raises(
+        CheckpointError, match=rf"not in torch's cache .*download {url} elsewhere and put it at {target}"
+    ):
+        cbam.create_model("torchvision:resnet18", weights="IMAGENET1K_V1")
+    fetched = {}
+
+    def fetch(url, dst, progress=True):  # what torchvision's download leaves behind
+        fetched["url"] = url
+        target.parent.mkdir(parents=True)
+        torch.save(plain.state_dict(), dst)
+
+    plain = torchvision.models.resnet18().eval()
+    monkeypatch.setattr(torch.hub, "download_url_to_file", fetch)
+    model = cbam.create_model("torchvision:resnet18", weights="IMAGENET1K_V1", attention="cbam").eval()
+    assert fetched["url"] == url and target.is_file()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(model(x), plain(x))
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)  # cached now: no fetch
+    assert cbam.create_model("torchvision:resnet18", weights="DEFAULT").fc.out_features == 1000
+    with pytest.raises(ValueError, match="unknown torchvision weights of resnet18 'IMAGENET1K_V3'"):
+        cbam.create_model("torchvision:resnet18", weights="IMAGENET1K_V3")
+
+
+def test_timm_pretrained_weights_come_through_timms_own_fetch(monkeypatch):
+    timm = pytest.importorskip("timm")
+    plain = timm.create_model("resnet18", pretrained=False).eval()
+    builder = timm.models._builder
+    monkeypatch.setattr(builder, "load_state_dict_from_hf", lambda *args, **kwargs: plain.state_dict())
+    model = cbam.create_model("timm:resnet18", weights="pretrained", attention="cbam", num_classes=1000).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(model(x), plain(x))
+
+    def offline(*args, **kwargs):
+        raise OSError("offline")
+
+    monkeypatch.setattr(builder, "load_state_dict_from_hf", offline)
+    with pytest.raises(CheckpointError, match="timm could not fetch timm:resnet18's pretrained weights"):
+        cbam.create_model("timm:resnet18", weights="pretrained")
+
+
+def test_bad_names_and_weights_are_refused_in_one_line(tmp_path, monkeypatch):
+    with pytest.raises(ValueError, match="unknown torchvision model 'resnet5'; did you mean resnet50"):
+        cbam.create_model("torchvision:resnet5")
+    with pytest.raises(ValueError, match="unknown model library 'keras'"):
+        cbam.create_model("keras:resnet50")
+    path, _ = saved_weights(tmp_path, torchvision.models.resnet34(), "r34.pth")
+    with pytest.raises(CheckpointError, match=r"r34\.pth does not fit torchvision:resnet18: \d+ unexpected: layer"):
+        cbam.create_model("torchvision:resnet18", weights=str(path))
+    partial = cbam.create_model("torchvision:resnet18", weights=str(path), strict=False)
+    assert torch.equal(partial.conv1.weight, torch.load(path)["conv1.weight"])
+    with pytest.raises(ConfigError, match="resnet18 is cbam's own network: --weights takes a file"):
+        cbam.create_model("resnet18", weights="IMAGENET1K_V1")
+    monkeypatch.setitem(__import__("sys").modules, "timm", None)
+    with pytest.raises(DependencyError, match=r"a timm network needs timm: pip install 'cbam\[timm\]'"):
+        cbam.create_model("timm:resnet18")
+
+
+def test_list_models_lists_other_libraries_by_prefix():
+    names = cbam.list_models("torchvision:resnet*")
+    assert "torchvision:resnet50" in names and all(n.startswith("torchvision:resnet") for n in names)
+    assert "torchvision:mobilenet_v3_small" in cbam.list_models("torchvision:*")
+
+
+def test_set_classes_replaces_only_a_classifier_of_another_size():
+    model = torchvision.models.mobilenet_v3_small()
+    same = model.classifier[3]
+    assert set_classes(model, 1000).classifier[3] is same
+    assert set_classes(model, 3).classifier[3].out_features == 3
+
+
+def test_fine_tuning_a_torchvision_network_from_a_file_end_to_end(tmp_path, capsys):
+    path, _ = saved_weights(tmp_path, torchvision.models.resnet18(), "r18.pth")
+    data = write_image_folder(tmp_path / "data", size=32)
+    config = tiny_config(data, tmp_path / "run", arch="torchvision:resnet18", model_kwargs={}, weights=str(path),
+                         epochs=2, image_size=32, eval_resize=32, lr=0.05)  # fmt: skip
+    result = cbam.fit(config)
+    assert result.history[-1]["train_loss"] < result.history[0]["train_loss"], "fine-tuning lowers the loss"
+    loaded = load_model(tmp_path / "run" / "best.pt")
+    assert loaded.config.weights == str(path) and loaded.config.attention_init == "identity"
+    assert loaded.model.fc.out_features == 3
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(tmp_path / "run" / "best.pt"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["top1_error"] == pytest.approx(result.best_value)
+    exported = tmp_path / "r18.pt2"
+    assert main(["export", "--checkpoint", str(tmp_path / "run" / "best.pt"), "--output", str(exported),
+                 "--input-size", "64", "--format", "torch-export"]) == 0  # fmt: skip
+    program = torch.export.load(str(exported)).module()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(program(x), loaded.model(x))
