@@ -36,7 +36,7 @@ from cbam.checkpoint import (
 )
 from cbam.errors import CheckpointError
 from cbam.external import is_external
-from cbam.layers.create import AttentionSpec
+from cbam.layers.create import ATTENTION_MODULE_NAMES, AttentionSpec
 from cbam.registry import Builder, create_model, model_entry
 
 log = logging.getLogger(__name__)
@@ -219,9 +219,6 @@ def read_weights(path: str | Path) -> StoredWeights:
 
 # ---------------------------------------------------------------------------------------------
 # Loading weights into a network: strict unless asked otherwise
-
-ATTENTION_MODULE_NAMES: tuple[str, ...] = ("attention", "stage_attention")
-"""Module names under which attention lives: the zoo's blocks and stages, and `attach`'s wrappers."""
 
 
 def _is_attention_key(key: str) -> bool:

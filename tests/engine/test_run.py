@@ -173,3 +173,33 @@ def test_a_killed_run_resumes_to_the_weights_of_an_uninterrupted_one(image_folde
     a = read_checkpoint(tmp_path / "whole" / "last.pt").model
     b = read_checkpoint(last).model
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_frozen_parameters_stay_fixed_for_their_epochs_and_train_after(image_folder, tmp_path):
+    from cbam.engine.run import frozen_parameters
+
+    start = ClassificationTask.build_model(tiny_config(image_folder, tmp_path / "x"), 3).state_dict()
+    config = tiny_config(image_folder, tmp_path / "all", freeze=("conv1.*", "layer1.*"))
+    fit(config)
+    trained = read_checkpoint(tmp_path / "all" / "last.pt").model
+    assert torch.equal(trained["conv1.weight"], start["conv1.weight"])
+    assert torch.equal(trained["layer1.0.conv2.weight"], start["layer1.0.conv2.weight"])
+    assert not torch.equal(trained["layer2.0.conv1.weight"], start["layer2.0.conv1.weight"])
+    fit(dataclasses.replace(config, output=str(tmp_path / "one"), freeze_epochs=1))
+    after_one = read_checkpoint(tmp_path / "one" / "last.pt").model
+    assert not torch.equal(after_one["conv1.weight"], start["conv1.weight"]), "trained in the second epoch"
+    with pytest.raises(ValueError, match=r"--freeze 'layer9\.\*' matches no parameter; the network's start with: conv1"):
+        frozen_parameters(ClassificationTask.build_model(config, 3), ("layer9.*",))
+
+
+def test_attention_parameters_get_their_own_learning_rate(image_folder, tmp_path):
+    from cbam.engine.run import build_optimizer
+
+    config = tiny_config(image_folder, tmp_path / "run", attention_lr_mult=10.0, lr=0.4, batch_size=8)
+    model = ClassificationTask.build_model(config, 3)
+    groups = build_optimizer(model, config).param_groups
+    attention = {id(p) for name, p in model.named_parameters() if ".attention." in name}
+    assert [g["lr"] for g in groups] == [pytest.approx(0.4 * 8 / 256), pytest.approx(10 * 0.4 * 8 / 256)]
+    assert {id(p) for p in groups[1]["params"]} == attention and attention
+    plain = build_optimizer(model, dataclasses.replace(config, attention_lr_mult=1.0)).param_groups
+    assert len(plain) == 1, "one group unless attention learns at another rate (checkpoints resume as before)"

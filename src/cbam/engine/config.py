@@ -93,6 +93,13 @@ class RunConfig:
     compile: bool = option(False, "torch.compile the network", resumable=True)
     sync_bn: bool = option(False, "synchronise BatchNorm statistics across processes (CUDA)")
     freeze_bn_stats: bool = option(False, "normalise with (and keep) the running BatchNorm statistics while training")
+    freeze: tuple[str, ...] = option(
+        (), "parameter-name patterns kept fixed, e.g. 'conv1.*' 'layer1.*'", metavar="PATTERN"
+    )
+    freeze_epochs: int = option(0, "epochs the --freeze parameters stay fixed (0: the whole run)")
+    attention_lr_mult: float = option(
+        1.0, "learning-rate multiplier of the attention parameters (new when fine-tuning)"
+    )
     device: str = option("auto", "auto, cpu, cuda or cuda:N", resumable=True)
 
     def __post_init__(self) -> None:
@@ -115,6 +122,8 @@ class RunConfig:
             (self.batch_size >= 1, f"batch_size must be at least 1, got {self.batch_size}"),
             (self.lr > 0, f"lr must be positive, got {self.lr}"),
             (self.workers >= 0, f"workers must be 0 or more, got {self.workers}"),
+            (self.freeze_epochs >= 0, f"freeze_epochs must be 0 (the whole run) or more, got {self.freeze_epochs}"),
+            (self.attention_lr_mult >= 0, f"attention_lr_mult must be 0 or more, got {self.attention_lr_mult}"),
         ]
 
     @property

@@ -11,6 +11,7 @@ processes, and only rank 0 writes files. The task (`cbam.engine.task.Task`) supp
 from __future__ import annotations
 
 import csv
+import fnmatch
 import io
 import json
 import logging
@@ -32,6 +33,7 @@ from cbam.engine.distributed import Distributed, all_reduce_sum, init_distribute
 from cbam.engine.run_folder import BEST, CONFIG_FILE, LAST, METRICS_FILE, SUMMARY_FILE, claimed_run_folder
 from cbam.engine.task import Task, TaskData
 from cbam.errors import CheckpointError, ConfigError, DataError, TrainingError
+from cbam.layers.create import is_attention_parameter
 from cbam.outputs import atomic_write
 
 log = logging.getLogger(__name__)
@@ -122,6 +124,7 @@ def _train(task: Task, checkpoint: Checkpoint | None) -> RunResult:
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, config)
+    frozen = frozen_parameters(model, config.freeze)
     scaler = torch.amp.GradScaler(dist.device.type, enabled=task.amp == torch.float16)
     state = RunState()
     if checkpoint is not None:
@@ -145,8 +148,9 @@ def _train(task: Task, checkpoint: Checkpoint | None) -> RunResult:
         data.task_data.train_set.set_epoch(epoch)
         desc = f"epoch {epoch + 1}/{epochs}"
         first, last = epoch * steps_per_epoch, min(total_steps, (epoch + 1) * steps_per_epoch)
+        fixed = frozen if config.freeze_epochs == 0 or epoch < config.freeze_epochs else []
         stats = train_epoch(task, training_model, data.train_loader, optimizer, scaler, skips, (first, last),
-                            steps_per_epoch, total_steps, desc)  # fmt: skip
+                            steps_per_epoch, total_steps, desc, fixed)  # fmt: skip
         metrics = task.evaluate(training_model, data.val_loader, data.task_data, skips)
         skipped, dropped = all_reduce_sum(torch.tensor([float(skips.count), float(skips.dropped)], device=dist.device))
         row = {
@@ -207,11 +211,27 @@ def open_run_data(task: Task, dist: Distributed) -> RunData:
 
 
 def build_optimizer(model: nn.Module, config: RunConfig) -> torch.optim.Optimizer:
-    """SGD with momentum (the paper's), or AdamW for short runs on small data; frozen parameters left out."""
-    params = [p for p in model.parameters() if p.requires_grad]
+    """SGD with momentum (the paper's), or AdamW for short runs on small data, over the parameters that train:
+    at `base_lr`, the attention parameters at `attention_lr_mult` times it (a group of their own)."""
+    named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    split = config.attention_lr_mult != 1.0 and any(is_attention_parameter(name) for name, _ in named)
+    groups = [{"params": [p for name, p in named if not (split and is_attention_parameter(name))]}]
+    if split:
+        attention = [p for name, p in named if is_attention_parameter(name)]
+        groups.append({"params": attention, "lr": config.base_lr * config.attention_lr_mult})
     if config.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=config.base_lr, weight_decay=config.weight_decay)
-    return torch.optim.SGD(params, lr=config.base_lr, momentum=config.momentum, weight_decay=config.weight_decay)
+        return torch.optim.AdamW(groups, lr=config.base_lr, weight_decay=config.weight_decay)
+    return torch.optim.SGD(groups, lr=config.base_lr, momentum=config.momentum, weight_decay=config.weight_decay)
+
+
+def frozen_parameters(model: nn.Module, patterns: tuple[str, ...]) -> list[nn.Parameter]:
+    """The parameters whose names match a `--freeze` pattern; a pattern that matches none is refused."""
+    named = dict(model.named_parameters())
+    for pattern in patterns:
+        if not any(fnmatch.fnmatchcase(name, pattern) for name in named):
+            raise ConfigError(f"--freeze {pattern!r} matches no parameter; the network's start with: "
+                              f"{', '.join(list(named)[:6])}")  # fmt: skip
+    return [p for name, p in named.items() if any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)]
 
 
 def wrap_model(model: nn.Module, config: RunConfig, dist: Distributed) -> nn.Module:
@@ -252,9 +272,11 @@ def train_epoch(
     steps_per_epoch: int,
     total_steps: int,
     desc: str = "train",
+    fixed: list[nn.Parameter] | None = None,
 ) -> dict[str, float]:
-    """Optimizer steps `steps[0]` to `steps[1]` (exclusive) over the training data; returns the lr at the first,
-    the task's per-batch values averaged over all images of all processes, the steps taken and images/s."""
+    """Optimizer steps `steps[0]` to `steps[1]` (exclusive) over the training data, leaving the `fixed`
+    parameters as they are; returns the lr at the first, the task's per-batch values averaged over all images of
+    all processes, the steps taken and images/s."""
     model.train()
     if task.config.freeze_bn_stats:
         for module in model.modules():
@@ -282,6 +304,8 @@ def train_epoch(
                 )
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
+            for parameter in fixed or ():
+                parameter.grad = None  # the optimizer skips a parameter without a gradient (decay included)
             scaler.step(optimizer)
             scaler.update()
             n = len(inputs)

@@ -36,6 +36,17 @@ ATTENTION_LAYERS: dict[str, type[nn.Module]] = {
 PLACEMENTS: tuple[str, ...] = ("block", "stage")
 
 
+ATTENTION_MODULE_NAMES: tuple[str, ...] = ("attention", "stage_attention")
+"""Module names under which attention lives: the zoo's blocks and stages, and `attach`'s wrappers."""
+
+
+def is_attention_parameter(name: str) -> bool:
+    """Whether a parameter (or state) name belongs to attention: a layer under an attention module, or the
+    zero-started `gate` of an identity-initialised insertion."""
+    parts = name.split(".")
+    return parts[-1] == "gate" or any(part in ATTENTION_MODULE_NAMES for part in parts[:-1])
+
+
 def attention_names() -> list[str]:
     """Every attention name a spec may use, `"none"` first."""
     return [NO_ATTENTION, *ATTENTION_LAYERS]
