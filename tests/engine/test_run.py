@@ -188,7 +188,9 @@ def test_frozen_parameters_stay_fixed_for_their_epochs_and_train_after(image_fol
     fit(dataclasses.replace(config, output=str(tmp_path / "one"), freeze_epochs=1))
     after_one = read_checkpoint(tmp_path / "one" / "last.pt").model
     assert not torch.equal(after_one["conv1.weight"], start["conv1.weight"]), "trained in the second epoch"
-    with pytest.raises(ValueError, match=r"--freeze 'layer9\.\*' matches no parameter; the network's start with: conv1"):
+    with pytest.raises(
+        ValueError, match=r"--freeze 'layer9\.\*' matches no parameter; the network's start with: conv1"
+    ):
         frozen_parameters(ClassificationTask.build_model(config, 3), ("layer9.*",))
 
 
