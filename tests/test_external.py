@@ -176,3 +176,17 @@ def test_fine_tuning_a_torchvision_network_from_a_file_end_to_end(tmp_path, caps
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(program(x), loaded.model(x))
+
+
+def test_a_run_from_weights_starts_where_they_left_off_with_identity_attention(image_folder, tmp_path):
+    plain = cbam.fit(tiny_config(image_folder, tmp_path / "plain", attention="none", epochs=2))
+    best = plain.history[plain.best_epoch - 1]
+    weights = str(tmp_path / "plain" / "best.pt")
+    identity = cbam.fit(tiny_config(image_folder, tmp_path / "id", weights=weights, eval_first=True, epochs=1))
+    assert identity.initial["top1_error"] == best["val_top1_error"]
+    assert identity.initial["loss"] == pytest.approx(best["val_loss"], rel=1e-6)
+    paper = cbam.fit(tiny_config(image_folder, tmp_path / "paper", weights=weights, eval_first=True, epochs=1,
+                                 attach_init="paper"))  # fmt: skip
+    assert paper.initial["loss"] != pytest.approx(best["val_loss"], rel=1e-3), "the paper's init moves the start"
+    summary = json.loads((tmp_path / "id" / "summary.json").read_text())
+    assert summary["initial"] == identity.initial

@@ -97,6 +97,9 @@ class RunConfig:
         (), "parameter-name patterns kept fixed, e.g. 'conv1.*' 'layer1.*'", metavar="PATTERN"
     )
     freeze_epochs: int = option(0, "epochs the --freeze parameters stay fixed (0: the whole run)")
+    eval_first: bool = option(
+        False, "evaluate before the first step too (summary.json's `initial`): where a network from --weights starts"
+    )
     attention_lr_mult: float = option(
         1.0, "learning-rate multiplier of the attention parameters (new when fine-tuning)"
     )

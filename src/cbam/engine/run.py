@@ -55,6 +55,7 @@ class RunResult:
     wall_seconds: float
     images_per_second: float
     history: list[dict[str, Any]]
+    initial: dict[str, float] | None = None  # validation metrics before the first step (`eval_first`)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -140,6 +141,11 @@ def _train(task: Task, checkpoint: Checkpoint | None) -> RunResult:
             task.describe(params, gflops), len(data.task_data.train_set), len(data.task_data.val_set), len(classes),
             total_steps, config.batch_size, dist.world_size, dist.device, recipe_line(config),
         )  # fmt: skip
+    initial = None
+    if config.eval_first and checkpoint is None:
+        initial = task.evaluate(training_model, data.val_loader, data.task_data, SkipLog())
+        if dist.is_main:
+            log.info("before the first step: val %s", task.epoch_summary(initial))
     board = None
     skips = SkipLog()
     for epoch in range(state.epoch, epochs):
@@ -181,7 +187,7 @@ def _train(task: Task, checkpoint: Checkpoint | None) -> RunResult:
             if board is not None:
                 for key, number in row.items():
                     board.add_scalar(key, number, epoch + 1)
-    result = _result(task, state, params, gflops, epochs)
+    result = _result(task, state, params, gflops, epochs, initial)
     if dist.is_main:
         text = json.dumps(result.to_dict(), indent=2)
         atomic_write(Path(config.output) / SUMMARY_FILE, lambda tmp: tmp.write_text(text))
@@ -412,7 +418,9 @@ def _tensorboard(output: Path) -> Any | None:
     return SummaryWriter(str(output / "tensorboard"))
 
 
-def _result(task: Task, state: RunState, params: int, gflops: float | None, epochs: int) -> RunResult:
+def _result(
+    task: Task, state: RunState, params: int, gflops: float | None, epochs: int, initial: dict[str, float] | None
+) -> RunResult:
     history = state.history
     train_seconds = sum(r["train_seconds"] for r in history)
     best = state.best or {"metric": task.headline.history_key, "value": float("nan"), "epoch": 0}
@@ -431,4 +439,5 @@ def _result(task: Task, state: RunState, params: int, gflops: float | None, epoc
         if train_seconds
         else 0.0,
         history=history,
+        initial=initial,
     )
