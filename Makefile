@@ -11,7 +11,7 @@ BIN := $(VENV)/bin
 endif
 STAMP := $(BIN)/.cbam-installed
 
-.PHONY: setup run detect paper test test-all format
+.PHONY: setup run detect paper finetune test test-all format
 
 setup: $(STAMP)
 
@@ -37,10 +37,15 @@ detect: $(STAMP)
 paper: $(STAMP)
 	$(BIN)/cbam profile --paper-table 4 --paper-table 5
 
+## Does adding CBAM to a pretrained network hurt? ResNet-18 pretrained on lightly cluttered digits, fine-tuned on
+## heavily cluttered ones plain / + CBAM (paper init) / + CBAM (identity init) over 3 seeds, in runs/finetune/
+finetune: $(STAMP)
+	$(BIN)/python experiments/finetune_init.py --output runs/finetune
+
 ## Lint, format check and the default (fast) test suite; CI runs exactly this
 test: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks experiments
+	$(BIN)/ruff format --check src tests benchmarks experiments
 	$(BIN)/python -m pytest
 
 ## Everything, the heavy tests (full-size networks at 224 px) included

@@ -190,3 +190,22 @@ def test_a_run_from_weights_starts_where_they_left_off_with_identity_attention(i
     assert paper.initial["loss"] != pytest.approx(best["val_loss"], rel=1e-3), "the paper's init moves the start"
     summary = json.loads((tmp_path / "id" / "summary.json").read_text())
     assert summary["initial"] == identity.initial
+
+
+def test_named_weights_bring_their_preprocessing_unless_the_user_overrides_it():
+    from cbam.classification.task import ClassificationConfig, config_eval_transform
+    from cbam.engine.config import build_config
+
+    tv = build_config(ClassificationConfig, "cluttered-digits", arch="torchvision:resnet18", weights="IMAGENET1K_V1")
+    assert (tv.image_size, tv.eval_resize, tv.mean, tv.std) == (224, 256, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    assert tv.epochs == 4, "the rest of the recipe stays"
+    mine = build_config(ClassificationConfig, None, arch="torchvision:resnet18", weights="IMAGENET1K_V1",
+                        image_size=96, eval_resize=110, mean=(0.5, 0.5, 0.5))  # fmt: skip
+    assert (mine.image_size, mine.eval_resize, mine.mean) == (96, 110, (0.5, 0.5, 0.5))
+    normalize = config_eval_transform(mine).transforms[-1]
+    assert tuple(normalize.mean) == (0.5, 0.5, 0.5) and tuple(normalize.std) == (0.229, 0.224, 0.225)
+    pytest.importorskip("timm")
+    timm_config = build_config(ClassificationConfig, None, arch="timm:resnet18", weights="pretrained")
+    assert (timm_config.image_size, timm_config.eval_resize) == (224, round(224 / 0.95))
+    from_file = build_config(ClassificationConfig, "cluttered-digits", arch="torchvision:resnet18", weights="w.pth")
+    assert from_file.image_size == 64, "a file does not say how it was trained: the recipe's sizes"

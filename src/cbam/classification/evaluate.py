@@ -43,6 +43,6 @@ def evaluate_checkpoint(
         raise DataError(
             f"{path} names different classes than {data}: {list(loaded.classes)[:5]}... vs {data_classes[:5]}..."
         )
-    dataset = AugmentedDataset(base, eval_transform(image_size, eval_resize))
+    dataset = AugmentedDataset(base, eval_transform(image_size, eval_resize, config.mean, config.std))
     workers = default_workers() if workers is None else workers
     return evaluate(loaded.model, eval_loader(dataset, batch_size, workers, collate_skipping, dist), dist)

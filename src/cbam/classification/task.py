@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -18,12 +19,12 @@ from torch.utils.data import DataLoader
 
 from cbam.classification.accuracy import error_percent, topk_correct
 from cbam.data.loading import AugmentedDataset, DataError, class_names, collate_skipping, data_location, open_split
-from cbam.data.transforms import eval_transform, train_transform
+from cbam.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, train_transform
 from cbam.engine.batches import SkipLog, merged_batches
 from cbam.engine.config import RunConfig, option, parse_attention
 from cbam.engine.distributed import Distributed, all_reduce_sum
 from cbam.engine.task import Headline, Task, TaskData
-from cbam.external import is_external
+from cbam.external import is_external, weights_preprocessing
 from cbam.profile import count_macs, count_parameters, measure_arch
 from cbam.registry import create_model
 
@@ -55,6 +56,14 @@ class ClassificationConfig(RunConfig):
     label_smoothing: float = option(0.0, "label smoothing")
     image_size: int = option(224, "training crop and evaluation crop", paper=224)
     eval_resize: int = option(256, "short side before the evaluation centre crop", paper=256)
+    mean: tuple[float, float, float] = option(
+        IMAGENET_MEAN,
+        "per-channel mean the images are normalised with (default: the weights' own, else ImageNet's)",
+        metavar=("R", "G", "B"),
+    )
+    std: tuple[float, float, float] = option(
+        IMAGENET_STD, "per-channel standard deviation, likewise", metavar=("R", "G", "B")
+    )
     crop_scale: tuple[float, float] = option((0.08, 1.0), "random-resized crop area range", paper="0.08 1",
                                              metavar=("LO", "HI"))  # fmt: skip
     download: bool = option(False, "download CIFAR when missing (needs a network)", resumable=True)
@@ -75,6 +84,10 @@ class ClassificationConfig(RunConfig):
         if self.weights:
             object.__setattr__(self, "weights", data_location(self.weights))
         super().__post_init__()
+
+    @classmethod
+    def implied_values(cls, values: Mapping[str, Any]) -> dict[str, Any]:
+        return implied_by_weights(values)
 
     @property
     def attention_init(self) -> str:
@@ -100,6 +113,20 @@ class ClassificationConfig(RunConfig):
     def base_lr(self) -> float:
         """The learning rate for this global batch: lr x batch_size / 256 (Goyal et al.)."""
         return self.lr * self.batch_size / REFERENCE_BATCH
+
+
+def implied_by_weights(values: Mapping[str, Any]) -> dict[str, Any]:
+    """The preprocessing that named weights were trained with (crop, resize, mean, std): below the flags, above
+    the recipe, so that a network starts from the inputs it knows unless the user says otherwise."""
+    arch, weights = values.get("arch", ""), values.get("weights")
+    if not (isinstance(arch, str) and is_external(arch) and weights):
+        return {}
+    return dict(weights_preprocessing(arch, weights))
+
+
+def config_eval_transform(config: ClassificationConfig) -> Any:
+    """The evaluation transform of a run: its crop, resize and normalisation."""
+    return eval_transform(config.image_size, config.eval_resize, config.mean, config.std)
 
 
 def lr_factor(config: ClassificationConfig, epoch: int) -> float:
@@ -202,9 +229,9 @@ class ClassificationTask(Task):
         classes = class_names(train_base)
         if class_names(val_base) != classes:
             raise DataError(f"train and val name different classes: {classes} vs {class_names(val_base)}")
-        augment = train_transform(config.image_size, config.crop_scale, config.hflip)
+        augment = train_transform(config.image_size, config.crop_scale, config.hflip, config.mean, config.std)
         train_set = AugmentedDataset(train_base, augment, config.seed)
-        val_set = AugmentedDataset(val_base, eval_transform(config.image_size, config.eval_resize), config.seed)
+        val_set = AugmentedDataset(val_base, config_eval_transform(config), config.seed)
         return TaskData(train_set, val_set, classes)
 
     def train_step(self, model: nn.Module, inputs: Tensor, targets: Tensor) -> tuple[Tensor, dict[str, Tensor]]:

@@ -118,6 +118,12 @@ class RunConfig:
             if not ok:
                 raise ConfigError(message)
 
+    @classmethod
+    def implied_values(cls, values: Mapping[str, Any]) -> dict[str, Any]:
+        """Values that follow from others (a task's: the preprocessing of named weights), given the recipe's and
+        the explicit values; they rank above the recipe and below explicit values."""
+        return {}
+
     def checks(self) -> list[tuple[bool, str]]:
         """(holds, message) for each constraint on the values; a task adds its own."""
         return [
@@ -222,16 +228,17 @@ def config_from_dict(cls: type[C], values: Mapping[str, Any]) -> C:
 def requested_values(
     cls: type[RunConfig], recipe: str | None, given: Mapping[str, Any], *, dataset_recipe: bool = True
 ) -> dict[str, Any]:
-    """The recipe's values (with `dataset_recipe`, the dataset's own when none is named), then every given
-    value that is not None; mappings (builder options) given are added to the recipe's."""
+    """The recipe's values (with `dataset_recipe`, the dataset's own when none is named), then those implied by
+    them (`implied_values`), then every given value that is not None; mappings (builder options) given are added
+    to the recipe's."""
     if dataset_recipe:
         recipe = recipe_for(cls, recipe, given.get("data") or getattr(cls, "data", None))
     values: dict[str, Any] = read_recipe(cls, recipe) if recipe else {}
     if recipe:
         values["recipe"] = recipe
+    given = {key: value for key, value in given.items() if value is not None}
+    values.update(cls.implied_values({**values, **given}))
     for key, value in given.items():
-        if value is None:
-            continue
         values[key] = {**values.get(key, {}), **value} if isinstance(value, Mapping) else value
     return values
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -11,7 +12,7 @@ from PIL import Image
 from torch import nn
 
 from cbam.data.loading import DataError, class_names, open_split
-from cbam.data.transforms import eval_transform
+from cbam.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform
 from cbam.explain.cam import grad_cam
 from cbam.explain.maps import attention_maps
 from cbam.extras import import_optional
@@ -26,6 +27,12 @@ class Network:
     model: nn.Module
     image_size: int
     resize: int
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+    def transform(self) -> Any:
+        """The network's own evaluation transform (crop, resize, normalisation)."""
+        return eval_transform(self.image_size, self.resize, self.mean, self.std)
 
 
 def load_networks(paths: list[Path]) -> tuple[list[Network], str | None]:
@@ -38,7 +45,7 @@ def load_networks(paths: list[Path]) -> tuple[list[Network], str | None]:
         config = loaded.config
         label = str(config.attention) or Path(path).parent.name
         networks.append(Network(label if label != "none" else "baseline", loaded.model, config.image_size,
-                                config.eval_resize))  # fmt: skip
+                                config.eval_resize, config.mean, config.std))  # fmt: skip
         data = data or config.data
     return networks, data
 
@@ -67,7 +74,7 @@ def choose_images(
 
 
 def _predict(network: Network, image: Image.Image) -> int:
-    x = eval_transform(network.image_size, network.resize)(image.convert("RGB")).unsqueeze(0)
+    x = network.transform()(image.convert("RGB")).unsqueeze(0)
     with torch.no_grad():
         return int(network.model(x).argmax(1))
 
@@ -103,7 +110,7 @@ def draw_figure(
         axes[r][0].set_title(f"{names[label]}", fontsize=11)
         c = 1
         for network in networks:
-            x = eval_transform(network.image_size, network.resize)(rgb).unsqueeze(0)
+            x = network.transform()(rgb).unsqueeze(0)
             cams, probs = grad_cam(network.model, x, targets=[label], layer=layer, method=method)
             mappable = _overlay(axes[r][c], shown_image, cams[0])
             if r == 0:

@@ -69,7 +69,7 @@ def localize_checkpoint(
     root = data_root(data) / split
     files = [str(Path(p).relative_to(root)) for p, _ in base.samples]
     truth = split_boxes(data_root(data), split, files, boxes)
-    transform = eval_transform(image_size, resize)
+    transform = eval_transform(image_size, resize, config.mean, config.std)
     device = resolve_device(device)
     model = model.to(device).eval()
     hits: list[float] = []

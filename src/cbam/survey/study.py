@@ -127,7 +127,7 @@ def _question(
     shown = np.asarray(crop(resize(rgb)))
     regions, probs = {}, {}
     for model, network in networks.items():
-        x = eval_transform(network.image_size, network.resize)(rgb).unsqueeze(0)
+        x = network.transform()(rgb).unsqueeze(0)
         cams, p = grad_cam(network.model, x, targets=[label])
         cam = np.asarray(Image.fromarray(cams[0].numpy()).resize(shown.shape[1::-1], Image.BILINEAR))
         regions[model] = region(shown, cam)
