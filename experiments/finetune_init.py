@@ -1,10 +1,11 @@
 """Does adding CBAM to a pretrained network hurt? Fine-tuning measured on the embedded data over seeds.
 
-A plain network is pretrained on lightly cluttered digits (two renderings of each training digit), then
-fine-tuned on heavily cluttered ones (the same digits' split, one other rendering each, much more clutter) as (a) the plain network, (b) + CBAM
-with the paper's init, (c) + CBAM with the identity init. For each, the validation top-1 error
-before the first step, after the first epoch and at the end: the mean over seeds with a 95%
-t-interval. Each run is a folder under --output; run again, finished runs are kept.
+A plain network is pretrained on lightly cluttered digits (two renderings of each training digit),
+then fine-tuned on heavily cluttered ones (the same digits' split, one other rendering each, much
+more clutter) as (a) the plain network, (b) + CBAM with the paper's init, (c) + CBAM with the
+identity init. For each, the validation top-1 error before the first step, after the first epoch
+and at the end: the mean over seeds with a 95% t-interval. Each run is a folder under --output;
+run again, finished runs are kept.
 
     make finetune        # or: python experiments/finetune_init.py --output runs/finetune
 """
@@ -115,7 +116,7 @@ def main() -> None:
     parser.add_argument("--output", default="runs/finetune")
     parser.add_argument("--arch", default="resnet18")
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--pretrain-epochs", type=int, default=4)
+    parser.add_argument("--pretrain-epochs", type=int, default=12)
     parser.add_argument("--epochs", type=int, default=3, help="fine-tuning epochs")
     parser.add_argument("--source-clutter", type=int, nargs=2, default=(0, 2), metavar=("LO", "HI"))
     parser.add_argument("--target-clutter", type=int, nargs=2, default=(10, 14), metavar=("LO", "HI"))
