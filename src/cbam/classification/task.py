@@ -262,9 +262,8 @@ class ClassificationTask(Task):
         start = ""
         if config.weights:
             init = "as an exact identity" if config.attention_init == "identity" else "at its own init"
-            start = (
-                f" from weights {config.weights} (a new classifier where the classes differ; attention starts {init})"
-            )
+            attention = "" if config.attention == "none" else f"; attention starts {init}"
+            start = f" from weights {config.weights} (a new classifier where the classes differ{attention})"
         return (f"{config.arch} attention={json.dumps(config.attention)}{start}: {params:,} params, "
                 f"{gflops:.3f} GFLOPs at {config.image_size}px")  # fmt: skip
 
