@@ -39,6 +39,7 @@ paper: $(STAMP)
 
 ## Does adding CBAM to a pretrained network hurt? ResNet-18 pretrained on lightly cluttered digits, fine-tuned on
 ## heavily cluttered ones plain / + CBAM (paper init) / + CBAM (identity init) over 3 seeds, in runs/finetune/
+## (about 17 minutes on 2 CPU cores; docs/finetuning.md holds the figures)
 finetune: $(STAMP)
 	$(BIN)/python experiments/finetune_init.py --output runs/finetune
 
