@@ -1,6 +1,7 @@
 """torchvision and timm networks by name, from weights made here (never downloaded), with attention attached."""
 
 import json
+import re
 from urllib.error import URLError
 
 import pytest
@@ -176,6 +177,26 @@ def test_fine_tuning_a_torchvision_network_from_a_file_end_to_end(tmp_path, caps
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(program(x), loaded.model(x))
+    figure = tmp_path / "cam.png"
+    assert (
+        main(["cam", "--checkpoint", str(tmp_path / "run" / "best.pt"), "--count", "2", "--output", str(figure)]) == 0
+    )
+    assert figure.read_bytes().startswith(b"\x89PNG")
+
+
+def test_a_checkpoint_this_installation_cannot_build_names_the_versions_it_was_written_with(tmp_path):
+    path, _ = saved_weights(tmp_path, torchvision.models.resnet18(), "r18.pth")
+    data = write_image_folder(tmp_path / "data")
+    cbam.fit(tiny_config(data, tmp_path / "run", arch="torchvision:resnet18", model_kwargs={}, weights=str(path),
+                         epochs=1))  # fmt: skip
+    state = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    assert state["metadata"]["library_versions"] == {"torchvision": torchvision.__version__}
+    state["config"]["arch"] = "torchvision:resnet18_v9"  # a network of a newer torchvision
+    torch.save(state, tmp_path / "newer.pt")
+    version = re.escape(torchvision.__version__)
+    refused = rf"newer\.pt records a network this installation cannot build \(written with torchvision {version}\)"
+    with pytest.raises(CheckpointError, match=refused):
+        load_model(tmp_path / "newer.pt")
 
 
 def test_a_run_from_weights_starts_where_they_left_off_with_identity_attention(image_folder, tmp_path):

@@ -78,9 +78,9 @@ def list_external(pattern: str) -> list[str]:
     return [f"{source}:{name}" for name in source_names(source) if fnmatch.fnmatchcase(name, name_pattern or "*")]
 
 
-def library_versions(source: str) -> dict[str, str]:
-    """The version of the library that builds the network, for a checkpoint to record."""
-    if source == "torchvision":
+def library_versions(arch: str) -> dict[str, str]:
+    """The version of the library that builds `arch`, for a checkpoint to record."""
+    if arch.partition(":")[0] == "torchvision":
         import torchvision
 
         return {"torchvision": torchvision.__version__}

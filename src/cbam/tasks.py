@@ -21,7 +21,7 @@ from cbam.engine.config import RunConfig, config_from_dict, resumable_keys
 from cbam.engine.run import RunResult, run
 from cbam.engine.run_folder import LAST, SUMMARY_FILE, plan_run
 from cbam.engine.task import Task
-from cbam.errors import CheckpointError, ConfigError, unknown_name
+from cbam.errors import CheckpointError, ConfigError, UserError, unknown_name
 from cbam.extras import require_extra
 
 log = logging.getLogger(__name__)
@@ -97,12 +97,17 @@ def load_model(path: str | Path, device: torch.device | str = "cpu", *, task: st
         config = config_from_dict(kind.config_class, checkpoint.config)
     except ConfigError as err:
         raise CheckpointError(f"{path} records a config this cbam cannot build: {err}") from None
-    model = kind.build_model(config, _num_classes(path, checkpoint), fresh=False)
+    written = checkpoint.metadata.get("library_versions")
+    versions = f" (written with {', '.join(f'{k} {v}' for k, v in written.items())})" if written else ""
+    try:
+        model = kind.build_model(config, _num_classes(path, checkpoint), fresh=False)
+    except UserError as err:
+        raise CheckpointError(f"{path} records a network this installation cannot build{versions}: {err}") from None
     try:
         model.load_state_dict(checkpoint.model)
     except RuntimeError as err:
         first = str(err).splitlines()[1].strip() if len(str(err).splitlines()) > 1 else str(err)
-        raise CheckpointError(f"{path}'s weights do not fit the network it records: {first}") from None
+        raise CheckpointError(f"{path}'s weights do not fit the network it records{versions}: {first}") from None
     return LoadedModel(checkpoint.task, model.to(device).eval(), config, checkpoint.classes, checkpoint.metadata,
                        checkpoint.epoch, path)  # fmt: skip
 

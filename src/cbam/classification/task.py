@@ -24,7 +24,7 @@ from cbam.engine.batches import SkipLog, merged_batches
 from cbam.engine.config import RunConfig, option, parse_attention
 from cbam.engine.distributed import Distributed, all_reduce_sum
 from cbam.engine.task import Headline, Task, TaskData
-from cbam.external import is_external, weights_preprocessing
+from cbam.external import is_external, library_versions, weights_preprocessing
 from cbam.profile import count_macs, count_parameters, measure_arch
 from cbam.registry import create_model
 
@@ -232,7 +232,8 @@ class ClassificationTask(Task):
         augment = train_transform(config.image_size, config.crop_scale, config.hflip, config.mean, config.std)
         train_set = AugmentedDataset(train_base, augment, config.seed)
         val_set = AugmentedDataset(val_base, config_eval_transform(config), config.seed)
-        return TaskData(train_set, val_set, classes)
+        source = {"library_versions": library_versions(config.arch)} if is_external(config.arch) else {}
+        return TaskData(train_set, val_set, classes, source)
 
     def train_step(self, model: nn.Module, inputs: Tensor, targets: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         targets = targets.to(self.device, non_blocking=True)
