@@ -24,6 +24,8 @@ def test_the_study_measures_every_variant_and_identity_starts_where_plain_does(t
     before = [[run["before the first step"] for run in runs[label]] for label, _, _ in finetune_init.VARIANTS]
     assert before[0] == before[2], "identity-init attention starts exactly where the plain network does"
     assert len(set(before[0])) == 1, "before any step, the seed changes nothing for the plain network"
-    json.dumps(report)  # the report is plain data
+    assert json.loads(json.dumps(report))["runs"] == runs, "the report is plain data: finetune.json holds it whole"
+    stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "study").glob("*/last.pt")}
+    assert len(stamps) == 1 + 3 * 2, "the pretraining and one run per variant and seed"
     again = finetune_init.run(setup, tmp_path / "study")
-    assert again[1] == rows, "finished runs are kept and give the same table"
+    assert again[1] == rows and {p: p.stat().st_mtime_ns for p in stamps} == stamps, "finished runs are kept"

@@ -35,7 +35,7 @@ from cbam.checkpoint import (
     save_weights,
 )
 from cbam.errors import CheckpointError
-from cbam.external import is_external
+from cbam.external import attention_start, is_external
 from cbam.layers.create import ATTENTION_MODULE_NAMES, AttentionSpec
 from cbam.registry import Builder, create_model, model_entry
 
@@ -182,8 +182,7 @@ def _recorded(checkpoint: Checkpoint | None) -> RecordedNetwork | None:
     if checkpoint is None or checkpoint.task != "classification" or not isinstance(checkpoint.config.get("arch"), str):
         return None
     config = checkpoint.config
-    init = config.get("attach_init", "auto")
-    init = ("identity" if config.get("weights") else "paper") if init == "auto" else init
+    init = attention_start(config.get("attach_init"), config.get("weights"))
     return RecordedNetwork(config["arch"], config.get("attention", "none"), checkpoint.num_classes,
                            config.get("model_kwargs") or {}, init)  # fmt: skip
 

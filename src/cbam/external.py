@@ -108,10 +108,6 @@ def classifier_name(model: nn.Module) -> str:
     return names[-1]
 
 
-def num_outputs(model: nn.Module) -> int:
-    return model.get_submodule(classifier_name(model)).out_features
-
-
 def set_classes(model: nn.Module, num_classes: int) -> nn.Module:
     """The network with a new, freshly initialised classifier of `num_classes` outputs (in place)."""
     name = classifier_name(model)
@@ -192,6 +188,26 @@ def is_weights_file(weights: str) -> bool:
 # The whole network
 
 
+def attention_start(attach_init: str | None, weights: str | None) -> str:
+    """How attention starts: `attach_init` as given, else (`None` or `"auto"`) an exact identity when the
+    network starts from weights and the layers' own (paper) init when it does not."""
+    if attach_init not in (None, "auto"):
+        return attach_init
+    return "identity" if weights else "paper"
+
+
+def load_trained(model: nn.Module, state: Mapping[str, Tensor], label: str, target: str, strict: bool) -> None:
+    """Load `state` into `model`, its classifier first resized to the file's own class count (a fine-tuned
+    network's); weights that do not fit are refused unless `strict=False`."""
+    from cbam.convert import load_state_into
+
+    classifier = state.get(f"{classifier_name(model)}.weight")
+    if isinstance(classifier, Tensor) and classifier.dim() == 2:
+        set_classes(model, int(classifier.shape[0]))
+    advice = "; --partial-weights loads the weights that fit and reports the rest"
+    load_state_into(model, state, label, strict=strict, target=target, advice=advice, verbose=False)
+
+
 def create_external(
     arch: str,
     *,
@@ -206,23 +222,17 @@ def create_external(
     outputs (a new classifier where the count differs) and `attention` attached (`attach_init`, default:
     identity with weights, the paper's without). Weights that do not fit are refused unless `strict=False`."""
     from cbam.attach import attach
-    from cbam.convert import load_state_into
 
     network = parse_external(arch)
     model = build_bare(network)
     if weights:
         state = file_weights(weights) if is_weights_file(weights) else named_weights(network, weights)
         label = weights if is_weights_file(weights) else f"{network} {weights}"
-        classifier = f"{classifier_name(model)}.weight"
-        if isinstance(state.get(classifier), Tensor):
-            set_classes(model, int(state[classifier].shape[0]))  # a fine-tuned file's own classes
-        advice = "; --partial-weights loads the weights that fit and reports the rest"
-        load_state_into(model, state, label, strict=strict, target=str(network), advice=advice, verbose=False)
+        load_trained(model, state, label, str(network), strict)
     if num_classes is not None:
         set_classes(model, num_classes)
     if attention not in (None, "none"):
-        init = attach_init or ("identity" if weights else "paper")
-        attach(model, attention, init=init, input_size=input_size, verbose=False)
+        attach(model, attention, init=attention_start(attach_init, weights), input_size=input_size, verbose=False)
     return model
 
 

@@ -12,11 +12,19 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
 from torch import nn
 
 from cbam.errors import ConfigError, OptionError, unknown_name
-from cbam.external import create_external, file_weights, is_external, is_weights_file, list_external, set_classes
+from cbam.external import (
+    attention_start,
+    create_external,
+    file_weights,
+    is_external,
+    is_weights_file,
+    list_external,
+    load_trained,
+    set_classes,
+)
 from cbam.layers.create import AttentionSpec
 from cbam.layers.fused import check_impl, set_attention_impl
 
@@ -121,35 +129,17 @@ def create_model(
     if weights and not is_weights_file(weights):
         raise ConfigError(f"{arch} is cbam's own network: --weights takes a file (named weights are for "
                           "torchvision: and timm: networks)")  # fmt: skip
-    file_classes = _classes_in(weights) if weights else None
     try:
-        model = entry.builder(attention=attention, num_classes=file_classes or num_classes, **kwargs)
+        model = entry.builder(attention=attention, num_classes=num_classes, **kwargs)
     except TypeError as err:
         if "unexpected keyword argument" in str(err):
             raise OptionError(f"{arch}: {err}") from None
         raise
     if weights:
-        _load_zoo_weights(model, arch, weights, strict)
-    if file_classes and file_classes != num_classes:
+        load_trained(model, file_weights(weights), weights, arch, strict)
         set_classes(model, num_classes)
-    if (attach_init or ("identity" if weights else "paper")) == "identity":
+    if attention_start(attach_init, weights) == "identity":
         from cbam.attach import gate_built_in_attention  # attach imports the registry (through profile)
 
         gate_built_in_attention(model)
     return set_attention_impl(model, impl) if impl != "auto" else model
-
-
-def _classes_in(weights: str) -> int | None:
-    """The class count of a weights file's classifier (`fc.weight` or `classifier.weight` rows)."""
-    state = file_weights(weights)
-    for key in ("fc.weight", "classifier.weight", "classifier.1.weight", "head.weight"):
-        if isinstance(state.get(key), torch.Tensor) and state[key].dim() == 2:
-            return int(state[key].shape[0])
-    return None
-
-
-def _load_zoo_weights(model: nn.Module, arch: str, weights: str, strict: bool) -> None:
-    from cbam.convert import load_state_into
-
-    advice = "; --partial-weights loads the weights that fit and reports the rest"
-    load_state_into(model, file_weights(weights), weights, strict=strict, target=arch, advice=advice, verbose=False)

@@ -24,7 +24,7 @@ from cbam.engine.batches import SkipLog, merged_batches
 from cbam.engine.config import RunConfig, option, parse_attention
 from cbam.engine.distributed import Distributed, all_reduce_sum
 from cbam.engine.task import Headline, Task, TaskData
-from cbam.external import is_external, library_versions, weights_preprocessing
+from cbam.external import attention_start, is_external, library_versions, weights_preprocessing
 from cbam.profile import count_macs, count_parameters, measure_arch
 from cbam.registry import create_model
 
@@ -92,9 +92,7 @@ class ClassificationConfig(RunConfig):
     @property
     def attention_init(self) -> str:
         """How attention starts: `attach_init`, where `auto` is identity with weights and the paper's without."""
-        if self.attach_init != "auto":
-            return self.attach_init
-        return "identity" if self.weights else "paper"
+        return attention_start(self.attach_init, self.weights)
 
     def checks(self) -> list[tuple[bool, str]]:
         return [
