@@ -230,3 +230,45 @@ def test_named_weights_bring_their_preprocessing_unless_the_user_overrides_it():
     assert (timm_config.image_size, timm_config.eval_resize) == (224, round(224 / 0.95))
     from_file = build_config(ClassificationConfig, "cluttered-digits", arch="torchvision:resnet18", weights="w.pth")
     assert from_file.image_size == 64, "a file does not say how it was trained: the recipe's sizes"
+
+
+@pytest.mark.parametrize("arch", ["torchvision:resnet18", "resnet18"])
+def test_weights_that_hold_trained_attention_keep_it_when_new_attention_would_start_as_identity(tmp_path, arch):
+    """Fine-tuning a CBAM network again: its attention, trained without a gate, loads into the gated network
+    (the gate opened) and the network computes what the file's did."""
+    torch.manual_seed(0)
+    trained = cbam.create_model(arch, attention="cbam", num_classes=7).eval()
+    path, trained = saved_weights(tmp_path, trained, "cbam.pth")
+    again = cbam.create_model(arch, attention="cbam", weights=str(path), num_classes=7).eval()
+    gates = [p for n, p in again.named_parameters() if n.endswith(".gate")]
+    assert len(gates) == 8 and all(g.item() == 1 for g in gates), "each block's attention came from the file"
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(again(x), trained(x), rtol=0, atol=0)
+        once_more = cbam.create_model(arch, attention="cbam", weights=str(_saved(tmp_path, again)), num_classes=7)
+        torch.testing.assert_close(once_more.eval()(x), trained(x), rtol=0, atol=0)
+
+
+def _saved(tmp_path, model: torch.nn.Module):
+    path = tmp_path / "again.pth"
+    torch.save(model.state_dict(), path)
+    return path
+
+
+def test_a_file_that_names_another_network_is_refused_by_name(tmp_path):
+    from cbam.checkpoint import Checkpoint, save_checkpoint
+
+    for arch, network in (("resnet34", cbam.create_model("resnet34")), ("resnet18", cbam.create_model("resnet18"))):
+        save_checkpoint(tmp_path / f"{arch}.pt", Checkpoint("classification", {"arch": arch}, None, 1,
+                                                            network.state_dict()))  # fmt: skip
+    for target in ("torchvision:resnet18", "resnet18_cbam"):
+        with pytest.raises(CheckpointError, match=r"resnet34\.pt holds weights of a resnet34, not of the"):
+            cbam.create_model(target, weights=str(tmp_path / "resnet34.pt"))
+    authors = {"arch": "resnet34", "state_dict": cbam.create_model("resnet34").state_dict()}
+    torch.save(authors, tmp_path / "authors.pth")
+    with pytest.raises(CheckpointError, match="holds weights of a resnet34, not of the torchvision:resnet18"):
+        cbam.create_model("torchvision:resnet18", weights=str(tmp_path / "authors.pth"))
+    ours = cbam.create_model("torchvision:resnet18", weights=str(tmp_path / "resnet18.pt"), num_classes=1000)
+    assert torch.equal(ours.conv1.weight, torch.load(tmp_path / "resnet18.pt")["model"]["conv1.weight"]), (
+        "the zoo's resnet18 is torchvision's: its weights load"
+    )

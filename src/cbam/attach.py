@@ -32,7 +32,8 @@ INITS: tuple[str, ...] = ("paper", "identity")
 
 
 class AttentionAfter(nn.Module):
-    """`module`, then `attention` on its output; with `gate`, y + g * (attention(y) - y).
+    """`module`, then `attention` on its output; with `gate`, y + g * (attention(y) - y) (exactly y at g = 0 and
+    attention(y) at g = 1).
 
     The gate (one scalar, 0 at first) makes the insertion an exact identity until training
     moves it: `attach(..., init="identity")` for fine-tuning pretrained networks.
@@ -48,7 +49,9 @@ class AttentionAfter(nn.Module):
         y = self.module(x)
         if self.gate is None:
             return self.attention(y)
-        return y + self.gate.to(y.dtype) * (self.attention(y) - y)
+        # lerp is exact at both ends (torch computes end - (end - start) * (1 - w) for w >= 0.5): a closed gate
+        # gives y, an open one the attention's output, bit for bit
+        return torch.lerp(y, self.attention(y), self.gate.to(y.dtype))
 
 
 # ---------------------------------------------------------------------------------------------

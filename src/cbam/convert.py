@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from cbam.attach import AttentionAfter
@@ -289,6 +290,32 @@ def check_state(model: nn.Module, state: Mapping[str, Tensor], source: str, igno
     return LoadReport(source, loaded, tuple(missing), unexpected, tuple(shapes), new_attention, shapes)
 
 
+def wrapped_state(model: nn.Module, state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """`state` renamed for the attention wrappers in `model` (`cbam.attach`, identity-init gates): a layer saved
+    unwrapped (`layer1.0.bn2.weight` of a plain network, `layer1.0.attention.channel...` of attention trained
+    without a gate) goes to its place inside the wrapper, and a wrapper whose attention the file holds without a
+    gate gets an open gate (1), so the network computes what the file's network did."""
+    wrappers = [name for name, module in model.named_modules() if isinstance(module, AttentionAfter)]
+    if not wrappers:
+        return dict(state)
+    own = model.state_dict()
+    renamed: dict[str, Tensor] = {}
+    for key, value in state.items():
+        wrapper = next((w for w in wrappers if key.startswith(f"{w}.")), None)
+        if key in own or wrapper is None:
+            renamed[key] = value
+            continue
+        rest = key[len(wrapper) + 1 :]
+        inside = [f"{wrapper}.{part}.{rest}" for part in ("module", "attention") if f"{wrapper}.{part}.{rest}" in own]
+        renamed[inside[0] if inside else key] = value
+    for wrapper in wrappers:
+        gate = f"{wrapper}.gate"
+        trained = any(k.startswith(f"{wrapper}.attention.") for k in renamed)
+        if gate in own and gate not in renamed and trained:
+            renamed[gate] = torch.ones_like(own[gate])
+    return renamed
+
+
 def load_state_into(
     model: nn.Module,
     state: Mapping[str, Tensor],
@@ -306,6 +333,7 @@ def load_state_into(
     ending with `advice`) and loads nothing. New attention weights (see `check_state`) are fine either
     way and reported at INFO (DEBUG with `verbose=False`), like what was loaded.
     """
+    state = wrapped_state(model, state)
     report = check_state(model, state, source, ignore)
     target = target or type(model).__name__
     problems = "; ".join(report.problems())

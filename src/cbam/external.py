@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from cbam.errors import CheckpointError, ConfigError, unknown_name
 from cbam.extras import import_optional
+from cbam.layers.create import is_attention_parameter
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +103,8 @@ def build_bare(network: ExternalName) -> nn.Module:
 
 def classifier_name(model: nn.Module) -> str:
     """The name of the network's last linear layer: the classifier that a new task replaces."""
-    names = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
+    names = [name for name, module in model.named_modules()
+             if isinstance(module, nn.Linear) and not is_attention_parameter(f"{name}.weight")]  # fmt: skip
     if not names:
         raise ConfigError(f"{type(model).__name__} has no linear classifier that cbam can resize")
     return names[-1]
@@ -173,11 +175,29 @@ def named_weights(network: ExternalName, weights: str) -> dict[str, Tensor]:
         ) from None
 
 
-def file_weights(path: str | Path) -> dict[str, Tensor]:
-    """A state dict from any weights file cbam reads (ours, a torchvision or timm state dict, `.safetensors`)."""
+def base_name(arch: str) -> str:
+    """The network a name builds, whatever library, weights tag or attention shortcut: `torchvision:resnet50`,
+    `timm:resnet50.a1_in1k` and `resnet50_cbam` are all `resnet50`."""
+    if is_external(arch):
+        return arch.partition(":")[2].split(".")[0]
+    from cbam.registry import model_entry  # the registry builds external networks through this module
+
+    try:
+        return model_entry(arch).builder.__name__
+    except ValueError:  # a name the zoo lacks (an authors' network, say) stays as it is
+        return arch
+
+
+def file_weights(path: str | Path, arch: str | None = None) -> dict[str, Tensor]:
+    """A state dict from any weights file cbam reads (ours, the authors', a torchvision or timm state dict,
+    `.safetensors`); a file that names another network than `arch` is refused by name."""
     from cbam.convert import read_weights
 
-    return read_weights(path).state
+    weights = read_weights(path)
+    named = weights.named_arch
+    if arch is not None and named is not None and base_name(named) != base_name(arch):
+        raise CheckpointError(f"{path} holds weights of a {named}, not of the {arch} asked for")
+    return weights.state
 
 
 def is_weights_file(weights: str) -> bool:
@@ -225,14 +245,14 @@ def create_external(
 
     network = parse_external(arch)
     model = build_bare(network)
+    if attention not in (None, "none"):
+        attach(model, attention, init=attention_start(attach_init, weights), input_size=input_size, verbose=False)
     if weights:
-        state = file_weights(weights) if is_weights_file(weights) else named_weights(network, weights)
+        state = file_weights(weights, arch) if is_weights_file(weights) else named_weights(network, weights)
         label = weights if is_weights_file(weights) else f"{network} {weights}"
         load_trained(model, state, label, str(network), strict)
     if num_classes is not None:
         set_classes(model, num_classes)
-    if attention not in (None, "none"):
-        attach(model, attention, init=attention_start(attach_init, weights), input_size=input_size, verbose=False)
     return model
 
 

@@ -135,11 +135,11 @@ def create_model(
         if "unexpected keyword argument" in str(err):
             raise OptionError(f"{arch}: {err}") from None
         raise
-    if weights:
-        load_trained(model, file_weights(weights), weights, arch, strict)
-        set_classes(model, num_classes)
     if attention_start(attach_init, weights) == "identity":
         from cbam.attach import gate_built_in_attention  # attach imports the registry (through profile)
 
         gate_built_in_attention(model)
+    if weights:
+        load_trained(model, file_weights(weights, arch), weights, arch, strict)
+        set_classes(model, num_classes)
     return set_attention_impl(model, impl) if impl != "auto" else model

@@ -20,7 +20,7 @@ from cbam.classification.task import ClassificationConfig
 from cbam.detection import rcnn
 from cbam.detection.weights import load_backbone, read_backbone_state
 from cbam.engine.config import build_config
-from cbam.errors import CheckpointError
+from cbam.errors import CheckpointError, ConfigError
 from cbam.layers import CBAM
 from cbam.layers.fused import set_attention_impl, spatial_fusable
 from cbam.layers.spatial import SpatialAttention
@@ -34,9 +34,9 @@ SMALL_ANCHORS = {"c4": (8, 16, 32), "fpn": (8, 16, 24, 32, 48)}
 BLOCKS = {"resnet18": 8, "resnet50": 16, "resnet101": 33}
 
 
-def small_detector(kind: str, attention="cbam", **kwargs) -> nn.Module:
+def small_detector(kind: str, attention="cbam", backbone="resnet18", **kwargs) -> nn.Module:
     options = {**SMALL, "anchor_sizes": SMALL_ANCHORS[kind], "rpn_post_nms_top_n_test": 32, **kwargs}
-    return BUILDERS[kind](backbone="resnet18", attention=attention, num_classes=11, **options)
+    return BUILDERS[kind](backbone=backbone, attention=attention, num_classes=11, **options)
 
 
 def batch() -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]:
@@ -391,3 +391,46 @@ def test_load_backbone_is_strict_and_reports_shapes():
     assert "1 unexpected: extra.weight" in message
     assert "1 shape mismatch (file vs network): conv1.weight (64, 3, 3, 3) vs (64, 3, 7, 7)" in message
     assert "fc." not in message
+
+
+# ---------------------------------------------------------------------------------------- torchvision/timm backbones
+
+
+def _plain_resnet(source: str) -> nn.Module:
+    if source == "timm":
+        return pytest.importorskip("timm").create_model("resnet18", pretrained=False)
+    return torchvision.models.resnet18()
+
+
+@pytest.mark.parametrize("source", ["torchvision", "timm"])
+def test_a_torchvision_or_timm_resnet_is_a_backbone_that_starts_where_its_weights_left_off(tmp_path, source):
+    """`--backbone torchvision:resnet18 --backbone-weights FILE`: the C4 trunk and box head compute what the
+    pretrained network's layer3 and layer4 do, CBAM in every block starting as an exact identity (BatchNorm
+    left as it is: frozen, it computes the same in another order)."""
+    plain = randomize_(_plain_resnet(source)).eval()
+    torch.save(plain.state_dict(), tmp_path / "pretrained.pth")
+    detector = small_detector("c4", backbone=f"{source}:resnet18", backbone_weights=tmp_path / "pretrained.pth",
+                              attach_init="identity", batch_norm="train").eval()  # fmt: skip
+    gates = [n for n, _ in detector.named_parameters() if n.endswith(".gate")]
+    assert len(gates) == 8, "CBAM after each of the 8 blocks (layer4's in the box head)"
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        stem = plain.maxpool(
+            plain.act1(plain.bn1(plain.conv1(x))) if source == "timm" else plain.relu(plain.bn1(plain.conv1(x)))
+        )
+        layer3 = plain.layer3(plain.layer2(plain.layer1(stem)))
+        torch.testing.assert_close(detector.backbone(x)["0"], layer3, rtol=0, atol=0)
+        torch.testing.assert_close(detector.roi_heads.box_head.layer4(layer3), plain.layer4(layer3), rtol=0, atol=0)
+    trained = {n for n, p in detector.backbone.named_parameters() if p.requires_grad}
+    assert not any(n.startswith(("conv1", "layer1.")) for n in trained) and any(
+        n.startswith("layer2.") for n in trained
+    )
+
+
+def test_a_backbone_of_another_layout_or_a_zoo_backbone_with_attach_init_is_refused():
+    with pytest.raises(ConfigError, match="torchvision:mobilenet_v3_small is not a ResNet-family network"):
+        small_detector("c4", backbone="torchvision:mobilenet_v3_small")
+    from cbam.detection.task import DetectionConfig
+
+    with pytest.raises(ConfigError, match="attach_init applies to torchvision:/timm: backbones"):
+        build_config(DetectionConfig, None, backbone="resnet18", attach_init="identity")

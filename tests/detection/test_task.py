@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torchvision
 import yaml
 from PIL import Image
 from torchvision import tv_tensors
@@ -180,6 +181,27 @@ def test_eval_predict_and_a_class_count_mismatch(coco_folder: Path, tmp_path: Pa
         load_model(tmp_path / "classifier.pt", task="detection")
     assert main(["detect", "eval", "--checkpoint", str(tmp_path / "classifier.pt")]) == 2
     assert "not a detection one; use `cbam` commands" in capsys.readouterr().err
+
+
+def test_a_detector_on_a_pretrained_torchvision_resnet_round_trips_through_detect_eval_without_flags(
+    coco_folder: Path, tmp_path: Path, capsys
+) -> None:
+    """`--backbone torchvision:resnet18 --backbone-weights FILE`: trained, then rebuilt from its checkpoint alone
+    (the attention's identity gates included) and evaluated to the run's own mAP."""
+    torch.manual_seed(0)
+    torch.save(torchvision.models.resnet18().state_dict(), tmp_path / "pretrained.pth")
+    config = _config(coco_folder, tmp_path / "run", epochs=1, backbone="torchvision:resnet18",
+                     backbone_weights=str(tmp_path / "pretrained.pth"), detector_kwargs={})  # fmt: skip
+    assert config.attention_init == "identity"
+    run = fit(config)
+    loaded = load_model(tmp_path / "run" / "best.pt", task="detection")
+    saved = read_checkpoint(tmp_path / "run" / "best.pt").model
+    state = loaded.model.state_dict()
+    assert state.keys() == saved.keys() and all(torch.equal(state[k], saved[k]) for k in saved)
+    assert any(k.endswith(".gate") for k in saved), "CBAM was attached with identity gates"
+    capsys.readouterr()
+    assert main(["detect", "eval", "--checkpoint", str(tmp_path / "run" / "best.pt"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["map"] == pytest.approx(run.best_value, abs=1e-12)
 
 
 def test_a_format_1_checkpoint_still_loads(tmp_path: Path) -> None:

@@ -72,3 +72,28 @@ def test_a_truncated_image_in_one_process_share_neither_hangs_nor_stops_the_run(
     train(2, image_folder, tmp_path / "two", "--batch-size", "4", "--epochs", "1")
     state = read_checkpoint(tmp_path / "two" / "last.pt")
     assert state.epoch == 1 and state.history[-1]["skipped_images"] == 1
+
+
+@pytest.mark.slow
+def test_fine_tuning_a_pretrained_torchvision_network_under_torchrun_takes_the_same_steps(image_folder, tmp_path):
+    """`torchrun ... cbam train --arch torchvision:resnet18 --weights FILE --attention cbam` with the fine-tuning
+    knobs: 2 processes end where 1 does, and the frozen stem is where the file left it."""
+    import torchvision
+
+    pretrained = torchvision.models.resnet18().state_dict()
+    torch.save(pretrained, tmp_path / "r18.pth")
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    flags = ["-m", "cbam", "train", "--arch", "torchvision:resnet18", "--weights", str(tmp_path / "r18.pth"),
+             "--attention", "cbam", "--attention-lr-mult", "10", "--freeze", "conv1.*", "bn1.*", "--freeze-bn-stats",
+             "--batch-size", "16", "--lr", "0.05", "--image-size", "16", "--eval-resize", "16", "--workers", "0",
+             "--epochs", "2", "--data", str(image_folder)]  # fmt: skip
+    for processes in (1, 2):
+        command = [*launcher, f"--nproc_per_node={processes}", *flags, "--output", str(tmp_path / str(processes))]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+    one, two = read_checkpoint(tmp_path / "1" / "last.pt"), read_checkpoint(tmp_path / "2" / "last.pt")
+    assert torch.equal(one.model["conv1.weight"], pretrained["conv1.weight"]), "the frozen stem did not move"
+    gates = [k for k in one.model if k.endswith(".gate")]
+    assert len(gates) == 8 and all(one.model[k].item() != 0 for k in gates), "attention opened while fine-tuning"
+    for key, value in one.model.items():
+        torch.testing.assert_close(two.model[key], value, atol=1e-5, rtol=1e-4, msg=key)

@@ -50,3 +50,23 @@ def test_localize_without_boxes_says_where_it_looked(tmp_path, capsys) -> None:
     fit(tiny_config(data, tmp_path / "run", epochs=1))
     assert main(["localize", "--checkpoint", str(tmp_path / "run" / "best.pt")]) == 2
     assert "no boxes for val" in capsys.readouterr().err
+
+
+def test_localize_explains_a_torchvision_network_fine_tuned_with_cbam_at_its_last_block(tmp_path, capsys) -> None:
+    import torch
+    import torchvision
+
+    torch.save(torchvision.models.resnet18().state_dict(), tmp_path / "r18.pth")
+    data = write_image_folder(tmp_path / "data", size=64)  # layer4's map is 2 x 2, layer3's 4 x 4
+    images = write_val_boxes(data)
+    fit(tiny_config(data, tmp_path / "run", arch="torchvision:resnet18", model_kwargs={}, epochs=1,
+                    weights=str(tmp_path / "r18.pth"), image_size=64, eval_resize=64))  # fmt: skip
+    checkpoint = str(tmp_path / "run" / "best.pt")
+    capsys.readouterr()
+    assert main(["localize", "--checkpoint", checkpoint, "--json"]) == 0
+    default = json.loads(capsys.readouterr().out)[0]
+    assert default["images"] == images and 0.0 <= default["energy"]["mean"] <= 1.0
+    assert main(["localize", "--checkpoint", checkpoint, "--layer", "layer4.1", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0] == default, "the default layer is the last block, CBAM included"
+    assert main(["localize", "--checkpoint", checkpoint, "--layer", "layer3.1", "--json"]) == 0
+    assert default["energy"]["mean"] > 0 and json.loads(capsys.readouterr().out)[0]["energy"] != default["energy"]

@@ -24,12 +24,11 @@ from cbam.engine.batches import SkipLog, merged_batches
 from cbam.engine.config import RunConfig, option, parse_attention
 from cbam.engine.distributed import Distributed, all_reduce_sum
 from cbam.engine.task import Headline, Task, TaskData
-from cbam.external import attention_start, is_external, library_versions, weights_preprocessing
+from cbam.external import is_external, library_versions, weights_preprocessing
 from cbam.profile import count_macs, count_parameters, measure_arch
 from cbam.registry import create_model
 
 LR_SCHEDULES: tuple[str, ...] = ("step", "cosine")
-ATTACH_INITS: tuple[str, ...] = ("auto", "identity", "paper")
 REFERENCE_BATCH = 256  # the learning rate is given for this global batch and scaled linearly
 
 
@@ -72,12 +71,6 @@ class ClassificationConfig(RunConfig):
         "start from trained weights: a file (ours, torchvision's, timm's), or for a "
         "torchvision:/timm: network its library's own (IMAGENET1K_V2, DEFAULT; pretrained)",
     )
-    attach_init: str = option(
-        "auto",
-        "attention's start: identity (the network computes what it did until "
-        "training moves it; auto with --weights) or paper (auto without)",
-        choices=ATTACH_INITS,
-    )
     partial_weights: bool = option(False, "load the weights that fit the network and report the rest (else refused)")
 
     def __post_init__(self) -> None:
@@ -90,9 +83,8 @@ class ClassificationConfig(RunConfig):
         return implied_by_weights(values)
 
     @property
-    def attention_init(self) -> str:
-        """How attention starts: `attach_init`, where `auto` is identity with weights and the paper's without."""
-        return attention_start(self.attach_init, self.weights)
+    def start_weights(self) -> str | None:
+        return self.weights
 
     def checks(self) -> list[tuple[bool, str]]:
         return [
@@ -260,8 +252,8 @@ class ClassificationTask(Task):
         config = self.config
         start = ""
         if config.weights:
-            init = "as an exact identity" if config.attention_init == "identity" else "at its own init"
-            attention = "" if config.attention == "none" else f"; attention starts {init}"
+            init = config.attention_start_words()
+            attention = "" if config.attention == "none" else f"; attention the weights lack starts {init}"
             start = f" from weights {config.weights} (a new classifier where the classes differ{attention})"
         return (f"{config.arch} attention={json.dumps(config.attention)}{start}: {params:,} params, "
                 f"{gflops:.3f} GFLOPs at {config.image_size}px")  # fmt: skip

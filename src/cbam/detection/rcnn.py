@@ -33,6 +33,7 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 from cbam.detection.detectors import register_detector
 from cbam.detection.weights import load_backbone, read_backbone_state
 from cbam.errors import ConfigError
+from cbam.external import classifier_name, create_external, is_external
 from cbam.layers.create import AttentionSpec
 from cbam.layers.fused import FusableAttention
 from cbam.models.resnet import ResNet
@@ -102,7 +103,7 @@ def freeze_batch_norm(module: nn.Module) -> nn.Module:
     return module
 
 
-def freeze_stages(net: ResNet, trainable_layers: int) -> None:
+def freeze_stages(net: nn.Module, trainable_layers: int) -> None:
     """Stop gradients to all but the last `trainable_layers` stages (0-5, torchvision's count)."""
     if not 0 <= trainable_layers <= len(TRAINABLE_STAGES):
         raise ConfigError(f"trainable_layers must be between 0 and {len(TRAINABLE_STAGES)}, got {trainable_layers}")
@@ -110,7 +111,7 @@ def freeze_stages(net: ResNet, trainable_layers: int) -> None:
     stem = [net.conv1, net.bn1]
     stages = [(f"layer{i}", getattr(net, f"layer{i}")) for i in range(1, 5)]
     # stage attention (BAM) after layer i belongs to stage i
-    stages += [(f"layer{i + 1}", att) for i, att in enumerate(net.stage_attention)]
+    stages += [(f"layer{i + 1}", att) for i, att in enumerate(_stage_attention(net))]
     for module in stem:
         module.requires_grad_("stem" in trained)
     for name, module in stages:
@@ -121,6 +122,9 @@ def freeze_stages(net: ResNet, trainable_layers: int) -> None:
 
 
 # ---------------------------------------------------------------------------------------- backbones
+
+RESNET_PARTS: tuple[str, ...] = ("conv1", "bn1", "maxpool", "layer1", "layer2", "layer3", "layer4")
+"""What a ResNet-family network has, in torchvision's names (timm's ResNets too): a backbone's layout."""
 
 
 def _is_resnet(name: str) -> bool:
@@ -135,6 +139,26 @@ def resnet_names() -> list[str]:
     return [n for n in list_models(include_shortcuts=False) if _is_resnet(n)]
 
 
+def _stage_attention(net: nn.Module) -> Sequence[nn.Module]:
+    """Attention after whole stages (the zoo's BAM); other libraries' networks have none."""
+    return getattr(net, "stage_attention", ())
+
+
+def _external_resnet(
+    backbone: str, attention: AttentionSpec, weights: str | Path | None, attach_init: str | None
+) -> nn.Module:
+    """A torchvision or timm ResNet-family network (`torchvision:resnet50`), its weights (a name its library
+    knows or a file) loaded and attention attached; a network of another layout is refused."""
+    net = create_external(backbone, attention=attention, weights=None if weights is None else str(weights),
+                          attach_init=attach_init)  # fmt: skip
+    lacking = [part for part in RESNET_PARTS if not hasattr(net, part)]
+    if lacking:
+        raise ConfigError(f"backbone {backbone} is not a ResNet-family network (it has no {', '.join(lacking)}); "
+                          f"Faster R-CNN takes a ResNet, ResNeXt or Wide ResNet: {', '.join(resnet_names())} "
+                          "or torchvision:/timm: ones such as torchvision:resnet50")  # fmt: skip
+    return net
+
+
 def build_resnet(
     backbone: str,
     attention: AttentionSpec,
@@ -142,27 +166,41 @@ def build_resnet(
     trainable_layers: int,
     batch_norm: str,
     backbone_kwargs: Mapping[str, Any] | None,
-) -> ResNet:
-    """A zoo ResNet with its classification weights (`backbone_weights`, classifier dropped), then frozen
-    as detection fine-tuning does. `batch_norm` is "frozen" or "train"."""
-    if not _is_resnet(backbone):
-        raise ConfigError(f"backbone {backbone!r} is not a ResNet; choose from {', '.join(resnet_names())}")
+    attach_init: str | None = None,
+) -> nn.Module:
+    """A ResNet with its classification weights (`backbone_weights`, classifier unused), then frozen as detection
+    fine-tuning does. `batch_norm` is "frozen" or "train". A zoo name (`resnet50`) keeps its attention's own
+    init, as the paper's backbones bring trained attention; a torchvision:/timm: name (`torchvision:resnet50`,
+    weights named as its library names them) gets attention by `cbam.attach`, starting as `attach_init` says."""
     if batch_norm not in ("frozen", "train"):
         raise ConfigError(f"batch_norm must be 'frozen' or 'train', got {batch_norm!r}")
-    net = create_model(backbone, attention=attention, **dict(backbone_kwargs or {}))
-    if backbone_weights is not None:
-        state = read_backbone_state(backbone_weights, arch=backbone)
-        load_backbone(net, state, str(backbone_weights), ignore=("fc.",))
+    if is_external(backbone):
+        if backbone_kwargs:
+            raise ConfigError(f"{backbone} takes no builder options, got {sorted(backbone_kwargs)}")
+        net = _external_resnet(backbone, attention, backbone_weights, attach_init)
+    elif not _is_resnet(backbone):
+        raise ConfigError(f"backbone {backbone!r} is not a ResNet; choose from {', '.join(resnet_names())} "
+                          "or a torchvision:/timm: ResNet such as torchvision:resnet50")  # fmt: skip
+    else:
+        net = create_model(backbone, attention=attention, **dict(backbone_kwargs or {}))
+        if backbone_weights is not None:
+            state = read_backbone_state(backbone_weights, arch=backbone)
+            load_backbone(net, state, str(backbone_weights), ignore=("fc.",))
     if batch_norm == "frozen":
         freeze_batch_norm(net)
     freeze_stages(net, trainable_layers)
     return net
 
 
-def _stage_channels(net: ResNet, stage: int) -> int:
+def _out_channels(net: nn.Module) -> int:
+    """Channels out of layer4: the zoo's and timm's `num_features`, the classifier's input in torchvision."""
+    return int(getattr(net, "num_features", None) or net.get_submodule(classifier_name(net)).in_features)
+
+
+def _stage_channels(net: nn.Module, stage: int) -> int:
     """Channels out of layer`stage` (1-4)."""
     if stage == 4:
-        return net.num_features
+        return _out_channels(net)
     return getattr(net, f"layer{stage + 1}")[0].conv1.in_channels
 
 
@@ -173,7 +211,7 @@ class ResNetFeatures(nn.Module):
     classification state dict maps onto it by name. Out: `{"0": map, "1": ...}` in stage order.
     """
 
-    def __init__(self, net: ResNet, return_stages: Sequence[int]) -> None:
+    def __init__(self, net: nn.Module, return_stages: Sequence[int]) -> None:
         super().__init__()
         if not return_stages or sorted(set(return_stages)) != list(return_stages) or min(return_stages) < 1:
             raise ConfigError(f"return_stages must be increasing stages from 1 to 4, got {list(return_stages)}")
@@ -181,10 +219,11 @@ class ResNetFeatures(nn.Module):
         if self.depth > 4:
             raise ConfigError(f"a ResNet has stages 1 to 4, got {list(return_stages)}")
         self.return_stages = tuple(return_stages)
-        self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
+        self.conv1, self.bn1, self.maxpool = net.conv1, net.bn1, net.maxpool
+        self.relu = getattr(net, "relu", None) or net.act1  # timm calls it act1
         for stage in range(1, self.depth + 1):
             setattr(self, f"layer{stage}", getattr(net, f"layer{stage}"))
-        self.stage_attention = nn.ModuleList(net.stage_attention[: min(self.depth, 3)])
+        self.stage_attention = nn.ModuleList(list(_stage_attention(net))[: min(self.depth, 3)])
         self.channels = [_stage_channels(net, s) for s in self.return_stages]
 
     def forward(self, x: Tensor) -> OrderedDict[str, Tensor]:
@@ -202,7 +241,7 @@ class ResNetFeatures(nn.Module):
 class C4Backbone(ResNetFeatures):
     """Stem to layer3 (stride 16 with the ImageNet stem): the one map the C4 RPN and RoI pooling read."""
 
-    def __init__(self, net: ResNet) -> None:
+    def __init__(self, net: nn.Module) -> None:
         super().__init__(net, (3,))
         self.out_channels = self.channels[0]
 
@@ -210,7 +249,7 @@ class C4Backbone(ResNetFeatures):
 class ResNetFPN(nn.Module):
     """layer1-4 into a feature pyramid (strides 4-32, plus a max-pooled level at 64), `out_channels` each."""
 
-    def __init__(self, net: ResNet, out_channels: int = 256) -> None:
+    def __init__(self, net: nn.Module, out_channels: int = 256) -> None:
         super().__init__()
         self.body = ResNetFeatures(net, (1, 2, 3, 4))
         self.fpn = FeaturePyramidNetwork(self.body.channels, out_channels, extra_blocks=LastLevelMaxPool())
@@ -226,10 +265,10 @@ class Res5BoxHead(nn.Module):
     (R, C3, 14, 14) -> layer4 (stride 2) -> (R, C4, 7, 7) -> (R, C4).
     """
 
-    def __init__(self, net: ResNet) -> None:
+    def __init__(self, net: nn.Module) -> None:
         super().__init__()
         self.layer4 = net.layer4
-        self.out_channels = net.num_features
+        self.out_channels = _out_channels(net)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.layer4(x).mean(dim=(2, 3))
@@ -266,6 +305,7 @@ def faster_rcnn_c4(
     max_size: int = 1000,
     roi_size: int = C4_ROI_SIZE,
     backbone_kwargs: Mapping[str, Any] | None = None,
+    attach_init: str | None = None,
     **kwargs: Any,
 ) -> FasterRCNN:
     """The paper's Faster R-CNN (Table 7): a ResNet's stem..layer3 shared, the RPN on its stride-16 map
@@ -275,9 +315,12 @@ def faster_rcnn_c4(
     dict of the same network (its `fc` is ignored). `batch_norm="train"` keeps ordinary BatchNorm
     (training from scratch). `roi_size` (14: layer4 then sees 7x7) may be smaller where layer4 per RoI is
     too dear (a CPU run on small images). Other keywords go to torchvision's `FasterRCNN` (`box_detections_per_img`,
-    `rpn_*`, `image_mean`, ...); `backbone_kwargs` to `cbam.create_model` (`impl`, `stride_in_1x1`).
+    `rpn_*`, `image_mean`, ...); `backbone_kwargs` to `cbam.create_model` (`impl`, `stride_in_1x1`). `backbone`
+    may be a torchvision:/timm: ResNet (`torchvision:resnet50`, `backbone_weights="IMAGENET1K_V2"`), its attention
+    attached and starting as `attach_init` says (see `build_resnet`).
     """
-    net = build_resnet(backbone, attention, backbone_weights, trainable_layers, batch_norm, backbone_kwargs)
+    net = build_resnet(backbone, attention, backbone_weights, trainable_layers, batch_norm, backbone_kwargs,
+                       attach_init)  # fmt: skip
     trunk, box_head = C4Backbone(net), Res5BoxHead(net)
     return FasterRCNN(
         trunk,
@@ -306,6 +349,7 @@ def faster_rcnn_fpn(
     max_size: int = 1333,
     fpn_channels: int = 256,
     backbone_kwargs: Mapping[str, Any] | None = None,
+    attach_init: str | None = None,
     **kwargs: Any,
 ) -> FasterRCNN:
     """Faster R-CNN with a feature pyramid on layer1-4 (torchvision's `fasterrcnn_resnet50_fpn` layout):
@@ -313,7 +357,8 @@ def faster_rcnn_fpn(
 
     Keywords as `faster_rcnn_c4`; `fpn_channels` is the pyramid's width.
     """
-    net = build_resnet(backbone, attention, backbone_weights, trainable_layers, batch_norm, backbone_kwargs)
+    net = build_resnet(backbone, attention, backbone_weights, trainable_layers, batch_norm, backbone_kwargs,
+                       attach_init)  # fmt: skip
     pyramid = ResNetFPN(net, fpn_channels)
     levels = len(pyramid.body.channels) + 1  # + the max-pooled level
     if len(anchor_sizes) != levels:

@@ -33,6 +33,7 @@ from cbam.engine.batches import SkipLog
 from cbam.engine.config import RunConfig, option, parse_attention
 from cbam.engine.distributed import Distributed
 from cbam.engine.task import Headline, Task, TaskData
+from cbam.external import is_external
 
 if TYPE_CHECKING:
     from cbam.detection.evaluator import DetectionEvaluator
@@ -70,12 +71,16 @@ class DetectionConfig(RunConfig):
 
     data: str = option("cluttered-digits", "cluttered-digits, a VOC folder or a COCO folder (kept absolute)")
     detector: str = option("faster_rcnn_c4", "see `cbam detect models`")
-    backbone: str = option("resnet18", "resnet18/50/101, resnext..., vgg16, mobilenet_v1")
+    backbone: str = option("resnet18", "resnet18/50/101, resnext..., vgg16, mobilenet_v1, torchvision:/timm: ResNets")
     attention: Any = option("none", "none, se, cbam, ..., or a JSON mapping", parse=parse_attention)
     detector_kwargs: dict[str, Any] = option({}, "detector option (min_size=800, size=512, anchor_sizes=[32,64])",
                                              flag="--detector-arg")  # fmt: skip
     input_scale: str = option("paper", "detector sizes: the paper's, or small for 64 px images", choices=INPUT_SCALES)
-    backbone_weights: str | None = option(None, "a `cbam train` checkpoint or torchvision-layout state dict")
+    backbone_weights: str | None = option(
+        None,
+        "the backbone's trained weights: a `cbam train` checkpoint or torchvision-layout state dict, or for a "
+        "torchvision:/timm: backbone its library's own (IMAGENET1K_V2; pretrained)",
+    )
     train_split: str = option("train", "training split")
     val_split: str = option("val", "validation split")
     epochs: int = option(12, "training epochs", resumable=True)
@@ -93,9 +98,18 @@ class DetectionConfig(RunConfig):
         object.__setattr__(self, "detector_kwargs", dict(self.detector_kwargs))
         super().__post_init__()
 
+    @property
+    def start_weights(self) -> str | None:
+        return self.backbone_weights
+
     def checks(self) -> list[tuple[bool, str]]:
         return [
             *super().checks(),
+            (
+                self.attach_init == "auto" or is_external(self.backbone),
+                "attach_init applies to torchvision:/timm: backbones; a zoo backbone's attention keeps its own init "
+                "(the paper's, trained with the classification run that gives --backbone-weights)",
+            ),
             (self.iterations >= 0, f"iterations must be 0 (use epochs) or more, got {self.iterations}"),
             (all(0 < m < 1 for m in self.lr_milestones), f"lr_milestones are in (0, 1): {self.lr_milestones}"),
         ]
@@ -240,6 +254,7 @@ class DetectionTask(Task):
             attention=config.attention,
             num_classes=num_classes + 1,
             backbone_weights=config.backbone_weights if fresh else None,
+            **({"attach_init": config.attention_init} if is_external(config.backbone) else {}),
             **detector_kwargs(config),
         )
 
@@ -274,7 +289,13 @@ class DetectionTask(Task):
 
     def describe(self, params: int, gflops: float | None) -> str:
         config = self.config
-        return f"{config.detector} on {config.backbone} attention={json.dumps(config.attention)}: {params:,} params"
+        start = ""
+        if config.backbone_weights:
+            attached = config.attention != "none" and is_external(config.backbone)
+            init = f"; attention the weights lack starts {config.attention_start_words()}" if attached else ""
+            start = f" (backbone from weights {config.backbone_weights}{init})"
+        return (f"{config.detector} on {config.backbone} attention={json.dumps(config.attention)}{start}: "
+                f"{params:,} params")  # fmt: skip
 
     def epoch_summary(self, metrics: dict[str, float]) -> str:
         return f"{self.headline.label} {100 * metrics[self.headline.metric]:.2f}"

@@ -16,15 +16,7 @@ from torch import Tensor, nn
 
 from cbam.convert import load_state_into, read_weights
 from cbam.errors import CheckpointError
-from cbam.registry import model_entry
-
-
-def _base_arch(arch: str) -> str:
-    """The builder behind a zoo name (`resnet50_cbam` -> `resnet50`); unknown names stay as they are."""
-    try:
-        return model_entry(arch).builder.__name__
-    except ValueError:
-        return arch
+from cbam.external import base_name
 
 
 def read_backbone_state(path: str | Path, *, arch: str | None = None) -> dict[str, Tensor]:
@@ -41,7 +33,7 @@ def read_backbone_state(path: str | Path, *, arch: str | None = None) -> dict[st
         message = str(err)
         raise CheckpointError(message if str(path) in message else f"{path}: {message}") from None
     saved_arch = weights.named_arch
-    if arch is not None and saved_arch is not None and _base_arch(saved_arch) != _base_arch(arch):
+    if arch is not None and saved_arch is not None and base_name(saved_arch) != base_name(arch):
         raise CheckpointError(f"{path} holds weights of a {saved_arch}, not of the {arch} backbone asked for")
     return weights.state
 

@@ -28,6 +28,8 @@ from cbam.errors import ConfigError, unknown_name
 
 C = TypeVar("C", bound="RunConfig")
 
+ATTACH_INITS: tuple[str, ...] = ("auto", "identity", "paper")
+
 
 def option(
     default: Any = dataclasses.MISSING,
@@ -103,6 +105,12 @@ class RunConfig:
     attention_lr_mult: float = option(
         1.0, "learning-rate multiplier of the attention parameters (new when fine-tuning)"
     )
+    attach_init: str = option(
+        "auto",
+        "attention's start: identity (the network computes what it did until "
+        "training moves it; auto when starting from weights) or paper (auto without)",
+        choices=ATTACH_INITS,
+    )
     device: str = option("auto", "auto, cpu, cuda or cuda:N", resumable=True)
 
     def __post_init__(self) -> None:
@@ -134,6 +142,23 @@ class RunConfig:
             (self.freeze_epochs >= 0, f"freeze_epochs must be 0 (the whole run) or more, got {self.freeze_epochs}"),
             (self.attention_lr_mult >= 0, f"attention_lr_mult must be 0 or more, got {self.attention_lr_mult}"),
         ]
+
+    @property
+    def start_weights(self) -> str | None:
+        """The trained weights the network starts from (a task's `weights` or `backbone_weights`), if any."""
+        return None
+
+    @property
+    def attention_init(self) -> str:
+        """How attention the start weights lack begins: `attach_init`, where `auto` is an exact identity when the
+        network starts from weights and the paper's init when it does not."""
+        from cbam.external import attention_start
+
+        return attention_start(self.attach_init, self.start_weights)
+
+    def attention_start_words(self) -> str:
+        """How attention the start weights lack begins, for a run's banner."""
+        return "as an exact identity" if self.attention_init == "identity" else "at its own init"
 
     @property
     def base_lr(self) -> float:
