@@ -19,6 +19,7 @@ from cbam.classification.task import ClassificationConfig
 from cbam.detection.commands import add_detect_commands
 from cbam.engine.config import parse_attention
 from cbam.engine.distributed import shutdown_distributed
+from cbam.engine.jobs import SCHEDULERS
 from cbam.errors import ConfigError, UserError
 from cbam.explain import CAM_METHODS
 from cbam.export import EXPORT_FORMATS
@@ -154,8 +155,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from cbam.classification.evaluate import evaluate_checkpoint
 
+    if args.save_predictions:
+        check_output_file(args.save_predictions, force=args.force)
     result = evaluate_checkpoint(
         args.checkpoint,
         args.data,
@@ -163,6 +168,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         workers=args.workers,
         device=args.device,
+        predictions=Path(args.save_predictions) if args.save_predictions else None,
     )
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
@@ -254,23 +260,53 @@ def cmd_localize(args: argparse.Namespace) -> int:
     return 0
 
 
+def compare_rows(args: argparse.Namespace) -> list:
+    """The networks `cbam compare` trains: a paper table's rows, or one network with several attentions."""
+    from cbam.classification.compare import attention_rows, table_rows
+
+    if args.table and args.attention:
+        raise ConfigError("give --table (a paper table's rows) or --attention (attentions on one --arch), not both")
+    if args.table:
+        return table_rows(args.table, args.arch)
+    if not args.attention or not args.arch or len(args.arch) != 1:
+        raise ConfigError(
+            "give --table, or one --arch with --attention (e.g. --arch resnet18 --attention none,se,cbam)"
+        )
+    return attention_rows(args.arch[0], [a.strip() for a in args.attention.split(",") if a.strip()])
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
-    require_extra("explain", "cbam compare")
+    require_extra("compare", "cbam compare")
     from pathlib import Path
 
-    from cbam.classification.compare import run_compare
+    from cbam.classification.compare import baselines, run_compare
     from cbam.classification.task import ClassificationConfig
 
     config, _ = run_config(args, ClassificationConfig, skip=COMPARE_SKIP)
+    rows = compare_rows(args)
+    baselines(rows, args.baseline)
     if printed_or_checked(args, config):
         return 0
     if not config.data:
         raise ConfigError("give --data (an ImageNet-layout folder, cifar10, cifar100 or cluttered-digits)")
-    comparison = run_compare(args.table, config, Path(args.output), archs=args.arch, exist_ok=args.exist_ok)
-    print(f"\n## {args.table} on {args.data}\n")
+    if args.seeds == 1:
+        print("one seed per network: intervals need at least 2 seeds (--seeds 5); training one run each")
+    if args.scheduler:
+        require_extra("cluster", f"--scheduler {args.scheduler}")
+    comparison = run_compare(rows, config, Path(args.output), seeds=args.seeds, baseline=args.baseline,
+                             jobs=args.jobs, scheduler=args.scheduler,
+                             scheduler_options=parse_key_values(args.scheduler_arg, "--scheduler-arg"),
+                             resolve=args.resolve, exist_ok=args.exist_ok)  # fmt: skip
+    title = args.table or f"{args.arch[0]}: {args.attention}"
+    print(f"\n## {title} on {args.data}, {args.seeds} seed(s)\n")
     print(format_markdown_table(comparison.header, comparison.rows))
-    print(f"\nwritten: {Path(args.output) / 'comparison.md'}, comparison.csv, curves.png")
-    return 0
+    for line in comparison.verdicts:
+        print(f"\n{line}")
+    for line in comparison.failures:
+        print(f"\nfailed: {line}")
+    print("\n" + "\n".join(comparison.notes))
+    print(f"\nwritten: {Path(args.output) / 'comparison.md'}, comparison.csv, comparison.json, curves.png, errors.png")
+    return 1 if comparison.failures else 0
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
@@ -371,11 +407,50 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--workers", type=int, help="data-loading processes (default: the CPUs available)")
     evaluate.add_argument("--device", default="auto")
     evaluate.add_argument("--json", action="store_true", help="print top1_error, top5_error, loss, images as JSON")
+    evaluate.add_argument(
+        "--save-predictions",
+        metavar="FILE",
+        help="each image's label and five best classes as CSV (file, label, top1..top5)",
+    )
+    evaluate.add_argument("--force", action="store_true", help="replace an existing --save-predictions file")
     evaluate.set_defaults(func=cmd_eval)
 
-    compare = commands.add_parser("compare", help="train the rows of a paper table and compare them")
-    compare.add_argument("--table", required=True, choices=COMPARE_TABLES, help="which paper table's rows")
-    compare.add_argument("--arch", action="append", help="only this architecture's rows (repeatable)")
+    compare = commands.add_parser(
+        "compare", help="train networks over seeds and say, with intervals, whether each beats its baseline"
+    )
+    compare.add_argument("--table", choices=COMPARE_TABLES, help="a paper table's rows")
+    compare.add_argument("--arch", action="append", help="the network (with --attention), or only this network's "
+                         "rows of --table (repeatable); torchvision:/timm: names too")  # fmt: skip
+    compare.add_argument("--attention", help="attentions to compare on --arch, comma-separated: none,se,cbam")
+    compare.add_argument("--baseline", help="the attention every row is compared with (default: each network's first)")
+    compare.add_argument(
+        "--seeds", type=int, default=1, help="runs per network, seeds from --seed on (5 for intervals)"
+    )
+    compare.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="runs at a time on this machine, each in its own "
+        "process with its share of the CPU threads (and one GPU each where there are GPUs)",
+    )
+    compare.add_argument(
+        "--scheduler",
+        choices=SCHEDULERS,
+        help="run each run as a job of this scheduler through submitit (slurm; local: processes on this machine)",
+    )
+    compare.add_argument(
+        "--scheduler-arg",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a submitit option: slurm_partition=gpu, timeout_min=600, gpus_per_node=1, ...",
+    )
+    compare.add_argument(
+        "--resolve",
+        type=float,
+        default=0.5,
+        help="the difference (points) a verdict plans seeds and images for (default: 0.5)",
+    )
     add_run_arguments(compare, ClassificationConfig, skip=COMPARE_SKIP)
     compare.set_defaults(func=cmd_compare)
 

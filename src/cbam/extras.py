@@ -25,6 +25,8 @@ EXTRAS: dict[str, dict[str, str]] = {
     "explain": {"grad-cam": "pytorch_grad_cam", "matplotlib": "matplotlib"},
     "digits": {"scikit-learn": "sklearn"},
     "timm": {"timm": "timm"},
+    "compare": {"scipy": "scipy", "matplotlib": "matplotlib"},
+    "cluster": {"submitit": "submitit"},
 }
 """Each extra's packages: distribution name -> the module it installs."""
 

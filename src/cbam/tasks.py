@@ -46,13 +46,20 @@ def fit(config: RunConfig, resume: Path | None = None, *, exist_ok: bool = False
     return run(task_class(config.task), config, resume, exist_ok=exist_ok)
 
 
+def run_plan(config: RunConfig, *, exist_ok: bool = False) -> str:
+    """What `fit_or_reuse` will do with `config`'s folder (`new`, `finished`, `resume`, `replace`); a folder holding
+    another config's run is refused, naming the differences (so a comparison can check every folder first)."""
+    kind = type(config)
+    return plan_run(Path(config.output), config.to_dict(), resumable_keys(kind), exist_ok=exist_ok,
+                    complete=lambda saved: config_from_dict(kind, saved).to_dict())  # fmt: skip
+
+
 def fit_or_reuse(config: RunConfig, *, exist_ok: bool = False) -> RunResult:
     """One row of a comparison: kept if its folder holds a finished run of this config, continued if that run
     stopped (or is to run longer), trained if new; a folder holding another config's run is refused (replaced
     with `exist_ok`)."""
-    folder, kind = Path(config.output), type(config)
-    plan = plan_run(folder, config.to_dict(), resumable_keys(kind), exist_ok=exist_ok,
-                    complete=lambda saved: config_from_dict(kind, saved).to_dict())  # fmt: skip
+    folder = Path(config.output)
+    plan = run_plan(config, exist_ok=exist_ok)
     if plan == "finished":
         log.info("%s: kept the finished run", folder)
         return RunResult.from_dict(json.loads((folder / SUMMARY_FILE).read_text()))

@@ -1,23 +1,30 @@
-"""Train the rows of a paper table under one recipe and seed, and tabulate and plot the results."""
+"""Train networks under one recipe over several seeds (a paper table's rows, or one network with several
+attentions), and say with honest intervals whether each differs from its baseline: tables, verdicts and plots."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from cbam.classification.predictions import PREDICTIONS_FILE, Predictions, image_groups, read_predictions
 from cbam.classification.task import ClassificationConfig
+from cbam.data.loading import DataError
 from cbam.engine.distributed import is_main_process
 from cbam.engine.run import RunResult
-from cbam.engine.run_folder import BEST
+from cbam.engine.run_folder import BEST, LAST
 from cbam.errors import ConfigError, unknown_name
 from cbam.extras import import_optional
 from cbam.layers.create import AttentionSpec
 from cbam.outputs import atomic_write, check_writable_folder
 from cbam.paper import paper_rows
 from cbam.report import format_markdown_table, write_csv
+from cbam.stats import Estimate, mean_error, paired_difference, verdict
 
 COMPARE_TABLES: tuple[str, ...] = ("table1", "table2", "table3", "table4", "table5")
 
@@ -67,127 +74,421 @@ def table_rows(table: str, archs: list[str] | None = None) -> list[CompareRow]:
     ]
 
 
-def _row_config(base: ClassificationConfig, row: CompareRow, output: Path) -> ClassificationConfig:
-    return dataclasses.replace(
-        base,
-        arch=row.arch,
-        attention=row.attention,
-        model_kwargs={**base.model_kwargs, **row.model_kwargs},
-        output=str(output / row.name),
-    )
+def attention_rows(arch: str, attentions: list[str]) -> list[CompareRow]:
+    """One row per attention on one network (`resnet18` with none, se, cbam), in the order given."""
+    if not attentions:
+        raise ConfigError("--attention names at least one attention (none,se,cbam)")
+    if len(set(attentions)) != len(attentions):
+        raise ConfigError(f"--attention names an attention twice: {','.join(attentions)}")
+    rows = []
+    for attention in attentions:
+        described = (
+            arch if attention == "none" else f"{arch} + {attention.upper() if len(attention) <= 4 else attention}"
+        )
+        rows.append(CompareRow(_slug(described), described, arch, attention, {}, None, None))
+    return rows
+
+
+def baselines(rows: list[CompareRow], baseline: str | None = None) -> list[int]:
+    """For each row, the index of the row it is compared with: the row whose attention is `baseline` (default:
+    each network's first row, a paper table's plain network)."""
+    if baseline is not None:
+        found = [i for i, row in enumerate(rows) if row.attention == baseline]
+        if not found:
+            raise ConfigError(
+                f"the baseline {baseline!r} is not among the rows: {', '.join(str(r.attention) for r in rows)}"
+            )
+        return [found[0]] * len(rows)
+    first: dict[str, int] = {}
+    return [first.setdefault(row.arch, i) for i, row in enumerate(rows)]
+
+
+# ---------------------------------------------------------------------------------------------
+# The runs: one per row and seed, each a job
+
+
+SEED_FOLDER = "seed-{}"
 
 
 @dataclass(frozen=True)
-class Comparison:
-    """The trained rows and the table written from them."""
+class RowRuns:
+    """A row's runs, one per seed, and what each left: its result and per-image predictions (None where the
+    run failed, with why and where its log is)."""
 
-    results: list[tuple[CompareRow, RunResult]]
-    header: list[str]
-    rows: list[list[str]]
+    row: CompareRow
+    seeds: list[int]
+    results: list[RunResult | None]
+    predictions: list[Predictions | None]
+    failures: list[str]
 
 
-def run_compare(
-    table: str, base: ClassificationConfig, output: Path, archs: list[str] | None = None, *, exist_ok: bool = False
-) -> Comparison:
-    """Train every row (keeping finished runs, continuing interrupted ones) and write the reports; where
-    the data has boxes, the table gains each network's Grad-CAM pointing game."""
+def run_configs(
+    rows: list[CompareRow], base: ClassificationConfig, output: Path, seeds: int
+) -> list[list[ClassificationConfig]]:
+    """Every run's config: the base recipe with the row's network and one of `seeds` seeds (from the base seed),
+    in `<output>/<row>/seed-<seed>/`. The same seed gives every network the same initial draws and data order."""
+    if seeds < 1:
+        raise ConfigError(f"--seeds must be at least 1, got {seeds}")
+    return [
+        [
+            dataclasses.replace(
+                base,
+                arch=row.arch,
+                attention=row.attention,
+                model_kwargs={**base.model_kwargs, **row.model_kwargs},
+                seed=base.seed + k,
+                output=str(output / row.name / SEED_FOLDER.format(base.seed + k)),
+            )
+            for k in range(seeds)
+        ]
+        for row in rows
+    ]
+
+
+def train_and_predict(payload: tuple[ClassificationConfig, bool]) -> RunResult:
+    """One job: the run trained (kept if it finished, continued if it stopped), then its final network's
+    per-image validation predictions written beside it (`predictions.csv`)."""
+    from cbam.classification.evaluate import evaluate_checkpoint
     from cbam.tasks import fit_or_reuse
 
-    output = Path(output)
-    check_writable_folder(output)
-    results = [
-        (row, fit_or_reuse(_row_config(base, row, output), exist_ok=exist_ok)) for row in table_rows(table, archs)
-    ]
-    header, rows = comparison_table(results, pointing_scores(results, base.data))
-    if is_main_process():
-        write_reports(output, results, header, rows)
-    return Comparison(results, header, rows)
+    config, exist_ok = payload
+    result = fit_or_reuse(config, exist_ok=exist_ok)
+    folder = Path(config.output)
+    predictions = folder / PREDICTIONS_FILE
+    if not predictions.is_file() or predictions.stat().st_mtime < (folder / LAST).stat().st_mtime:
+        evaluate_checkpoint(folder / LAST, predictions=predictions, workers=config.workers, device=config.device)
+    return result
 
 
-POINTING_COLUMN = "Pointing game (%)"
+def run_rows(
+    rows: list[CompareRow],
+    base: ClassificationConfig,
+    output: Path,
+    *,
+    seeds: int = 1,
+    jobs: int = 1,
+    scheduler: str | None = None,
+    scheduler_options: dict[str, Any] | None = None,
+    exist_ok: bool = False,
+) -> list[RowRuns]:
+    """Train every row over `seeds` seeds, `jobs` at a time (or as jobs of `scheduler`), and read back each
+    run's predictions; a run that failed is reported with its log, the rest are kept."""
+    from cbam.engine.jobs import Job, run_jobs
+    from cbam.tasks import run_plan
+
+    configs = run_configs(rows, base, output, seeds)
+    for config in (c for row_configs in configs for c in row_configs):
+        run_plan(config, exist_ok=exist_ok)  # a folder of another config stops the comparison before any training
+    work = [Job(f"{row.description} seed {c.seed}", Path(c.output), (c, exist_ok))
+            for row, row_configs in zip(rows, configs, strict=True) for c in row_configs]  # fmt: skip
+    outcomes = iter(run_jobs(train_and_predict, work, processes=jobs, scheduler=scheduler,
+                             scheduler_folder=output / "jobs", scheduler_options=scheduler_options))  # fmt: skip
+    runs = []
+    for row, row_configs in zip(rows, configs, strict=True):
+        results, predictions, failures = [], [], []
+        for config in row_configs:
+            outcome = next(outcomes)
+            results.append(outcome.result if outcome.ok else None)
+            predictions.append(read_predictions(Path(config.output) / PREDICTIONS_FILE) if outcome.ok else None)
+            if not outcome.ok:
+                where = f"; log: {outcome.log}" if outcome.log else ""
+                failures.append(f"{outcome.job.name} failed: {outcome.error}{where}")
+        runs.append(RowRuns(row, [c.seed for c in row_configs], results, predictions, failures))
+    return runs
 
 
-def pointing_scores(results: list[tuple[CompareRow, RunResult]], data: str) -> list[str] | None:
-    """Each best checkpoint's Grad-CAM pointing game on the validation boxes; None where the data has none."""
-    from cbam.data.loading import DataError
-    from cbam.explain.scores import format_interval, localize_checkpoint
+# ---------------------------------------------------------------------------------------------
+# Statistics over seeds and validation images
 
-    try:
-        return [format_interval(localize_checkpoint(Path(run.output) / BEST, data).pointing_game) for _, run in results]
-    except DataError:
-        return None
+
+@dataclass(frozen=True)
+class RowStats:
+    """A row's figures over its finished seeds: mean errors with intervals and, against its baseline, the paired
+    difference in top-1 error with its interval, p-value and verdict."""
+
+    runs: RowRuns
+    baseline: str
+    top1: Estimate | None
+    top5: Estimate | None
+    difference: Estimate | None
+    verdict: str | None
+
+    @property
+    def finished(self) -> list[RunResult]:
+        return [r for r in self.runs.results if r is not None]
+
+
+def _error_matrix(predictions: list[Predictions], k: int) -> np.ndarray:
+    return np.stack([p.errors(k) for p in predictions])
+
+
+def _same_images(all_runs: list[RowRuns]) -> tuple[str, ...]:
+    """The validation files every finished run predicted; runs on other images are refused by name."""
+    files = None
+    for runs in all_runs:
+        for seed, predictions in zip(runs.seeds, runs.predictions, strict=True):
+            if predictions is None:
+                continue
+            if files is None:
+                files = predictions.files
+            elif predictions.files != files:
+                raise DataError(f"{runs.row.description} seed {seed} was evaluated on other validation images than "
+                                "the first run: the runs of one comparison must share their data")  # fmt: skip
+    return files or ()
+
+
+def row_statistics(all_runs: list[RowRuns], base_index: list[int], groups: np.ndarray | None,
+                   resolve: float = 0.5) -> list[RowStats]:  # fmt: skip
+    """Each row's mean top-1/top-5 error and, paired by seed and image with its baseline, the difference in top-1
+    error (`cbam.stats`); `resolve` (points) is the difference the verdict plans for."""
+    stats = []
+    for runs, b in zip(all_runs, base_index, strict=True):
+        done = [p for p in runs.predictions if p is not None]
+        top1 = mean_error(_error_matrix(done, 1), groups) if done else None
+        top5 = mean_error(_error_matrix(done, 5), groups) if done else None
+        baseline = all_runs[b]
+        difference = sentence = None
+        paired = [(mine, theirs) for mine, theirs in zip(runs.predictions, baseline.predictions, strict=True)
+                  if mine is not None and theirs is not None]  # fmt: skip
+        if baseline is not runs and paired:
+            difference = paired_difference(_error_matrix([m for m, _ in paired], 1),
+                                           _error_matrix([t for _, t in paired], 1), groups)  # fmt: skip
+            sentence = verdict(runs.row.description, baseline.row.description, difference, resolve=resolve / 100)
+        stats.append(RowStats(runs, baseline.row.description, top1, top5, difference, sentence))
+    return stats
+
+
+def _interval(estimate: Estimate | None, sign: bool = False) -> str:
+    """`12.34 [11.02, 13.66]` in percentage points, bounds clipped to what an error (0..100) or a difference of
+    errors (-100..100) can be; without bounds (one seed), the estimate alone."""
+    if estimate is None:
+        return ""
+    fmt, lowest = ("+.2f", -100.0) if sign else (".2f", 0.0)
+    if estimate.low is None or estimate.high is None:
+        return format(100 * estimate.estimate, fmt)
+    low, high = max(lowest, 100 * estimate.low), min(100.0, 100 * estimate.high)
+    return f"{100 * estimate.estimate:{fmt}} [{low:{fmt}}, {high:{fmt}}]"
 
 
 COLUMNS = [
     "Row",
+    "Seeds",
     "Params (M)",
     "GFLOPs",
     "Top-1 err (%)",
     "Top-5 err (%)",
+    "Top-1 vs baseline",
+    "p",
     "paper Top-1",
     "paper Top-5",
     "Wall (s)",
     "img/s",
 ]
+POINTING_COLUMN = "Pointing game (%)"
 
 
-def comparison_table(
-    results: list[tuple[CompareRow, RunResult]], pointing: list[str] | None = None
-) -> tuple[list[str], list[list[str]]]:
-    """The header and rows of the comparison; with the pointing-game column where it was measured."""
-    rows = comparison_rows(results)
-    if pointing is None:
-        return list(COLUMNS), rows
-    return [*COLUMNS, POINTING_COLUMN], [[*row, score] for row, score in zip(rows, pointing, strict=True)]
+def comparison_rows(stats: list[RowStats]) -> list[list[str]]:
+    """The table's cells: errors as means over seeds with 95% intervals, the paired difference against the
+    baseline (points; negative: fewer errors) and its p-value."""
 
-
-def comparison_rows(results: list[tuple[CompareRow, RunResult]]) -> list[list[str]]:
     def fmt(value: float | None, spec: str) -> str:
         return "" if value is None else format(value, spec)
 
-    return [
-        [
+    rows = []
+    for stat in stats:
+        row, finished = stat.runs.row, stat.finished
+        first = finished[0] if finished else None
+        p_value = stat.difference.p_value if stat.difference is not None else None
+        rows.append([
             row.description,
-            f"{run.params / 1e6:.2f}",
-            f"{run.gflops:.3f}",
-            f"{run.final['val_top1_error']:.2f}",
-            f"{run.final['val_top5_error']:.2f}",
+            f"{len(finished)}/{len(stat.runs.seeds)}",
+            fmt(first.params / 1e6 if first else None, ".2f"),
+            fmt(first.gflops if first else None, ".3f"),
+            _interval(stat.top1),
+            _interval(stat.top5),
+            _interval(stat.difference, sign=True) if stat.difference is not None else "baseline",
+            fmt(p_value, ".3g"),
             fmt(row.paper_top1_error, ".2f"),
             fmt(row.paper_top5_error, ".2f"),
-            f"{run.wall_seconds:.0f}",
-            f"{run.images_per_second:.0f}",
-        ]
-        for row, run in results
+            fmt(float(np.mean([r.wall_seconds for r in finished])) if finished else None, ".0f"),
+            fmt(float(np.mean([r.images_per_second for r in finished])) if finished else None, ".0f"),
+        ])  # fmt: skip
+    return rows
+
+
+def pointing_scores(stats: list[RowStats], data: str) -> list[str] | None:
+    """Each row's Grad-CAM pointing game on the validation boxes (its first finished seed's best checkpoint);
+    None where the data has no boxes."""
+    from cbam.data.loading import DataError as NoBoxes
+    from cbam.explain.scores import format_interval, localize_checkpoint
+
+    scores = []
+    try:
+        for stat in stats:
+            run = stat.finished[0] if stat.finished else None
+            scores.append(
+                format_interval(localize_checkpoint(Path(run.output) / BEST, data).pointing_game) if run else ""
+            )
+    except NoBoxes:
+        return None
+    return scores
+
+
+# ---------------------------------------------------------------------------------------------
+# The whole comparison
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """The rows' statistics, the table written from them, the verdicts and the failed runs."""
+
+    stats: list[RowStats]
+    header: list[str]
+    rows: list[list[str]]
+    verdicts: list[str]
+    failures: list[str]
+    notes: list[str]
+
+
+def run_compare(
+    rows: list[CompareRow],
+    base: ClassificationConfig,
+    output: Path,
+    *,
+    seeds: int = 1,
+    baseline: str | None = None,
+    jobs: int = 1,
+    scheduler: str | None = None,
+    scheduler_options: dict[str, Any] | None = None,
+    resolve: float = 0.5,
+    exist_ok: bool = False,
+) -> Comparison:
+    """Train every row over `seeds` seeds (keeping finished runs, continuing interrupted ones), compare each with
+    its baseline over seeds and validation images, and write comparison.md/.csv/.json, curves.png and errors.png;
+    where the data has boxes, the table gains each network's Grad-CAM pointing game."""
+    output = Path(output)
+    check_writable_folder(output)
+    base_index = baselines(rows, baseline)
+    all_runs = run_rows(rows, base, output, seeds=seeds, jobs=jobs, scheduler=scheduler,
+                        scheduler_options=scheduler_options, exist_ok=exist_ok)  # fmt: skip
+    files = _same_images(all_runs)
+    groups = image_groups(base.data, "val", files) if files else None
+    stats = row_statistics(all_runs, base_index, groups, resolve)
+    header, table = list(COLUMNS), comparison_rows(stats)
+    pointing = pointing_scores(stats, base.data)
+    if pointing is not None:
+        header, table = [*header, POINTING_COLUMN], [[*r, s] for r, s in zip(table, pointing, strict=True)]
+    notes = _notes(seeds, files, groups)
+    comparison = Comparison(stats, header, table, [s.verdict for s in stats if s.verdict],
+                            [f for runs in all_runs for f in runs.failures], notes)  # fmt: skip
+    if is_main_process():
+        write_reports(output, comparison)
+    return comparison
+
+
+def _notes(seeds: int, files: tuple[str, ...], groups: np.ndarray | None) -> list[str]:
+    clusters = len(set(groups.tolist())) if groups is not None else 0
+    notes = [
+        f"Errors are means over seeds of the final epoch's validation error, on {len(files)} images"
+        + (f" from {clusters} independent sources" if clusters and clusters < len(files) else "")
+        + "; [low, high] is a 95% interval over seeds and validation images (cbam.stats).",
+        "Top-1 vs baseline is the paired difference in top-1 error, in points (negative: fewer errors); p is the "
+        "two-sided p-value of no difference, not adjusted for the number of rows compared.",
     ]
+    if seeds < 2:
+        notes.append("One seed per network: intervals need at least 2 seeds (--seeds 5 gives them).")
+    return notes
 
 
-def write_reports(
-    output: Path, results: list[tuple[CompareRow, RunResult]], header: list[str], rows: list[list[str]]
-) -> None:
-    """comparison.md, comparison.csv and curves.png (validation error per epoch) in `output`."""
-    table = format_markdown_table(header, rows)
-    atomic_write(output / "comparison.md", lambda tmp: tmp.write_text(table + "\n"))
-    write_csv(output / "comparison.csv", header, rows)
-    atomic_write(output / "curves.png", lambda tmp: plot_curves(results, tmp))
+def comparison_json(comparison: Comparison) -> dict[str, Any]:
+    """Everything the tables and plots show, with every run's own figures."""
+    return {
+        "rows": [
+            {
+                "name": s.runs.row.name,
+                "description": s.runs.row.description,
+                "arch": s.runs.row.arch,
+                "attention": s.runs.row.attention,
+                "baseline": s.baseline,
+                "top1_error": s.top1.to_dict() if s.top1 else None,
+                "top5_error": s.top5.to_dict() if s.top5 else None,
+                "top1_difference": s.difference.to_dict() if s.difference else None,
+                "verdict": s.verdict,
+                "runs": [
+                    {"seed": seed, "output": r.output if r else None, "final": r.final if r else None}
+                    for seed, r in zip(s.runs.seeds, s.runs.results, strict=True)
+                ],
+            }
+            for s in comparison.stats
+        ],
+        "failures": comparison.failures,
+        "notes": comparison.notes,
+    }
 
 
-def plot_curves(results: list[tuple[CompareRow, RunResult]], path: Path) -> None:
-    matplotlib = import_optional("matplotlib", "explain", "curves.png")
+def write_reports(output: Path, comparison: Comparison) -> None:
+    """comparison.md (table, verdicts, notes), .csv, .json, curves.png (validation error per epoch, a band over
+    seeds) and errors.png (each network's error with its interval) in `output`."""
+    lines = [format_markdown_table(comparison.header, comparison.rows), ""]
+    lines += [f"- {v}" for v in comparison.verdicts] + [""] * bool(comparison.verdicts)
+    lines += [f"- failed: {f}" for f in comparison.failures] + [""] * bool(comparison.failures)
+    lines += comparison.notes
+    atomic_write(output / "comparison.md", lambda tmp: tmp.write_text("\n".join(lines) + "\n"))
+    write_csv(output / "comparison.csv", comparison.header, comparison.rows)
+    payload = json.dumps(comparison_json(comparison), indent=2)
+    atomic_write(output / "comparison.json", lambda tmp: tmp.write_text(payload + "\n"))
+    atomic_write(output / "curves.png", lambda tmp: plot_curves(comparison.stats, tmp))
+    atomic_write(output / "errors.png", lambda tmp: plot_errors(comparison.stats, tmp))
+
+
+def _pyplot() -> Any:
+    matplotlib = import_optional("matplotlib", "compare", "the comparison's plots")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_curves(stats: list[RowStats], path: Path) -> None:
+    """Validation top-1 and top-5 error per epoch: each network's mean over seeds, its band the seeds' range."""
+    plt = _pyplot()
     from matplotlib.ticker import MaxNLocator
 
     figure, axes = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
-    for row, run in results:
-        epochs = [h["epoch"] for h in run.history]
-        axes[0].plot(epochs, [h["val_top1_error"] for h in run.history], marker="o", label=row.description)
-        axes[1].plot(epochs, [h["val_top5_error"] for h in run.history], marker="o", label=row.description)
+    for stat in stats:
+        if not stat.finished:
+            continue
+        epochs = [h["epoch"] for h in stat.finished[0].history]
+        for axis, key in zip(axes, ("val_top1_error", "val_top5_error"), strict=True):
+            curves = np.array([[h[key] for h in r.history][: len(epochs)] for r in stat.finished])
+            (line,) = axis.plot(epochs, curves.mean(axis=0), marker="o", label=stat.runs.row.description)
+            if len(curves) > 1:
+                axis.fill_between(epochs, curves.min(axis=0), curves.max(axis=0), alpha=0.2, color=line.get_color())
     for axis, title in zip(axes, ("top-1", "top-5"), strict=True):
         axis.xaxis.set_major_locator(MaxNLocator(integer=True))
-        axis.set_title(f"validation {title} error")
+        axis.set_title(f"validation {title} error (mean over seeds, band: their range)")
         axis.set_xlabel("epoch")
         axis.set_ylabel("error (%)")
         axis.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
+    if any(stat.finished for stat in stats):
+        axes[0].legend(fontsize=8)
+    figure.savefig(path, format="png", dpi=110)
+    plt.close(figure)
+
+
+def plot_errors(stats: list[RowStats], path: Path) -> None:
+    """Each network's mean top-1 error over seeds with its 95% interval, one bar per network."""
+    plt = _pyplot()
+    shown = [s for s in stats if s.top1 is not None]
+    figure, axis = plt.subplots(figsize=(max(4.0, 1.4 * len(shown) + 2), 4), constrained_layout=True)
+    for x, stat in enumerate(shown):
+        mean = 100 * stat.top1.estimate
+        low = 100 * (stat.top1.low if stat.top1.low is not None else stat.top1.estimate)
+        high = 100 * (stat.top1.high if stat.top1.high is not None else stat.top1.estimate)
+        axis.errorbar([x], [mean], yerr=[[mean - low], [high - mean]], fmt="o", capsize=6)
+    axis.set_xticks(range(len(shown)), [s.runs.row.description for s in shown], rotation=15)
+    axis.set_ylabel("top-1 error (%)")
+    axis.set_title("validation top-1 error: mean over seeds, 95% interval")
+    axis.grid(alpha=0.3, axis="y")
     figure.savefig(path, format="png", dpi=110)
     plt.close(figure)

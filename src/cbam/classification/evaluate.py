@@ -4,10 +4,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+from torch import Tensor
+
+from cbam.classification.predictions import collected, split_files, write_predictions
 from cbam.classification.task import EvalResult, evaluate
-from cbam.data.loading import AugmentedDataset, DataError, class_names, collate_skipping, default_workers, open_split
+from cbam.data.loading import (
+    AugmentedDataset,
+    DataError,
+    class_names,
+    collate_skipping,
+    default_workers,
+    open_split,
+)
 from cbam.data.transforms import eval_transform
-from cbam.engine.batches import eval_loader
+from cbam.engine.batches import SkipLog, eval_loader
 from cbam.engine.distributed import init_distributed
 from cbam.tasks import load_model
 
@@ -22,9 +33,11 @@ def evaluate_checkpoint(
     image_size: int | None = None,
     eval_resize: int | None = None,
     device: str = "auto",
+    predictions: Path | None = None,
 ) -> EvalResult:
     """Top-1/top-5 error of a checkpoint on `split` of `data` (default: the data it was trained on), at the
-    geometry it was trained for unless `image_size`/`eval_resize` say otherwise."""
+    geometry it was trained for unless `image_size`/`eval_resize` say otherwise; with `predictions`, each
+    image's five best classes are written there too (`cbam.classification.predictions`)."""
     path = Path(path)
     dist = init_distributed(device)
     loaded = load_model(path, dist.device, task="classification")
@@ -45,4 +58,31 @@ def evaluate_checkpoint(
         )
     dataset = AugmentedDataset(base, eval_transform(image_size, eval_resize, config.mean, config.std))
     workers = default_workers() if workers is None else workers
-    return evaluate(loaded.model, eval_loader(dataset, batch_size, workers, collate_skipping, dist), dist)
+    loader = eval_loader(dataset, batch_size, workers, collate_skipping, dist)
+    if predictions is None:
+        return evaluate(loaded.model, loader, dist)
+    kept: list = []
+    skips = SkipLog()
+    result = evaluate(loaded.model, loader, dist, skips=skips, keep=kept)
+    if dist.enabled:
+        if result.skipped:
+            raise DataError(f"{result.skipped} unreadable images: per-image predictions need one process (no torchrun)")
+        kept = in_dataset_order(kept, dist.world_size)
+    if dist.is_main:
+        files = split_files(base, data, split)
+        write_predictions(Path(predictions), collected(files, data_classes, kept, skips.seen))
+    return result
+
+
+def in_dataset_order(kept: list[tuple[Tensor, Tensor]], world_size: int) -> list[tuple[Tensor, Tensor]]:
+    """Every process's share of `evaluate(..., keep=...)` gathered back into dataset order (process r evaluated
+    images r, r + world_size, ...)."""
+    shares: list = [None] * world_size
+    torch.distributed.all_gather_object(shares, [(t, b) for t, b in kept])
+    flat = [(torch.cat([t for t, _ in share]), torch.cat([b for _, b in share])) if share else None for share in shares]
+    order = []
+    for position in range(max(len(f[0]) if f else 0 for f in flat)):
+        order += [
+            (f[0][position : position + 1], f[1][position : position + 1]) for f in flat if f and position < len(f[0])
+        ]
+    return order

@@ -160,8 +160,10 @@ def evaluate(
     amp: torch.dtype | None = None,
     channels_last: bool = False,
     skips: SkipLog | None = None,
+    keep: list[tuple[Tensor, Tensor]] | None = None,
 ) -> EvalResult:
-    """Loss, top-1 and top-5 error (%) over every image of the loader, summed over processes."""
+    """Loss, top-1 and top-5 error (%) over every image of the loader, summed over processes; `keep` gathers
+    each batch's targets and five best classes (this process's share, in loader order)."""
     model.eval()
     skips = skips if skips is not None else SkipLog()
     skipped_before = skips.count
@@ -173,6 +175,8 @@ def evaluate(
             logits = model(_on_device(images, dist.device, channels_last))
         logits = logits.float()
         correct = topk_correct(logits, targets, (1, 5)).double().cpu()
+        if keep is not None:
+            keep.append((targets.cpu(), logits.topk(min(5, logits.shape[1]), dim=1).indices.cpu()))
         totals += torch.tensor([criterion(logits, targets).item(), correct[0], correct[1], targets.shape[0], 0.0])
     totals[4] = skips.count - skipped_before
     totals = all_reduce_sum(totals.to(dist.device)).cpu()

@@ -91,6 +91,11 @@ def default_workers() -> int:
     return max(1, min(8, cpus // max(1, local_processes)))
 
 
+def data_root(data: str) -> Path:
+    """The folder that holds `data`'s splits and annotations (the generated one for cluttered-digits)."""
+    return ensure_cluttered_digits() if data == "cluttered-digits" else Path(data)
+
+
 def class_names(dataset: Dataset) -> list[str]:
     classes = getattr(dataset, "classes", None)
     if not classes:

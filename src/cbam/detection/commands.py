@@ -205,7 +205,7 @@ def add_detect_commands(commands: argparse._SubParsersAction) -> None:
     compare.add_argument("--table", required=True, choices=DETECT_TABLES, help="which paper table's rows")
     compare.add_argument("--backbone", nargs="+", help="only (or instead) these backbones")
     compare.add_argument(
-        "--backbone-runs", help="a `cbam compare` folder: each row starts from <backbone>[-<attn>]/best.pt"
+        "--backbone-runs", help="a `cbam compare` folder: each row starts from <backbone>[-<attn>]/seed-<first>/best.pt"
     )
     add_run_arguments(compare, DetectionConfig, skip=COMPARE_SKIP)
     compare.set_defaults(func=cmd_compare)

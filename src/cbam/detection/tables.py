@@ -96,9 +96,10 @@ def _row_config(base: DetectionConfig, row: DetectRow, output: Path, backbone_ru
     weights = base.backbone_weights
     if backbone_runs is not None:
         run = backbone_runs / (row.backbone if row.attention == "none" else f"{row.backbone}-{row.attention}")
-        weights = str(run / "best.pt")
+        seeds = sorted(run.glob("seed-*/best.pt"), key=lambda path: int(path.parent.name.removeprefix("seed-")))
+        weights = str(run / "best.pt" if (run / "best.pt").is_file() or not seeds else seeds[0])
         if not Path(weights).is_file():
-            raise FileNotFoundError(f"no classification checkpoint for {row.name} at {weights}")
+            raise FileNotFoundError(f"no classification checkpoint for {row.name} at {weights} (or {run}/seed-*/)")
     kwargs = base.detector_kwargs if row.detector == base.detector else {}  # options of another detector
     return dataclasses.replace(base, detector=row.detector, backbone=row.backbone, attention=row.attention,
                                detector_kwargs=dict(kwargs), backbone_weights=weights,

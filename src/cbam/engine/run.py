@@ -388,15 +388,17 @@ def resolve_resume(resume: str | None, output: Path) -> Path | None:
 
 
 def save_epoch(output: Path, checkpoint: Checkpoint, is_best: bool) -> None:
-    """last.pt and last.safetensors (and best.* when this epoch is the best), then metrics.csv and
-    config.yaml (a folder holds a run from its first checkpoint on, never before)."""
-    for name, wanted in ((LAST, True), (BEST, is_best)):
-        if wanted:
-            save_checkpoint(output / name, checkpoint)
-            save_weights(output / name.replace(".pt", ".safetensors"), checkpoint)
+    """best.* (when this epoch is the best), metrics.csv, config.yaml, last.safetensors, then last.pt: last.pt is
+    written last, so a run killed at any point resumes from a last.pt whose companions are all on disk (a folder
+    holds a run from its first last.pt on, never before)."""
+    if is_best:
+        save_checkpoint(output / BEST, checkpoint)
+        save_weights(output / BEST.replace(".pt", ".safetensors"), checkpoint)
     write_metrics(output, checkpoint.history)
     text = config_yaml(checkpoint.config)
     atomic_write(output / CONFIG_FILE, lambda tmp: tmp.write_text(text))
+    save_weights(output / LAST.replace(".pt", ".safetensors"), checkpoint)
+    save_checkpoint(output / LAST, checkpoint)
 
 
 def write_metrics(output: Path, history: list[dict[str, Any]]) -> None:

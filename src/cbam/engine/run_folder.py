@@ -73,6 +73,21 @@ def config_differences(saved: Mapping[str, Any], wanted: Mapping[str, Any]) -> l
     return sorted(key for key in {*saved, *wanted} if saved.get(key) != wanted.get(key))
 
 
+def saved_config(folder: Path) -> dict[str, Any] | None:
+    """The config of the run in `folder`: its config.yaml, else (a run killed between writing its first checkpoint
+    and its config.yaml) the config inside last.pt; None when neither can be read."""
+    try:
+        return yaml.safe_load((folder / CONFIG_FILE).read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        pass
+    from cbam.checkpoint import read_checkpoint  # the checkpoint module reads torch files: only when needed
+
+    try:
+        return dict(read_checkpoint(folder / LAST).config)
+    except (OSError, UserError):
+        return None
+
+
 def plan_run(
     folder: Path,
     wanted: Mapping[str, Any],
@@ -88,11 +103,8 @@ def plan_run(
     folder = Path(folder)
     if not run_files(folder):
         return "new"
-    try:
-        saved = yaml.safe_load((folder / CONFIG_FILE).read_text()) or {}
-    except (OSError, yaml.YAMLError):
-        saved = None
-    if saved is None or not (folder / LAST).is_file():
+    saved = saved_config(folder)
+    if saved is None:
         if exist_ok:
             return "replace"
         raise OutputError(
@@ -103,6 +115,9 @@ def plan_run(
             saved = complete(saved)
     differences = config_differences(saved, wanted)
     conflicting = [key for key in differences if key not in allowed]
+    if not (folder / LAST).is_file() and not conflicting:
+        log.info("%s: this run was stopped before its first %s; starting it again", folder, LAST)
+        return "replace"
     if conflicting:
         if exist_ok:
             return "replace"

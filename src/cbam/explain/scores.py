@@ -8,8 +8,8 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from cbam.data.cluttered_digits import ensure_cluttered_digits
-from cbam.data.loading import DataError, class_names, open_split
+from cbam.classification.predictions import split_files
+from cbam.data.loading import DataError, class_names, data_root, open_split
 from cbam.data.transforms import eval_transform
 from cbam.engine.distributed import resolve_device
 from cbam.explain.boxes import boxes_after_eval_transform, split_boxes
@@ -38,10 +38,6 @@ class LocalizationScores:
         return asdict(self)
 
 
-def data_root(data: str) -> Path:
-    return ensure_cluttered_digits() if data == "cluttered-digits" else Path(data)
-
-
 def localize_checkpoint(
     path: Path,
     data: str | None = None,
@@ -66,8 +62,7 @@ def localize_checkpoint(
     image_size, resize = config.image_size, config.eval_resize
     base = open_split(data, split)
     names = class_names(base)
-    root = data_root(data) / split
-    files = [str(Path(p).relative_to(root)) for p, _ in base.samples]
+    files = split_files(base, data, split)
     truth = split_boxes(data_root(data), split, files, boxes)
     transform = eval_transform(image_size, resize, config.mean, config.std)
     device = resolve_device(device)
