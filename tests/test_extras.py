@@ -37,6 +37,24 @@ EXTRA_COMMANDS = {
     "survey": [["survey", "serve", "study"], ["survey", "tally", "study"]],
     "detection": [["detect", "eval", "--checkpoint", "missing.pt"], ["detect", "train", "--output", "run"]],
     "explain": [["cam", "--checkpoint", "missing.pt", "--output", "cam.png"]],
+    "compare": [["compare", "--arch", "resnet18", "--attention", "none,cbam", "--data", "d", "--output", "c"]],
+    "cluster": [
+        [
+            "compare",
+            "--arch",
+            "resnet18",
+            "--attention",
+            "none,cbam",
+            "--data",
+            "d",
+            "--output",
+            "c",
+            "--seeds",
+            "2",
+            "--scheduler",
+            "slurm",
+        ]
+    ],
 }
 
 

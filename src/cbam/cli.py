@@ -276,6 +276,8 @@ def compare_rows(args: argparse.Namespace) -> list:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
+    if args.scheduler:
+        require_extra("cluster", f"--scheduler {args.scheduler}")
     require_extra("compare", "cbam compare")
     from pathlib import Path
 
@@ -291,8 +293,6 @@ def cmd_compare(args: argparse.Namespace) -> int:
         raise ConfigError("give --data (an ImageNet-layout folder, cifar10, cifar100 or cluttered-digits)")
     if args.seeds == 1:
         print("one seed per network: intervals need at least 2 seeds (--seeds 5); training one run each")
-    if args.scheduler:
-        require_extra("cluster", f"--scheduler {args.scheduler}")
     comparison = run_compare(rows, config, Path(args.output), seeds=args.seeds, baseline=args.baseline,
                              jobs=args.jobs, scheduler=args.scheduler,
                              scheduler_options=parse_key_values(args.scheduler_arg, "--scheduler-arg"),

@@ -184,3 +184,35 @@ def test_the_schedulers_local_executor_runs_a_two_run_comparison(image_folder, t
     result = json.loads((tmp_path / "cmp" / "comparison.json").read_text())
     assert [r["runs"][0]["final"] is not None for r in result["rows"]] == [True, True]
     assert list((tmp_path / "cmp" / "jobs").glob("*_log.err")), "submitit kept each job's log"
+
+
+def test_the_same_seed_gives_every_network_the_same_data_order_and_augmentation(image_folder, tmp_path):
+    from cbam.classification.compare import attention_rows, run_configs
+    from cbam.classification.task import ClassificationTask
+    from cbam.engine.distributed import init_distributed
+    from cbam.engine.run import open_run_data
+
+    base = tiny_config(image_folder, tmp_path / "unused", crop_scale=(0.3, 1.0))
+    configs = run_configs(attention_rows("wide_resnet18", ["none", "cbam"]), base, tmp_path / "cmp", seeds=2)
+    assert [[c.seed for c in row] for row in configs] == [[0, 1], [0, 1]]
+    assert configs[1][1].output == str(tmp_path / "cmp" / "wide-resnet18-cbam" / "seed-1")
+
+    def first_epoch(config) -> tuple[list[int], torch.Tensor]:
+        data = open_run_data(ClassificationTask(config, init_distributed("cpu")), init_distributed("cpu"))
+        data.train_sampler.set_epoch(0)
+        return list(data.train_sampler), data.task_data.train_set[0][0]
+
+    (order_a, image_a), (order_b, image_b) = first_epoch(configs[0][0]), first_epoch(configs[1][0])
+    assert order_a == order_b and torch.equal(image_a, image_b), "seed 0: the same batches, the same crops"
+    order_c, image_c = first_epoch(configs[1][1])
+    assert order_c != order_a and not torch.equal(image_c, image_a), "seed 1: another order and other crops"
+
+
+def test_a_scheduler_that_is_not_reachable_is_one_line(image_folder, tmp_path, capsys, monkeypatch):
+    pytest.importorskip("submitit")
+    monkeypatch.setenv("PATH", str(tmp_path))  # no srun or sbatch to be found
+    argv = ["compare", *FLAGS, "--attention", "none,cbam", "--data", str(image_folder), "--output",
+            str(tmp_path / "cmp"), "--scheduler", "slurm"]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("cbam compare: error: slurm is not reachable from this machine") and err.count("\n") == 1

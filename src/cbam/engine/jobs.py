@@ -157,7 +157,10 @@ def run_on_scheduler(
     if scheduler not in SCHEDULERS:
         raise ConfigError(f"unknown scheduler {scheduler!r}; choose from {', '.join(SCHEDULERS)}")
     submitit = import_optional("submitit", "cluster", f"running jobs on {scheduler}")
-    executor = submitit.AutoExecutor(folder=str(folder), cluster=scheduler)
+    try:
+        executor = submitit.AutoExecutor(folder=str(folder), cluster=scheduler)
+    except RuntimeError as err:  # no srun/sbatch here: not on a Slurm cluster
+        raise ConfigError(f"{scheduler} is not reachable from this machine ({_one_line(err)})") from None
     try:
         executor.update_parameters(**{"name": "cbam", "timeout_min": 24 * 60, **options})
     except (TypeError, ValueError) as err:
