@@ -244,3 +244,14 @@ def test_cache_location_and_folder_name(monkeypatch: pytest.MonkeyPatch, tmp_pat
     assert default_cache_dir() == Path.home() / ".cache" / "cbam"
     assert re.fullmatch(r"cluttered-digits-v1-s0-c64-[0-9a-f]{10}", DEFAULT.folder_name())
     assert ClutteredDigitsConfig().folder_name() == DEFAULT.folder_name() != SMALL.folder_name()
+
+
+def test_the_validation_split_resolves_a_tenth_of_a_point_and_groups_renderings_by_source_digit(default_root):
+    from cbam.classification.predictions import image_groups
+
+    meta = json.loads((default_root / "meta.json").read_text())["counts"]["val"]
+    assert meta["images"] >= 1000, "one validation image moves the error by at most 0.1 points"
+    files = [i["file_name"] for i in _coco(default_root, "val")["images"]]
+    groups = image_groups(str(default_root), "val", files)
+    assert len(set(groups.tolist())) == meta["sources"] and len(groups) == meta["images"]
+    assert np.bincount(groups).tolist() == [DEFAULT.placements[1]] * meta["sources"], "each digit's renderings"

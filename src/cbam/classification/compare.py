@@ -17,7 +17,7 @@ from cbam.classification.task import ClassificationConfig
 from cbam.data.loading import DataError
 from cbam.engine.distributed import is_main_process
 from cbam.engine.run import RunResult
-from cbam.engine.run_folder import BEST, LAST
+from cbam.engine.run_folder import LAST
 from cbam.errors import ConfigError, unknown_name
 from cbam.extras import import_optional
 from cbam.layers.create import AttentionSpec
@@ -317,8 +317,8 @@ def comparison_rows(stats: list[RowStats]) -> list[list[str]]:
 
 
 def pointing_scores(stats: list[RowStats], data: str) -> list[str] | None:
-    """Each row's Grad-CAM pointing game on the validation boxes (its first finished seed's best checkpoint);
-    None where the data has no boxes."""
+    """Each row's Grad-CAM pointing game on the validation boxes (its first finished seed's final network, the one
+    the errors are of); None where the data has no boxes."""
     from cbam.data.loading import DataError as NoBoxes
     from cbam.explain.scores import format_interval, localize_checkpoint
 
@@ -327,7 +327,7 @@ def pointing_scores(stats: list[RowStats], data: str) -> list[str] | None:
         for stat in stats:
             run = stat.finished[0] if stat.finished else None
             scores.append(
-                format_interval(localize_checkpoint(Path(run.output) / BEST, data).pointing_game) if run else ""
+                format_interval(localize_checkpoint(Path(run.output) / LAST, data).pointing_game) if run else ""
             )
     except NoBoxes:
         return None
