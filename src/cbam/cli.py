@@ -281,7 +281,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     require_extra("compare", "cbam compare")
     from pathlib import Path
 
-    from cbam.classification.compare import baselines, run_compare
+    from cbam.classification.compare import baselines, check_networks, run_compare
     from cbam.classification.task import ClassificationConfig
 
     config, _ = run_config(args, ClassificationConfig, skip=COMPARE_SKIP)
@@ -291,6 +291,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         return 0
     if not config.data:
         raise ConfigError("give --data (an ImageNet-layout folder, cifar10, cifar100 or cluttered-digits)")
+    check_networks(rows, config)
     if args.seeds == 1:
         print("one seed per network: intervals need at least 2 seeds (--seeds 5); training one run each")
     comparison = run_compare(rows, config, Path(args.output), seeds=args.seeds, baseline=args.baseline,

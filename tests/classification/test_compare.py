@@ -141,6 +141,10 @@ def test_a_baseline_missing_from_the_list_or_another_recipe_in_the_folder_is_ref
     assert main([*argv, "--baseline", "none"]) == 2
     assert capsys.readouterr().err == "cbam compare: error: the baseline 'none' is not among the rows: se, cbam\n"
     assert not (tmp_path / "cmp").exists(), "nothing trained"
+    assert main([*argv, "--arch", "resnet81"]) == 2  # the last --arch... is one too many: refused
+    assert main(["compare", *FLAGS[2:], "--arch", "resnet81", *argv[len(FLAGS) + 1 :]]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[-1].startswith("cbam compare: error: unknown model 'resnet81'") and not (tmp_path / "cmp").exists()
     assert main(argv) == 0
     capsys.readouterr()
     assert main([*argv, "--lr", "0.4"]) == 2

@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from cbam.classification.predictions import PREDICTIONS_FILE, Predictions, image_groups, read_predictions
-from cbam.classification.task import ClassificationConfig
+from cbam.classification.task import ClassificationConfig, ClassificationTask
 from cbam.data.loading import DataError
 from cbam.engine.distributed import is_main_process
 from cbam.engine.run import RunResult
@@ -145,6 +146,16 @@ def run_configs(
     ]
 
 
+def check_networks(rows: list[CompareRow], base: ClassificationConfig) -> None:
+    """Build each row's network on the meta device (no memory, no time): a bad name or option is refused in one
+    line before anything trains."""
+    for row in rows:
+        config = dataclasses.replace(base, arch=row.arch, attention=row.attention,
+                                     model_kwargs={**base.model_kwargs, **row.model_kwargs})  # fmt: skip
+        with torch.device("meta"):
+            ClassificationTask.build_model(config, 2, fresh=False)
+
+
 def train_and_predict(payload: tuple[ClassificationConfig, bool]) -> RunResult:
     """One job: the run trained (kept if it finished, continued if it stopped), then its final network's
     per-image validation predictions written beside it (`predictions.csv`)."""
@@ -177,8 +188,9 @@ def run_rows(
     from cbam.tasks import run_plan
 
     configs = run_configs(rows, base, output, seeds)
+    check_networks(rows, base)  # a bad network or a folder of another config stops it all before any training
     for config in (c for row_configs in configs for c in row_configs):
-        run_plan(config, exist_ok=exist_ok)  # a folder of another config stops the comparison before any training
+        run_plan(config, exist_ok=exist_ok)
     work = [Job(f"{row.description} seed {c.seed}", Path(c.output), (c, exist_ok))
             for row, row_configs in zip(rows, configs, strict=True) for c in row_configs]  # fmt: skip
     outcomes = iter(run_jobs(train_and_predict, work, processes=jobs, scheduler=scheduler,
