@@ -370,3 +370,23 @@ def test_a_loss_that_is_no_longer_finite_stops_the_run_with_a_reason(coco_folder
         fit(_config(coco_folder, tmp_path / "run", epochs=1))
     assert not list((tmp_path / "run").glob("*.pt")), "nothing half-written"
     assert not list((tmp_path / "run").glob("*.safetensors"))
+
+
+def test_backbone_runs_of_a_comparison_over_seeds_give_each_row_its_first_seeds_network(tmp_path: Path) -> None:
+    """`--backbone-runs` of a `cbam compare --seeds N` folder: each detector row starts from its network's first
+    seed (`<row>/seed-<s>/best.pt`, the lowest s), as from a one-seed folder of the older layout."""
+    from cbam.detection.tables import _row_config, table_rows
+
+    for row, seeds in (("resnet18", (10, 2)), ("resnet18-cbam", (3,))):
+        for seed in seeds:
+            (tmp_path / "runs" / row / f"seed-{seed}").mkdir(parents=True)
+            (tmp_path / "runs" / row / f"seed-{seed}" / "best.pt").write_bytes(b"")
+    base = build_config(DetectionConfig, "cluttered-digits")
+    rows = table_rows("table7", ["resnet18"])
+    chosen = [_row_config(base, row, tmp_path / "out", tmp_path / "runs").backbone_weights for row in rows]
+    assert chosen == [str(tmp_path / "runs" / "resnet18" / "seed-2" / "best.pt"),
+                      str(tmp_path / "runs" / "resnet18-cbam" / "seed-3" / "best.pt")]  # fmt: skip
+    (tmp_path / "runs" / "resnet18" / "best.pt").write_bytes(b"")  # a one-seed folder of the older layout
+    assert _row_config(base, rows[0], tmp_path / "out", tmp_path / "runs").backbone_weights == str(
+        tmp_path / "runs" / "resnet18" / "best.pt"
+    )
