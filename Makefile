@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 	@touch $@
 
 ## The main job on the embedded default: ResNet-18 without attention, with SE and with CBAM trained on
-## cluttered-digits (about 10 minutes on 2 CPU cores), compared in runs/cluttered-digits/
+## cluttered-digits, one seed each (about 12 minutes on 2 CPU cores), compared in runs/cluttered-digits/
 run: $(STAMP)
 	$(BIN)/cbam compare --table table4 --arch resnet18 --data cluttered-digits --recipe cluttered-digits \
 		--output runs/cluttered-digits
