@@ -391,6 +391,8 @@ def run_compare(
     if pointing is not None:
         header, table = [*header, POINTING_COLUMN], [[*r, s] for r, s in zip(table, pointing, strict=True)]
     notes = _notes(seeds, files, groups)
+    if pointing is not None:
+        notes.append(f"{POINTING_COLUMN}: Grad-CAM's maximum inside the box, of each network's first seed.")
     comparison = Comparison(stats, header, table, [s.verdict for s in stats if s.verdict],
                             [f for runs in all_runs for f in runs.failures], notes)  # fmt: skip
     if is_main_process():
