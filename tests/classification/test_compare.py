@@ -111,7 +111,7 @@ def one_thread():
 def test_seeds_give_intervals_and_a_verdict_and_jobs_2_train_what_jobs_1_trains(
     image_folder, tmp_path, capsys, one_thread, monkeypatch
 ):
-    monkeypatch.setattr("cbam.engine.jobs.cpus", lambda: 2)  # 1 thread for each of 2 jobs on any machine
+    monkeypatch.setattr("cbam.engine.jobs.available_cpus", lambda: 2)  # 1 thread for each of 2 jobs on any machine
     one = compare(tmp_path, image_folder, "one")
     out = capsys.readouterr().out
     assert "## wide_resnet18: none,se,cbam" in out and "Top-1 vs baseline" in out

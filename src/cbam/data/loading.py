@@ -83,12 +83,16 @@ def data_location(data: str) -> str:
 def default_workers() -> int:
     """Data-loading processes per training process: the CPUs this process may use, shared among the processes
     of this machine (torchrun's LOCAL_WORLD_SIZE), at most 8."""
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cpus = os.cpu_count() or 1
     local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    return max(1, min(8, cpus // max(1, local_processes)))
+    return max(1, min(8, available_cpus() // max(1, local_processes)))
+
+
+def available_cpus() -> int:
+    """The CPUs this process may use (its affinity mask on Linux)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def data_root(data: str) -> Path:

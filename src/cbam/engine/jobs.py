@@ -19,6 +19,7 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
+from cbam.data.loading import available_cpus
 from cbam.errors import ConfigError, UserError
 from cbam.extras import import_optional
 
@@ -52,17 +53,9 @@ class Outcome:
         return self.error is None
 
 
-def cpus() -> int:
-    """The CPUs this process may use."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
 def threads_per_job(jobs: int) -> int:
     """The CPU threads each of `jobs` concurrent jobs gets, so they do not fight over cores."""
-    return max(1, cpus() // max(1, jobs))
+    return max(1, available_cpus() // max(1, jobs))
 
 
 def _claim_slot(slots: Any, threads: int) -> None:
