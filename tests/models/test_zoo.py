@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 import cbam
+from cbam.errors import ConfigError
 from cbam.models.resnet import BasicBlock, Bottleneck
 
 ALL_MODELS = cbam.list_models()
@@ -197,3 +198,30 @@ def test_grayscale_input_channels():
     assert model.conv1.in_channels == 1
     assert model(torch.randn(2, 1, 32, 32)).shape == (2, 10)
     assert cbam.create_model("mobilenet_v1", in_channels=1).features[0].conv.in_channels == 1
+
+
+def resnet18_parameters(width: int, classes: int) -> int:
+    """ResNet-18's parameter count, counted by hand: stage widths width x (1, 2, 4, 8), stem `width`."""
+    total, channels = 3 * 49 * width + 2 * width, width
+    for stage in range(4):
+        planes = width * 2**stage
+        total += 9 * channels * planes + 9 * planes * planes + 4 * planes  # first block
+        if stage > 0:
+            total += channels * planes + 2 * planes  # its 1x1 downsample
+        total += 2 * (9 * planes * planes + 2 * planes)  # second block
+        channels = planes
+    return total + channels * classes + classes
+
+
+@pytest.mark.parametrize(("width_mult", "width"), [(1.0, 64), (0.5, 32), (0.25, 16), (0.3, 19)])
+def test_width_mult_narrows_every_resnet_width_rounding_down(width_mult, width):
+    assert resnet18_parameters(64, 1000) == 11_689_512  # torchvision's ResNet-18: the formula is right
+    model = cbam.create_model("resnet18", num_classes=10, width_mult=width_mult)
+    assert model.conv1.out_channels == width and model.num_features == int(512 * width_mult)
+    if width_mult != 0.3:  # 0.3 rounds the stages (38, 76, 153) apart from the stem's 2^k multiples
+        assert sum(p.numel() for p in model.parameters()) == resnet18_parameters(width, 10)
+
+
+def test_width_mult_that_leaves_no_channel_is_refused():
+    with pytest.raises(ConfigError, match="width_mult"):
+        cbam.create_model("resnet18", width_mult=0.01)

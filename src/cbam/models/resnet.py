@@ -126,7 +126,8 @@ Block = type[BasicBlock] | type[Bottleneck]
 class ResNet(nn.Module):
     """A residual network whose blocks take their attention as an argument.
 
-    `widths` are the four stages' base widths (Wide ResNet multiplies them), `groups` and
+    `widths` are the four stages' base widths (Wide ResNet multiplies them), `width_mult` scales
+    them and the stem's, rounded down (a narrow network for small data), `groups` and
     `width_per_group` make ResNeXt, `stem="cifar"` swaps the 7x7/2 conv and max-pool for a
     3x3/1 conv for 32-64 px images.
     """
@@ -140,6 +141,7 @@ class ResNet(nn.Module):
         num_classes: int = 1000,
         widths: Sequence[int] = STAGE_WIDTHS,
         stem_width: int = 64,
+        width_mult: float = 1.0,
         groups: int = 1,
         width_per_group: int = 64,
         stride_in_1x1: bool = False,
@@ -150,6 +152,10 @@ class ResNet(nn.Module):
         check_stem(stem)
         if len(layers) != 4 or len(widths) != 4:
             raise ConfigError(f"ResNet takes four stages; got layers={list(layers)}, widths={list(widths)}")
+        if not width_mult > 0 or min(int(w * width_mult) for w in (*widths, stem_width)) < 1:
+            raise ConfigError(f"width_mult must leave every width at least 1 channel, got {width_mult}")
+        widths = [int(w * width_mult) for w in widths]
+        stem_width = int(stem_width * width_mult)
         factory = create_attention_factory(attention)
         placement = attention_placement(factory) if factory is not None else "block"
         block_attention = factory if placement == "block" else None
