@@ -302,10 +302,11 @@ def test_paper_defaults():
 # ---------------------------------------------------------------------------------------- backbone weights
 
 
-def cbam_checkpoint(tmp_path, arch="resnet18", attention="cbam"):
+def cbam_checkpoint(tmp_path, arch="resnet18", attention="cbam", **model_kwargs):
     """A classification network saved as `cbam train` saves it: last.pt and last.safetensors."""
-    model = randomize_(cbam.create_model(arch, attention=attention, num_classes=10))
-    config = build_config(ClassificationConfig, None, arch=arch, attention=attention).to_dict()
+    model = randomize_(cbam.create_model(arch, attention=attention, num_classes=10, **model_kwargs))
+    config = build_config(ClassificationConfig, None, arch=arch, attention=attention, model_kwargs=model_kwargs)
+    config = config.to_dict()
     checkpoint = Checkpoint("classification", config, list("0123456789"), 1, model.state_dict())
     save_checkpoint(tmp_path / "last.pt", checkpoint)
     save_weights(tmp_path / "last.safetensors", checkpoint)
@@ -317,6 +318,13 @@ def test_cbam_train_checkpoint_loads(tmp_path, file):
     state = cbam_checkpoint(tmp_path)
     model = small_detector("c4", backbone_weights=tmp_path / file)
     assert_backbone_equal(model, state)
+
+
+@pytest.mark.parametrize("file", ["last.pt", "last.safetensors"])
+def test_backbone_takes_the_shape_its_checkpoint_records(tmp_path, file):
+    state = cbam_checkpoint(tmp_path, stem="cifar", width_mult=0.25)  # `make run`'s narrow ResNet-18
+    model = small_detector("c4", backbone_weights=tmp_path / file)
+    assert_backbone_equal(model, state)  # every weight, of the 3x3 stem's 16 channels too
 
 
 def test_torchvision_state_dict_loads(tmp_path):

@@ -30,8 +30,9 @@ from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 from torchvision.ops.misc import FrozenBatchNorm2d
 
+from cbam.convert import StoredWeights
 from cbam.detection.detectors import register_detector
-from cbam.detection.weights import load_backbone, read_backbone_state
+from cbam.detection.weights import load_backbone, read_backbone_weights
 from cbam.errors import ConfigError
 from cbam.external import classifier_name, create_external, is_external
 from cbam.layers.create import AttentionSpec
@@ -182,14 +183,23 @@ def build_resnet(
         raise ConfigError(f"backbone {backbone!r} is not a ResNet; choose from {', '.join(resnet_names())} "
                           "or a torchvision:/timm: ResNet such as torchvision:resnet50")  # fmt: skip
     else:
-        net = create_model(backbone, attention=attention, **dict(backbone_kwargs or {}))
-        if backbone_weights is not None:
-            state = read_backbone_state(backbone_weights, arch=backbone)
-            load_backbone(net, state, str(backbone_weights), ignore=("fc.",))
+        weights = read_backbone_weights(backbone_weights, arch=backbone) if backbone_weights is not None else None
+        options = {**_recorded_options(weights), **dict(backbone_kwargs or {})}
+        net = create_model(backbone, attention=attention, **options)
+        if weights is not None:
+            load_backbone(net, weights.state, str(backbone_weights), ignore=("fc.",))
     if batch_norm == "frozen":
         freeze_batch_norm(net)
     freeze_stages(net, trainable_layers)
     return net
+
+
+def _recorded_options(weights: StoredWeights | None) -> dict[str, Any]:
+    """The builder options a `cbam train` checkpoint records (`stem`, `width_mult`): the backbone takes
+    the trained network's shape; the classifier's size is not the detector's business."""
+    if weights is None or weights.network is None:
+        return {}
+    return {key: value for key, value in weights.network.model_kwargs.items() if key != "num_classes"}
 
 
 def _out_channels(net: nn.Module) -> int:

@@ -3,7 +3,8 @@
 A detector starts from a classification network trained on ImageNet (paper Sec. 4.5). The file
 may be a `cbam train` checkpoint (`.pt` or `.safetensors`), a `cbam convert` file, an authors'
 checkpoint (Jongchan/attention-module, renamed with `cbam.convert`) or any plain state dict
-(torchvision layout). `read_backbone_state` turns each into one flat state dict and
+(torchvision layout). `read_backbone_weights` turns each into one flat state dict (and the network the
+file records, whose builder options shape the backbone) and
 `load_backbone` loads it into a backbone, strictly; both are generic over the network.
 """
 
@@ -14,13 +15,14 @@ from pathlib import Path
 
 from torch import Tensor, nn
 
-from cbam.convert import load_state_into, read_weights
+from cbam.convert import StoredWeights, load_state_into, read_weights
 from cbam.errors import CheckpointError
 from cbam.external import base_name
 
 
-def read_backbone_state(path: str | Path, *, arch: str | None = None) -> dict[str, Tensor]:
-    """The weights in `path` as one flat state dict on the CPU, wrapper prefixes (`module.`) removed.
+def read_backbone_weights(path: str | Path, *, arch: str | None = None) -> StoredWeights:
+    """The weights in `path` as one flat state dict on the CPU, wrapper prefixes (`module.`) removed, with
+    the network the file records (a `cbam train` checkpoint's arch and builder options) where it does.
 
     With `arch`, a file that names another network (a `cbam train` checkpoint's config, a
     safetensors file's metadata, an authors' checkpoint) is refused. Every problem with the
@@ -35,7 +37,12 @@ def read_backbone_state(path: str | Path, *, arch: str | None = None) -> dict[st
     saved_arch = weights.named_arch
     if arch is not None and saved_arch is not None and base_name(saved_arch) != base_name(arch):
         raise CheckpointError(f"{path} holds weights of a {saved_arch}, not of the {arch} backbone asked for")
-    return weights.state
+    return weights
+
+
+def read_backbone_state(path: str | Path, *, arch: str | None = None) -> dict[str, Tensor]:
+    """`read_backbone_weights(path, arch=arch)`'s state dict alone."""
+    return read_backbone_weights(path, arch=arch).state
 
 
 def load_backbone(module: nn.Module, state: Mapping[str, Tensor], source: str, ignore: Iterable[str] = ()) -> None:
