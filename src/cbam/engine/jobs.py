@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Mapping, Sequence
+import signal
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
@@ -127,15 +130,44 @@ def run_in_processes(function: Callable[[Any], Any], jobs: Sequence[Job], proces
         slots.put(slot)
     os.environ["CBAM_JOB_GPUS"] = _visible_gpus()
     outcomes: list[Outcome] = []
-    with ProcessPoolExecutor(processes, context, initializer=_claim_slot,
-                             initargs=(slots, threads_per_job(processes))) as pool:  # fmt: skip
-        futures = [pool.submit(_in_job_process, function, job.payload, str(job.folder)) for job in jobs]
-        for job, future in zip(jobs, futures, strict=True):
-            try:
-                outcomes.append(Outcome(job, future.result(), log=job.folder / LOG_FILE))
-            except Exception as err:
-                outcomes.append(Outcome(job, error=_one_line(err), log=job.folder / LOG_FILE))
+    with _terminate_as_exit(), ProcessPoolExecutor(processes, context, initializer=_claim_slot,
+                                                    initargs=(slots, threads_per_job(processes))) as pool:  # fmt: skip
+        try:
+            futures = [pool.submit(_in_job_process, function, job.payload, str(job.folder)) for job in jobs]
+            for job, future in zip(jobs, futures, strict=True):
+                try:
+                    outcomes.append(Outcome(job, future.result(), log=job.folder / LOG_FILE))
+                except Exception as err:
+                    outcomes.append(Outcome(job, error=_one_line(err), log=job.folder / LOG_FILE))
+        except BaseException:  # Ctrl-C or a kill: the workers stop too; each run keeps its last epoch
+            _stop_workers(pool)
+            raise
     return outcomes
+
+
+@contextmanager
+def _terminate_as_exit() -> Iterator[None]:
+    """While open, SIGTERM (`kill`, a scheduler's cancel) exits this process as SystemExit(143), so the
+    workers are stopped with it rather than left training."""
+    if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _exit_on_sigterm(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
+def _stop_workers(pool: ProcessPoolExecutor) -> None:
+    """Terminate `pool`'s worker processes now, queued jobs cancelled."""
+    for process in list((getattr(pool, "_processes", None) or {}).values()):
+        process.terminate()
+    pool.shutdown(wait=False, cancel_futures=True)
 
 
 def run_on_scheduler(
