@@ -9,7 +9,15 @@ import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
-from cbam.stats import Estimate, images_needed, mean_error, paired_difference, seeds_needed, verdict
+from cbam.stats import (
+    Estimate,
+    images_needed,
+    mean_error,
+    paired_difference,
+    seeds_and_images_needed,
+    seeds_needed,
+    verdict,
+)
 
 
 def _expit(x: np.ndarray) -> np.ndarray:
@@ -208,14 +216,15 @@ def test_verdicts_say_lowers_raises_or_how_much_more_data_would_resolve():
 
     narrow = _consistent(0.001, 1e-6, 1e-6)
     assert verdict("b", "a", narrow) == (
-        "no difference in top-1 error detectable between b and a at this size: [-0.2, +0.4] points (p = 0.49); "
-        "differences larger than 0.5 points would have been detected"
+        "no difference in top-1 error detectable between b and a at this size: [-0.2, +0.4] points (p = 0.49), "
+        "so an effect larger than 0.4 points is unlikely; differences larger than 0.5 points would have been detected"
     )
     seeds_matter = _consistent(0.0015, 2e-5, 2e-6)
     assert images_needed(seeds_matter, 0.005) is None
     assert verdict("b", "a", seeds_matter) == (
-        "no difference in top-1 error detectable between b and a at this size: [-1.1, +1.4] points (p = 0.76); "
-        f"about {seeds_needed(seeds_matter, 0.005)} seeds would resolve 0.5 points"
+        "no difference in top-1 error detectable between b and a at this size: [-1.1, +1.4] points (p = 0.76), "
+        f"so an effect larger than 1.4 points is unlikely; about {seeds_needed(seeds_matter, 0.005)} seeds would "
+        "resolve 0.5 points"
     )
     both = _consistent(0.0015, 3e-6, 5e-6)
     seeds, images = seeds_needed(both, 0.005), images_needed(both, 0.005)
@@ -223,9 +232,21 @@ def test_verdicts_say_lowers_raises_or_how_much_more_data_would_resolve():
     assert verdict("b", "a", both).endswith(
         f"; about {seeds} seeds or about {images} validation images would resolve 0.5 points"
     )
-    neither = _consistent(0.0015, 2e-5, 1e-4)
+    neither = _consistent(0.0015, 2e-5, 1e-4)  # neither seeds alone nor images alone: both, planned together
+    plan = seeds_and_images_needed(neither, 0.005)
+    assert seeds_needed(neither, 0.005) is None and images_needed(neither, 0.005) is None and plan is not None
     assert verdict("b", "a", neither).endswith(
-        "; more seeds and more validation images would be needed to resolve 0.5 points"
+        f"; about {plan[0]} seeds with about {plan[1]} validation images would resolve 0.5 points"
+    )
+    seeds, images = plan
+    growth = images / neither.images  # the planned design's half-width, written out: within 0.5 points
+    var_images, clusters = neither.var_images / growth, 2000 * growth
+    assert _planned_half_width(neither.var_seeds * 5 / seeds, seeds, var_images, clusters) <= 0.005
+    assert _planned_half_width(neither.var_seeds * 5 / (seeds - 1), seeds - 1, var_images, clusters) > 0.005
+    hopeless = _consistent(0.0015, 2e-3, 1e-2)
+    assert seeds_and_images_needed(hopeless, 0.005) is None
+    assert verdict("b", "a", hopeless).endswith(
+        "; more seeds and more validation images than planned here would be needed to resolve 0.5 points"
     )
 
     one_seed = paired_difference([[0, 0, 1, 0]], [[1, 1, 1, 0]])

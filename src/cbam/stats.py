@@ -217,6 +217,22 @@ def images_needed(result: Estimate, half_width: float) -> int | None:
     return high
 
 
+def seeds_and_images_needed(result: Estimate, half_width: float) -> tuple[int, int] | None:
+    """The fewest seeds that, with the validation set grown 2, 4, 8 or 16 times (the smallest growth that
+    works), give a planned interval of at most +-`half_width`; None when none of these does."""
+    _check_half_width(half_width)
+    if result.seeds < 2 or result.clusters < 2:
+        return None
+    planned = np.arange(2, MAX_SEEDS + 1)
+    for growth in (2, 4, 8, 16):
+        var_seeds = result.var_seeds * result.seeds / planned
+        widths = _half_widths(var_seeds, planned, result.var_images / growth, result.clusters * growth, result.level)
+        hits = np.flatnonzero(widths <= half_width)
+        if hits.size:
+            return int(planned[hits[0]]), result.images * growth
+    return None
+
+
 def _points(fraction: float, sign: bool = False) -> str:
     return f"{100 * fraction:+.1f}" if sign else f"{100 * fraction:.1f}"
 
@@ -257,12 +273,16 @@ def verdict(name: str, baseline: str, result: Estimate, metric: str = "top-1 err
         seeds, images = seeds_needed(result, resolve), images_needed(result, resolve)
         options = [f"about {seeds} seeds"] if seeds is not None else []
         options += [f"about {images} validation images"] if images is not None else []
-        plan = (
-            f"{' or '.join(options)} would resolve {target}"
-            if options
-            else f"more seeds and more validation images would be needed to resolve {target}"
-        )
+        both = seeds_and_images_needed(result, resolve) if not options else None
+        if options:
+            plan = f"{' or '.join(options)} would resolve {target}"
+        elif both is not None:
+            plan = f"about {both[0]} seeds with about {both[1]} validation images would resolve {target}"
+        else:
+            plan = f"more seeds and more validation images than planned here would be needed to resolve {target}"
+    bound = max(-result.low, result.high)
     return (
         f"no difference in {metric} detectable between {name} and {baseline} at this size: "
-        f"[{_points(result.low, sign=True)}, {_points(result.high, sign=True)}] points{p_text}; {plan}"
+        f"[{_points(result.low, sign=True)}, {_points(result.high, sign=True)}] points{p_text}, "
+        f"so an effect larger than {_points(bound)} points is unlikely; {plan}"
     )
