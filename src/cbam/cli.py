@@ -281,14 +281,17 @@ def cmd_compare(args: argparse.Namespace) -> int:
     require_extra("compare", "cbam compare")
     from pathlib import Path
 
-    from cbam.classification.compare import baselines, check_networks, run_compare
+    from cbam.classification.compare import baselines, check_networks, run_compare, run_configs
     from cbam.classification.task import ClassificationConfig
 
     config, _ = run_config(args, ClassificationConfig, skip=COMPARE_SKIP)
     rows = compare_rows(args)
     baselines(rows, args.baseline)
-    if printed_or_checked(args, config):
+    if args.print_config:  # the first run's config: the recipe with the first row's network and seed
+        print(f"# every run: this, with its row's network and its seed (of {args.seeds} from {config.seed})")
+        printed_or_checked(args, run_configs(rows, config, Path(args.output or "."), 1)[0][0])
         return 0
+    printed_or_checked(args, config)
     if not config.data:
         raise ConfigError("give --data (an ImageNet-layout folder, cifar10, cifar100 or cluttered-digits)")
     check_networks(rows, config)

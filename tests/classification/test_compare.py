@@ -220,3 +220,13 @@ def test_a_scheduler_that_is_not_reachable_is_one_line(image_folder, tmp_path, c
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("cbam compare: error: slurm is not reachable from this machine") and err.count("\n") == 1
+
+
+def test_print_config_shows_the_first_run_a_valid_recipe_for_each_run(tmp_path, capsys):
+    args = ["compare", "--arch", "resnet18", "--attention", "none,cbam", "--seeds", "3", "--seed", "7",
+            "--recipe", "cluttered-digits-compare", "--output", str(tmp_path), "--print-config"]  # fmt: skip
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "arch: resnet18\n" in printed and "attention: none\n" in printed and "seed: 7\n" in printed
+    assert "width_mult: 0.25" in printed and f"output: {tmp_path / 'resnet18' / 'seed-7'}" in printed
+    assert not any(tmp_path.iterdir())  # printed, nothing written

@@ -191,15 +191,17 @@ def run_rows(
     check_networks(rows, base)  # a bad network or a folder of another config stops it all before any training
     for config in (c for row_configs in configs for c in row_configs):
         run_plan(config, exist_ok=exist_ok)
-    work = [Job(f"{row.description} seed {c.seed}", Path(c.output), (c, exist_ok))
-            for row, row_configs in zip(rows, configs, strict=True) for c in row_configs]  # fmt: skip
-    outcomes = iter(run_jobs(train_and_predict, work, processes=jobs, scheduler=scheduler,
-                             scheduler_folder=output / "jobs", scheduler_options=scheduler_options))  # fmt: skip
+    # seed by seed: a comparison stopped early holds whole seeds of every network
+    by_seed = [(row, row_configs[k]) for k in range(seeds) for row, row_configs in zip(rows, configs, strict=True)]
+    work = [Job(f"{row.description} seed {c.seed}", Path(c.output), (c, exist_ok)) for row, c in by_seed]
+    outcomes = run_jobs(train_and_predict, work, processes=jobs, scheduler=scheduler,
+                        scheduler_folder=output / "jobs", scheduler_options=scheduler_options)  # fmt: skip
+    by_folder = {outcome.job.folder: outcome for outcome in outcomes}
     runs = []
     for row, row_configs in zip(rows, configs, strict=True):
         results, predictions, failures = [], [], []
         for config in row_configs:
-            outcome = next(outcomes)
+            outcome = by_folder[Path(config.output)]
             results.append(outcome.result if outcome.ok else None)
             predictions.append(read_predictions(Path(config.output) / PREDICTIONS_FILE) if outcome.ok else None)
             if not outcome.ok:
