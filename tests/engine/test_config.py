@@ -86,7 +86,7 @@ def test_recipes_refuse_unknown_keys_names_and_files(tmp_path):
         read_recipe(ClassificationConfig, "imagent")
     with pytest.raises(ConfigError, match="does not exist"):
         read_recipe(ClassificationConfig, str(tmp_path / "missing.yaml"))
-    assert recipe_names(ClassificationConfig) == ["cluttered-digits", "imagenet"]
+    assert recipe_names(ClassificationConfig) == ["cluttered-digits", "cluttered-digits-compare", "imagenet"]
     with pytest.raises(ConfigError, match=r"unknown classification config keys \['epochz'\]; valid keys:"):
         config_from_dict(ClassificationConfig, {"epochz": 3})
 
@@ -97,6 +97,8 @@ def test_a_built_in_dataset_gets_its_own_recipe_unless_one_is_named():
     paper = build_config(ClassificationConfig, "imagenet", data="cluttered-digits")
     assert (paper.recipe, paper.image_size, paper.epochs) == ("imagenet", 224, 90)
     assert build_config(ClassificationConfig, None, data="some/folder").recipe == ""
+    small = build_config(ClassificationConfig, "cluttered-digits-compare", data="cluttered-digits", arch="resnet18")
+    assert (small.image_size, small.model_kwargs) == (32, {"stem": "cifar", "width_mult": 0.25})  # `make run`'s
 
 
 def test_a_data_folder_is_recorded_as_an_absolute_path(tmp_path, monkeypatch):
