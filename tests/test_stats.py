@@ -243,6 +243,9 @@ def test_verdicts_say_lowers_raises_or_how_much_more_data_would_resolve():
     var_images, clusters = neither.var_images / growth, 2000 * growth
     assert _planned_half_width(neither.var_seeds * 5 / seeds, seeds, var_images, clusters) <= 0.005
     assert _planned_half_width(neither.var_seeds * 5 / (seeds - 1), seeds - 1, var_images, clusters) > 0.005
+    if growth > 2:  # the smallest growth that works: half of it resolves with no number of seeds
+        half_grown = (neither.var_images * 2 / growth, 1000 * growth)
+        assert _planned_half_width(neither.var_seeds * 5 / 10_000, 10_000, *half_grown) > 0.005
     hopeless = _consistent(0.0015, 2e-3, 1e-2)
     assert seeds_and_images_needed(hopeless, 0.005) is None
     assert verdict("b", "a", hopeless).endswith(

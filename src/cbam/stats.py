@@ -168,19 +168,23 @@ def _check_half_width(half_width: float) -> None:
         raise ValueError(f"half_width must be positive, got {half_width}")
 
 
+def _fewest_seeds(result: Estimate, half_width: float, growth: float = 1.0) -> int | None:
+    """The fewest seeds (2..MAX_SEEDS) whose planned interval, the validation set `growth` times larger (clusters
+    of the same size), is at most +-`half_width`; else None."""
+    planned = np.arange(2, MAX_SEEDS + 1)
+    var_seeds = result.var_seeds * result.seeds / planned
+    widths = _half_widths(var_seeds, planned, result.var_images / growth, result.clusters * growth, result.level)
+    hits = np.flatnonzero(widths <= half_width)
+    return int(planned[hits[0]]) if hits.size else None
+
+
 def seeds_needed(result: Estimate, half_width: float) -> int | None:
     """The fewest seeds (2..10000) whose planned interval is at most +-`half_width`, the images kept; else None.
 
     None as well for a result of one seed, whose seed-to-seed spread is unknown.
     """
     _check_half_width(half_width)
-    if result.seeds < 2:
-        return None
-    planned = np.arange(2, MAX_SEEDS + 1)
-    var_seeds = result.var_seeds * result.seeds / planned
-    widths = _half_widths(var_seeds, planned, result.var_images, result.clusters, result.level)
-    hits = np.flatnonzero(widths <= half_width)
-    return int(planned[hits[0]]) if hits.size else None
+    return _fewest_seeds(result, half_width) if result.seeds >= 2 else None
 
 
 def images_needed(result: Estimate, half_width: float) -> int | None:
@@ -219,17 +223,14 @@ def images_needed(result: Estimate, half_width: float) -> int | None:
 
 def seeds_and_images_needed(result: Estimate, half_width: float) -> tuple[int, int] | None:
     """The fewest seeds that, with the validation set grown 2, 4, 8 or 16 times (the smallest growth that
-    works), give a planned interval of at most +-`half_width`; None when none of these does."""
+    works), give a planned interval of at most +-`half_width`, and that many images; None when none does."""
     _check_half_width(half_width)
     if result.seeds < 2 or result.clusters < 2:
         return None
-    planned = np.arange(2, MAX_SEEDS + 1)
     for growth in (2, 4, 8, 16):
-        var_seeds = result.var_seeds * result.seeds / planned
-        widths = _half_widths(var_seeds, planned, result.var_images / growth, result.clusters * growth, result.level)
-        hits = np.flatnonzero(widths <= half_width)
-        if hits.size:
-            return int(planned[hits[0]]), result.images * growth
+        seeds = _fewest_seeds(result, half_width, growth)
+        if seeds is not None:
+            return seeds, result.images * growth
     return None
 
 
