@@ -200,26 +200,27 @@ def test_grayscale_input_channels():
     assert cbam.create_model("mobilenet_v1", in_channels=1).features[0].conv.in_channels == 1
 
 
-def resnet18_parameters(width: int, classes: int) -> int:
-    """ResNet-18's parameter count, counted by hand: stage widths width x (1, 2, 4, 8), stem `width`."""
-    total, channels = 3 * 49 * width + 2 * width, width
-    for stage in range(4):
-        planes = width * 2**stage
+def resnet18_parameters(stem: int, widths: tuple[int, ...], classes: int) -> int:
+    """ResNet-18's parameter count, counted by hand from its stem's and four stages' widths."""
+    total, channels = 3 * 49 * stem + 2 * stem, stem
+    for stage, planes in enumerate(widths):
         total += 9 * channels * planes + 9 * planes * planes + 4 * planes  # first block
-        if stage > 0:
+        if stage > 0 or channels != planes:
             total += channels * planes + 2 * planes  # its 1x1 downsample
         total += 2 * (9 * planes * planes + 2 * planes)  # second block
         channels = planes
     return total + channels * classes + classes
 
 
-@pytest.mark.parametrize(("width_mult", "width"), [(1.0, 64), (0.5, 32), (0.25, 16), (0.3, 19)])
-def test_width_mult_narrows_every_resnet_width_rounding_down(width_mult, width):
-    assert resnet18_parameters(64, 1000) == 11_689_512  # torchvision's ResNet-18: the formula is right
+@pytest.mark.parametrize(
+    ("width_mult", "stem", "widths"),
+    [(1.0, 64, (64, 128, 256, 512)), (0.25, 16, (16, 32, 64, 128)), (0.3, 19, (19, 38, 76, 153))],
+)
+def test_width_mult_narrows_every_resnet_width_rounding_down(width_mult, stem, widths):
+    assert resnet18_parameters(64, (64, 128, 256, 512), 1000) == 11_689_512  # torchvision's: the count is right
     model = cbam.create_model("resnet18", num_classes=10, width_mult=width_mult)
-    assert model.conv1.out_channels == width and model.num_features == int(512 * width_mult)
-    if width_mult != 0.3:  # 0.3 rounds the stages (38, 76, 153) apart from the stem's 2^k multiples
-        assert sum(p.numel() for p in model.parameters()) == resnet18_parameters(width, 10)
+    assert model.conv1.out_channels == stem and model.num_features == widths[-1]
+    assert sum(p.numel() for p in model.parameters()) == resnet18_parameters(stem, widths, 10)
 
 
 def test_width_mult_that_leaves_no_channel_is_refused():
