@@ -9,6 +9,7 @@ from torch import nn
 from torchvision.models.detection import ssd300_vgg16
 
 from cbam.checkpoint import Checkpoint, save_checkpoint, save_weights
+from cbam.classification.task import ClassificationConfig
 from cbam.detection.detectors import create_detector, list_detectors
 from cbam.detection.ssd import (
     BACKBONES,
@@ -21,7 +22,8 @@ from cbam.detection.ssd import (
     subsample_fc,
     upsample_padding,
 )
-from cbam.errors import CheckpointError
+from cbam.engine.config import build_config
+from cbam.errors import CheckpointError, ConfigError
 from cbam.layers import BAM, CBAM, ChannelAttention, SpatialAttention, SqueezeExcite
 from cbam.paper import load_tables
 from cbam.registry import create_model
@@ -351,6 +353,36 @@ def test_mobilenet_weights_from_a_cbam_train_checkpoint_and_safetensors(tmp_path
         trunk = model.backbone.body.trunk
         for key, value in network.features.state_dict().items():
             assert torch.equal(trunk.features.state_dict()[key], value), (name, key)
+
+
+@pytest.mark.parametrize("file", ["last.pt", "last.safetensors"])
+def test_mobilenet_trunk_takes_the_width_its_checkpoint_records(tmp_path, file):
+    """A half-width MobileNet v1 saved as `cbam train` saves it (its config records `width_mult`)."""
+    model_kwargs = {"width_mult": 0.5}
+    network = randomize_(create_model("mobilenet_v1", num_classes=10, **model_kwargs))
+    config = build_config(ClassificationConfig, None, arch="mobilenet_v1", model_kwargs=model_kwargs).to_dict()
+    checkpoint = Checkpoint("classification", config, list("0123456789"), 1, network.state_dict())
+    save_checkpoint(tmp_path / "last.pt", checkpoint)
+    save_weights(tmp_path / "last.safetensors", checkpoint)
+    expected = network.features.state_dict()
+    for builder in (ssd300, stairnet300):
+        model = builder(backbone="mobilenet_v1", num_classes=5, size=128, backbone_weights=tmp_path / file)
+        body = model.backbone.body
+        state = body.trunk.features.state_dict()
+        assert state.keys() == expected.keys()
+        for key, value in expected.items():
+            assert torch.equal(state[key], value), (builder.__name__, key)
+        assert body.out_channels[:2] == [256, 512]  # half of 512 and 1024
+        assert body.extras[0][0][0].in_channels == 512
+    with pytest.raises(CheckpointError, match=r"shape mismatch"):  # explicit options win over recorded ones
+        ssd300(backbone="mobilenet_v1", size=128, backbone_weights=tmp_path / file, backbone_kwargs={"width_mult": 1})
+
+
+def test_backbone_kwargs_shape_the_mobilenet_trunk_and_vgg16_refuses_them():
+    body = ssd300(backbone="mobilenet_v1", size=128, backbone_kwargs={"width_mult": 0.25}).backbone.body
+    assert body.out_channels[:2] == [128, 256]
+    with pytest.raises(ConfigError, match=r"vgg16 takes no builder options, got \['width_mult'\]"):
+        stairnet300(backbone="vgg16", backbone_kwargs={"width_mult": 0.5})
 
 
 def test_missing_weights_file(tmp_path):

@@ -30,9 +30,8 @@ from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from cbam.convert import StoredWeights
 from cbam.detection.detectors import register_detector
-from cbam.detection.weights import load_backbone, read_backbone_weights
+from cbam.detection.weights import load_backbone, read_backbone_weights, recorded_options
 from cbam.errors import ConfigError
 from cbam.external import classifier_name, create_external, is_external
 from cbam.layers.create import AttentionSpec
@@ -184,7 +183,7 @@ def build_resnet(
                           "or a torchvision:/timm: ResNet such as torchvision:resnet50")  # fmt: skip
     else:
         weights = read_backbone_weights(backbone_weights, arch=backbone) if backbone_weights is not None else None
-        options = {**_recorded_options(weights), **dict(backbone_kwargs or {})}
+        options = {**recorded_options(weights), **dict(backbone_kwargs or {})}
         net = create_model(backbone, attention=attention, **options)
         if weights is not None:
             load_backbone(net, weights.state, str(backbone_weights), ignore=("fc.",))
@@ -192,14 +191,6 @@ def build_resnet(
         freeze_batch_norm(net)
     freeze_stages(net, trainable_layers)
     return net
-
-
-def _recorded_options(weights: StoredWeights | None) -> dict[str, Any]:
-    """The builder options a `cbam train` checkpoint records (`stem`, `width_mult`): the backbone takes
-    the trained network's shape; the classifier's size is not the detector's business."""
-    if weights is None or weights.network is None:
-        return {}
-    return {key: value for key, value in weights.network.model_kwargs.items() if key != "num_classes"}
 
 
 def _out_channels(net: nn.Module) -> int:

@@ -23,9 +23,10 @@ from torch import Tensor, nn
 from torchvision.models.detection.anchor_utils import DefaultBoxGenerator
 from torchvision.models.detection.ssd import SSD, SSDScoringHead
 
+from cbam.convert import StoredWeights
 from cbam.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from cbam.detection.detectors import register_detector
-from cbam.detection.weights import load_backbone, read_backbone_state
+from cbam.detection.weights import load_backbone, read_backbone_weights, recorded_options
 from cbam.errors import CheckpointError, ConfigError, unknown_name
 from cbam.layers.create import AttentionSpec, create_attention_factory
 from cbam.models._helpers import attention_or_identity, initialize_weights
@@ -52,6 +53,7 @@ VGG16_EXTRAS: tuple[tuple[int, int, int, int, int], ...] = (
     (256, 128, 256, 1, 0),  # conv11_2, 1 px
 )
 MOBILENET_TAP = 11  # features[11] ends the 512-wide stride-16 stage (conv11 of MobileNet-SSD)
+# the first one's input is the trunk's last width (1024 at width_mult 1.0)
 MOBILENET_EXTRAS: tuple[tuple[int, int, int, int, int], ...] = (
     (1024, 256, 512, 2, 1),  # 5 px
     (512, 128, 256, 2, 1),  # 3 px
@@ -203,40 +205,48 @@ class VGG16Body(nn.Module):
 
 
 class MobileNetV1Trunk(nn.Module):
-    """The zoo's MobileNet v1 convolutions (`features`, keyed as in `mobilenet_v1`), width 1.0, no attention."""
+    """The zoo's MobileNet v1 convolutions (`features`, keyed as in `mobilenet_v1`), no attention; `options`
+    go to its builder (`width_mult`, `stem`), as a `cbam train` checkpoint records them."""
 
-    def __init__(self) -> None:
+    def __init__(self, **options: Any) -> None:
         super().__init__()
-        self.features = create_model("mobilenet_v1").features
+        self.features = create_model("mobilenet_v1", **options).features
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """The stride-16 and stride-32 maps, (N, 512, 19, 19) and (N, 1024, 10, 10) at 300 px."""
+        """The stride-16 and stride-32 maps, (N, 512, 19, 19) and (N, 1024, 10, 10) at 300 px and width 1.0."""
         x = self.features[: MOBILENET_TAP + 1](x)
         return x, self.features[MOBILENET_TAP + 1 :](x)
 
 
 class MobileNetV1Body(nn.Module):
-    """MobileNet-SSD: maps at strides 16 and 32, then four extra layers (with BatchNorm) to six scales."""
+    """MobileNet-SSD: maps at strides 16 and 32, then four extra layers (with BatchNorm) to six scales.
 
-    def __init__(self) -> None:
+    `options` shape the trunk (`width_mult=0.5` halves its widths); the extra layers keep their widths.
+    """
+
+    def __init__(self, **options: Any) -> None:
         super().__init__()
-        self.trunk = MobileNetV1Trunk()
-        self.extras = ExtraLayers(MOBILENET_EXTRAS, batch_norm=True)
-        xavier_init_(self.extras)
+        self.trunk = MobileNetV1Trunk(**options)
         features = self.trunk.features
-        self.out_channels = [features[MOBILENET_TAP][-1].conv.out_channels, features[-1][-1].conv.out_channels]
-        self.out_channels += self.extras.out_channels
+        stride16, stride32 = features[MOBILENET_TAP][-1].conv.out_channels, features[-1][-1].conv.out_channels
+        (_, *first), *rest = MOBILENET_EXTRAS
+        self.extras = ExtraLayers([(stride32, *first), *rest], batch_norm=True)
+        xavier_init_(self.extras)
+        self.out_channels = [stride16, stride32, *self.extras.out_channels]
 
     def forward(self, x: Tensor) -> list[Tensor]:
         stride16, x = self.trunk(x)
         return [stride16, x, *self.extras(x)]
 
 
-def _build_body(backbone: str) -> VGG16Body | MobileNetV1Body:
+def _build_body(backbone: str, options: Mapping[str, Any]) -> VGG16Body | MobileNetV1Body:
+    """The body of `backbone`, its trunk built with the builder `options` (MobileNet v1's; VGG16 takes none)."""
     if backbone == "vgg16":
+        if options:
+            raise ConfigError(f"backbone vgg16 takes no builder options, got {sorted(options)}")
         return VGG16Body()
     if backbone == "mobilenet_v1":
-        return MobileNetV1Body()
+        return MobileNetV1Body(**options)
     raise unknown_name("backbone", backbone, BACKBONES)
 
 
@@ -401,16 +411,19 @@ def _fc_from_classifier(body: VGG16Body, state: Mapping[str, Tensor], source: st
     body.load_state_dict(fc, strict=False)
 
 
-def load_backbone_weights(body: VGG16Body | MobileNetV1Body, path: str | Path, backbone: str) -> None:
+def load_backbone_weights(
+    body: VGG16Body | MobileNetV1Body, path: str | Path, backbone: str, weights: StoredWeights | None = None
+) -> None:
     """Load ImageNet weights from `path` into `body`'s trunk (and, for VGG16, fc6/fc7 where the file has them).
 
     mobilenet_v1: a `cbam train` checkpoint (`.pt` or `.safetensors`) or any state dict with the zoo's
     `features.*` keys (`fc.*` is ignored). vgg16: torchvision's layout, `features.N.*` -> conv1_1 ...
     conv5_3, `classifier.0/.3` -> fc6/fc7 when present. Never downloads. Every problem with the file raises
-    one `CheckpointError` that names it, as for the Faster R-CNN backbones.
+    one `CheckpointError` that names it, as for the Faster R-CNN backbones. `weights`: the file as
+    `read_backbone_weights(path, arch=backbone)` already read it, so that it is not read again.
     """
     source = str(path)
-    state = read_backbone_state(path, arch=backbone)
+    state = (weights if weights is not None else read_backbone_weights(path, arch=backbone)).state
     if backbone == "mobilenet_v1":
         load_backbone(body.trunk, state, source, ignore=("fc.",))
         return
@@ -435,18 +448,25 @@ def _build(
     size: int,
     backbone_weights: str | Path | None,
     aspect_ratios: Sequence[Sequence[int]] | None,
+    backbone_kwargs: Mapping[str, Any] | None,
     kwargs: dict[str, Any],
     *,
     stairnet: bool = False,
     fusion_channels: int | None = None,
 ) -> SSD:
-    """SSD on `backbone`, with StairNet's fusion (`fusion_channels` wide, or the layout's width) if `stairnet`."""
+    """SSD on `backbone`, with StairNet's fusion (`fusion_channels` wide, or the layout's width) if `stairnet`.
+
+    The body takes the builder options the weights file records (a `cbam train` checkpoint's `width_mult`,
+    `stem`), `backbone_kwargs` overriding them."""
     if num_classes < 2:
         raise ConfigError(f"num_classes counts the background and must be at least 2, got {num_classes}")
-    body = _build_body(backbone)
+    if backbone not in BACKBONES:
+        raise unknown_name("backbone", backbone, BACKBONES)
+    weights = read_backbone_weights(backbone_weights, arch=backbone) if backbone_weights is not None else None
+    body = _build_body(backbone, {**recorded_options(weights), **dict(backbone_kwargs or {})})
     layout = LAYOUTS[backbone]
     if backbone_weights is not None:
-        load_backbone_weights(body, backbone_weights, backbone)
+        load_backbone_weights(body, backbone_weights, backbone, weights)
     sizes = map_sizes(body, size)  # also refuses a size too small for the six scales
     fusion = None
     if stairnet:
@@ -474,14 +494,18 @@ def ssd300(
     size: int = 300,
     backbone_weights: str | Path | None = None,
     aspect_ratios: Sequence[Sequence[int]] | None = None,
+    backbone_kwargs: Mapping[str, Any] | None = None,
     **kwargs: Any,
 ) -> SSD:
     """SSD300 (Table 8's "SSD" rows): 26.29M on VGG16, 5.79M on MobileNet v1, 21 classes.
 
     `attention` goes on each of the six maps before its classifier (none in the paper's SSD rows).
     `aspect_ratios` replaces SSD300's (4, 6, 6, 6, 4, 4 boxes); other keywords go to torchvision's `SSD`.
+    The backbone takes the builder options its `backbone_weights` file records (a `cbam train` checkpoint of
+    `mobilenet_v1` with `width_mult=0.5` gives a half-width trunk); `backbone_kwargs` (to `cbam.create_model`,
+    `width_mult`, `stem`) override them. VGG16 takes none.
     """
-    return _build(backbone, attention, num_classes, size, backbone_weights, aspect_ratios, kwargs)
+    return _build(backbone, attention, num_classes, size, backbone_weights, aspect_ratios, backbone_kwargs, kwargs)
 
 
 @register_detector
@@ -494,11 +518,13 @@ def stairnet300(
     backbone_weights: str | Path | None = None,
     aspect_ratios: Sequence[Sequence[int]] | None = None,
     fusion_channels: int | None = None,
+    backbone_kwargs: Mapping[str, Any] | None = None,
     **kwargs: Any,
 ) -> SSD:
     """StairNet300 (Table 8): SSD300 with top-down fusion, attention on each fused map before its classifier.
 
-    `fusion_channels` is the fused maps' width (256 for VGG16, 128 for MobileNet v1).
+    `fusion_channels` is the fused maps' width (256 for VGG16, 128 for MobileNet v1); the other keywords as
+    `ssd300`'s.
     """
     return _build(
         backbone,
@@ -507,6 +533,7 @@ def stairnet300(
         size,
         backbone_weights,
         aspect_ratios,
+        backbone_kwargs,
         kwargs,
         stairnet=True,
         fusion_channels=fusion_channels,

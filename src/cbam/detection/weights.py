@@ -6,12 +6,14 @@ checkpoint (Jongchan/attention-module, renamed with `cbam.convert`) or any plain
 (torchvision layout). `read_backbone_weights` turns each into one flat state dict (and the network the
 file records, whose builder options shape the backbone) and
 `load_backbone` loads it into a backbone, strictly; both are generic over the network.
+`recorded_options` gives the builder options the file records, for building the backbone in the trained shape.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 from torch import Tensor, nn
 
@@ -38,6 +40,15 @@ def read_backbone_weights(path: str | Path, *, arch: str | None = None) -> Store
     if arch is not None and saved_arch is not None and base_name(saved_arch) != base_name(arch):
         raise CheckpointError(f"{path} holds weights of a {saved_arch}, not of the {arch} backbone asked for")
     return weights
+
+
+def recorded_options(weights: StoredWeights | None) -> dict[str, Any]:
+    """The builder options a `cbam train` checkpoint records (`stem`, `width_mult`), `{}` for a file that
+    records none (or no file): the backbone takes the trained network's shape; the classifier's size
+    (`num_classes`) is not the detector's business."""
+    if weights is None or weights.network is None:
+        return {}
+    return {key: value for key, value in weights.network.model_kwargs.items() if key != "num_classes"}
 
 
 def read_backbone_state(path: str | Path, *, arch: str | None = None) -> dict[str, Tensor]:
