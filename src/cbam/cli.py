@@ -254,7 +254,8 @@ def cmd_localize(args: argparse.Namespace) -> int:
         for s in scores
     ]
     print(format_markdown_table(header, rows))
-    print(f"\n{args.method} of the ground-truth class; means with 95% bootstrap intervals.")
+    print(f"\n{args.method} of the ground-truth class; means with 95% bootstrap intervals over the images (renderings "
+          "of one source image resampled together), for this network alone, not over seeds")  # fmt: skip
     if args.csv:
         write_csv(args.csv, header, rows)
     return 0

@@ -1,34 +1,39 @@
-"""Error rates of networks trained over several seeds, and their differences, with intervals that are honest.
+"""Error rates of networks trained over several seeds, and their differences, with intervals that keep their coverage.
 
 A comparison has two sources of chance: the seed (initialisation, data order) and the finite validation set. The
 runs form a crossed design, seeds x images: `errors[s, i]` is 1 when run `s` gets image `i` wrong. Two networks are
 paired by seed index and by image, so a difference is taken cell by cell, `d = errors_b - errors_a` (negative: B
-makes fewer errors); a single network is `d = errors`. With S seeds, N images and G clusters of images:
+makes fewer errors); a single network is `d = errors`. With S seeds, N images and G clusters of images (several
+renderings of one source digit form one cluster; without groups every image is its own), the variance of the grand
+mean splits as in a two-way random-effects ANOVA, `sigma_seed^2 / S + sigma_image^2 / N + sigma_residual^2 / (S N)`:
 
-- the estimate is the mean of `d` over all cells;
-- seed part: the S per-seed means `D_s` vary from seed to seed; `V_seed = var(D_s, ddof=1) / S`;
-- image part: the per-image means over seeds `c_i` are summed per cluster (`T_g`, of `n_g` images) and the
-  cluster-robust variance of a mean is taken, `V_images = G / (G - 1) * sum_g (T_g - n_g * estimate)^2 / N^2`.
-  A cluster (several renderings of one source digit) is one unit, as its images are not independent; with every
-  image its own cluster this is exactly `var(c, ddof=1) / N`;
-- `V = V_seed + V_images` (method of moments). Each part also holds the seed x image residual, so `V` counts it
-  twice and errs on the wide side by `var(residual) / (S * N)`: little when seeds or images dominate, more when two
-  networks mostly disagree by chance, image by image;
-- degrees of freedom by Welch-Satterthwaite, `V^2 / (V_seed^2 / (S - 1) + V_images^2 / (G - 1))`, a part that is
-  zero left out; the interval is `estimate +- t(df) * sqrt(V)` and the two-sided p-value of "no difference" is
-  `2 * t.sf(|estimate| / sqrt(V), df)`.
+- seed part, `V_seed = var(D_s, ddof=1) / S` from the S per-seed means `D_s`: it estimates the seed term *and* the
+  seed x image residual, on S - 1 degrees of freedom;
+- image part, `V_images = V_c - V_residual`, floored at 0: `V_c` is the cluster-robust variance of the mean of the
+  per-image means over seeds (`G / (G - 1) * sum_g (T_g - n_g * estimate)^2 / N^2`), which holds the image term and
+  the residual once more; `V_residual`, the same cluster-robust sum over the seed x cluster residuals, averaged over
+  seeds and divided by S - 1, removes it, so the residual is counted once (in the seed part). In a balanced design
+  these are the ANOVA mean squares: `V_seed = MS_seed / (S G)`, `V_images = (MS_cluster - MS_residual) / (S G)`.
+  Its degrees of freedom are Satterthwaite's for that difference, between 1 and G - 1;
+- the interval is `estimate +- sqrt(t(S-1)^2 V_seed + t(df_images)^2 V_images)`, each part with its own t quantile
+  (Banerjee's interval for a sum of independently estimated variances). Its coverage is at least the stated level
+  whatever the ratio of the parts, and it is exact in both limits: the seed-only t interval when seeds dominate, the
+  cluster-robust one when images do. A single Welch-Satterthwaite df for the sum is not used: with 2 or 3 seeds it
+  is driven by the *estimated* seed part, so a seed spread that came out small by chance also buys a high df and a
+  narrow interval, and coverage drops exactly where the seeds say least (tests/test_stats.py simulates this);
+- the p-value of "no difference" is the one of that same interval: 1 - the largest level whose interval still
+  holds 0; `df` reports the effective degrees of freedom, those of one t quantile giving the same half-width.
 
 Edge cases: one seed gives no interval (bounds, p-value and df are None, `var_seeds` is NaN), as seed-to-seed
-spread cannot be measured from one run. One cluster cannot measure the spread between images: `V_images` is taken
-as 0. When `V` is 0 (every run agrees on every image) the interval is the point itself and the p-value is 1 for a
-zero estimate, else 0. Values are fractions (0..1); `verdict` speaks in percentage points.
+spread cannot be measured from one run. One cluster cannot measure the spread between images: the image part is
+taken as 0. When both parts are 0 (every run agrees on every image) the interval is the point itself and the p-value
+is 1 for a zero estimate, else 0. Values are fractions (0..1); `verdict` speaks in percentage points.
 
-Planning (`seeds_needed`, `images_needed`) scales one part (`V_seed * S / S'`, or `V_images * N / N'` with
-clusters of the same mean size) and recomputes the degrees of freedom for the new design, since with few seeds
-the t quantile matters as much as the variance. `seeds_needed` is the first S' in 2..10000 that reaches the target.
-More images shift the variance towards the seed part and so its df towards S - 1, which can widen the t quantile
-faster than the variance shrinks; `images_needed` therefore answers None unless endless images (the seed part alone,
-at S - 1 df) would beat the target, and otherwise the image count at which the half-width crosses it.
+Planning (`seeds_needed`, `images_needed`, `seeds_and_images_needed`) takes the measured parts as if they were the
+truth, scales them to a new design (the pure seed part `V_seed - V_residual` by `S / S'`, the residual by
+`S N / (S' N')`, the image part by `N / N'`, its df with the clusters) and recomputes the quantiles. With few seeds the
+seed variance itself is known only roughly (from 3 seeds its 80% interval spans a factor of about 20), so
+`seeds_needed_range` also gives the plan at both ends of that interval, and `verdict` says so.
 """
 
 from __future__ import annotations
@@ -45,14 +50,24 @@ from cbam.extras import import_optional
 MAX_SEEDS = 10_000
 """The most seeds `seeds_needed` considers."""
 
+PLAN_LEVEL = 0.8
+"""The confidence of the seed-variance interval whose ends `seeds_needed_range` plans for."""
 
-def _t_distribution() -> Any:
-    return import_optional("scipy.stats", "compare", "the intervals of cbam.stats").t
+SMALLEST_P = 1e-12
+"""p-values below this are reported as 0 (the root search stops there)."""
+
+
+def _scipy_stats() -> Any:
+    return import_optional("scipy.stats", "compare", "the intervals of cbam.stats")
 
 
 @dataclass(frozen=True)
 class Estimate:
-    """A mean error (or a paired difference B - A) with its interval, its parts of variance and the design."""
+    """A mean error (or a paired difference B - A) with its interval, its parts of variance and the design.
+
+    `var_seeds` is the seed part (with the seed x image residual, `var_residual` of it), `var_images` the image part
+    net of the residual; `df_images` the image part's degrees of freedom, `df` the effective ones of the interval.
+    """
 
     estimate: float
     low: float | None
@@ -63,19 +78,29 @@ class Estimate:
     clusters: int
     var_seeds: float
     var_images: float
-    df: float | None
     level: float = 0.95
+    var_residual: float = 0.0
+    df_images: float = 1.0
 
     @property
     def half_width(self) -> float | None:
         """Half the interval's width, or None without an interval."""
         return None if self.low is None or self.high is None else (self.high - self.low) / 2
 
+    @property
+    def df(self) -> float | None:
+        """The effective degrees of freedom: those of the one t quantile that gives the same half-width (between
+        the fewer of S - 1 and `df_images`, and endless); None without an interval or when it has no width."""
+        half, variance = self.half_width, self.var_seeds + self.var_images
+        if half is None or not variance > 0:
+            return None
+        return _effective_df(half, variance, self.level, float(min(max(self.seeds - 1, 1), self.df_images)))
+
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready: every field, with a NaN (an unmeasured variance) as None."""
+        """JSON-ready: every field and `df`, with a NaN (an unmeasured variance) or an endless df as None."""
         return {
             key: None if isinstance(value, float) and not math.isfinite(value) else value
-            for key, value in asdict(self).items()
+            for key, value in {**asdict(self), "df": self.df}.items()
         }
 
 
@@ -102,53 +127,119 @@ def _cluster_index(groups: ArrayLike | None, images: int) -> NDArray[np.intp]:
     return np.unique(labels, return_inverse=True)[1].reshape(images)
 
 
-def _satterthwaite(var_seeds: Any, seeds: Any, var_images: Any, clusters: Any) -> Any:
-    """Welch-Satterthwaite degrees of freedom of `var_seeds + var_images` (element-wise); a zero part drops out."""
+def image_part(var_c: float, var_residual: float, seeds: int, clusters: int) -> tuple[float, float]:
+    """The image part `V_c - V_residual` (floored at 0) and its Satterthwaite df, between 1 and G - 1.
+
+    `var_c` is the variance of the mean over images of the per-image means over seeds (image term + residual / S),
+    `var_residual` the residual's share of it; each is taken on G - 1 and (S - 1)(G - 1) degrees of freedom.
+    """
+    top = max(clusters - 1, 1)
+    net = max(var_c - var_residual, 0.0)
+    if net == 0:
+        return 0.0, float(top)
+    denominator = var_c**2 / top + var_residual**2 / (max(seeds - 1, 1) * top)
+    return net, float(min(max(net**2 / denominator, 1.0), top))
+
+
+def _quantile(level: float, df: Any) -> Any:
+    return _scipy_stats().t.ppf(0.5 + level / 2, df)
+
+
+def _half_widths(var_seeds: Any, seeds: Any, var_images: Any, df_images: Any, level: float) -> Any:
+    """`sqrt(t(S-1)^2 V_seed + t(df_images)^2 V_images)` element-wise (Banerjee), 0 where both parts are 0."""
     var_seeds, var_images = np.asarray(var_seeds, dtype=np.float64), np.asarray(var_images, dtype=np.float64)
-    seed_term = np.where(var_seeds > 0, var_seeds**2 / np.maximum(np.asarray(seeds) - 1, 1), 0.0)
-    image_term = np.where(var_images > 0, var_images**2 / np.maximum(np.asarray(clusters) - 1, 1), 0.0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return (var_seeds + var_images) ** 2 / (seed_term + image_term)
+    seed_df = np.maximum(np.asarray(seeds, dtype=np.float64) - 1, 1)
+    square = _quantile(level, seed_df) ** 2 * var_seeds + _quantile(level, np.maximum(df_images, 1)) ** 2 * var_images
+    return np.sqrt(square)
 
 
-def _half_widths(var_seeds: Any, seeds: Any, var_images: Any, clusters: Any, level: float) -> Any:
-    """`t(level, df) * sqrt(V)` for designs given element-wise; 0 where V is 0."""
-    variance = np.asarray(var_seeds + var_images, dtype=np.float64)
-    df = _satterthwaite(var_seeds, seeds, var_images, clusters)
-    quantile = _t_distribution().ppf(0.5 + level / 2, np.where(variance > 0, df, 1.0))
-    return np.where(variance > 0, quantile * np.sqrt(variance), 0.0)
+def _p_value(estimate: float, var_seeds: float, seeds: int, var_images: float, df_images: float) -> float:
+    """1 - the largest level whose interval still holds 0 (the p-value that agrees with the interval)."""
+    if estimate == 0:
+        return 1.0
+    optimize = import_optional("scipy.optimize", "compare", "the p-values of cbam.stats")
+
+    def excess(level: float) -> float:
+        return float(_half_widths(var_seeds, seeds, var_images, df_images, level)) - abs(estimate)
+
+    if excess(1 - SMALLEST_P) < 0:
+        return 0.0
+    return float(1 - optimize.brentq(excess, 0.0, 1 - SMALLEST_P, xtol=SMALLEST_P / 10))
 
 
-def _estimate(d: NDArray[np.float64], cluster: NDArray[np.intp], level: float, test_zero: bool) -> Estimate:
-    """The method of the module docstring applied to the per-cell values `d`."""
+def _effective_df(half: float, variance: float, level: float, fewest: float) -> float:
+    """The df of the one t quantile that gives the same half-width: between the parts' `fewest` df and endless."""
+    optimize = import_optional("scipy.optimize", "compare", "the intervals of cbam.stats")
+    ratio = half / math.sqrt(variance)
+    if ratio <= float(_quantile(level, 1e9)):
+        return math.inf
+    low = fewest * (1 - 1e-9)
+    if ratio >= float(_quantile(level, low)):
+        return fewest
+    return float(optimize.brentq(lambda df: float(_quantile(level, df)) - ratio, low, 1e9, rtol=1e-10))
+
+
+def interval(
+    estimate: float,
+    per_seed: ArrayLike,
+    var_c: float,
+    var_residual: float,
+    *,
+    images: int,
+    clusters: int,
+    level: float = 0.95,
+    test_zero: bool = False,
+) -> Estimate:
+    """The module docstring's interval from its ingredients, whatever made them: the per-seed values `D_s` (the
+    seed part) and the image variances `var_c`, `var_residual` (analytic for errors, a bootstrap for mAP)."""
     if not 0 < level < 1:
         raise ValueError(f"level must lie between 0 and 1, got {level}")
-    seeds, images = d.shape
-    clusters = int(cluster.max()) + 1
-    estimate = float(d.mean())
-    if clusters >= 2:
-        totals = np.bincount(cluster, weights=d.mean(axis=0), minlength=clusters)
-        sizes = np.bincount(cluster, minlength=clusters)
-        var_images = float(clusters / (clusters - 1) * np.sum((totals - sizes * estimate) ** 2) / images**2)
-    else:
-        var_images = 0.0
-    design = {"seeds": seeds, "images": images, "clusters": clusters, "var_images": var_images, "level": level}
+    values = np.asarray(per_seed, dtype=np.float64)
+    seeds = int(values.size)
+    var_images, df_images = image_part(var_c, var_residual, seeds, clusters)
+    design = {"seeds": seeds, "images": images, "clusters": clusters, "var_images": var_images, "level": level,
+              "var_residual": var_residual, "df_images": df_images}  # fmt: skip
     if seeds < 2:
-        return Estimate(estimate, None, None, None, var_seeds=math.nan, df=None, **design)
-    var_seeds = float(np.var(d.mean(axis=1), ddof=1) / seeds)
+        return Estimate(estimate, None, None, None, var_seeds=math.nan, **design)
+    var_seeds = float(np.var(values, ddof=1) / seeds)
     variance = var_seeds + var_images
     if variance == 0:
         p_value = (1.0 if estimate == 0 else 0.0) if test_zero else None
-        return Estimate(estimate, estimate, estimate, p_value, var_seeds=var_seeds, df=None, **design)
-    df = float(_satterthwaite(var_seeds, seeds, var_images, clusters))
-    t = _t_distribution()
-    half = float(t.ppf(0.5 + level / 2, df)) * math.sqrt(variance)
-    p_value = float(2 * t.sf(abs(estimate) / math.sqrt(variance), df)) if test_zero else None
-    return Estimate(estimate, estimate - half, estimate + half, p_value, var_seeds=var_seeds, df=df, **design)
+        return Estimate(estimate, estimate, estimate, p_value, var_seeds=var_seeds, **design)
+    half = float(_half_widths(var_seeds, seeds, var_images, df_images, level))
+    p_value = _p_value(estimate, var_seeds, seeds, var_images, df_images) if test_zero else None
+    return Estimate(estimate, estimate - half, estimate + half, p_value, var_seeds=var_seeds, **design)
+
+
+def _cluster_robust(totals: NDArray[np.float64], clusters: int, images: int) -> Any:
+    """`G / (G - 1) * sum_g totals_g^2 / N^2` over the last axis: the variance of a mean of clustered deviations."""
+    return clusters / (clusters - 1) * np.sum(totals**2, axis=-1) / images**2
+
+
+def _estimate(d: NDArray[np.float64], cluster: NDArray[np.intp], level: float, test_zero: bool) -> Estimate:
+    """The method of the module docstring applied to the per-cell values `d` (seeds x images)."""
+    seeds, images = d.shape
+    clusters = int(cluster.max()) + 1
+    estimate = float(d.mean())
+    per_seed = d.mean(axis=1)
+    var_c = var_residual = 0.0
+    if clusters >= 2:
+        sizes = np.bincount(cluster, minlength=clusters).astype(np.float64)
+        totals = np.stack([np.bincount(cluster, weights=row, minlength=clusters) for row in d])  # seeds x clusters
+        mean_totals = totals.mean(axis=0)
+        var_c = float(_cluster_robust(mean_totals - sizes * estimate, clusters, images))
+        if seeds >= 2:
+            residuals = totals - mean_totals - np.outer(per_seed - estimate, sizes)
+            var_residual = float(_cluster_robust(residuals, clusters, images).sum() / (seeds * (seeds - 1)))
+    return interval(estimate, per_seed, var_c, var_residual, images=images, clusters=clusters, level=level,
+                    test_zero=test_zero)  # fmt: skip
 
 
 def mean_error(errors: ArrayLike, groups: ArrayLike | None = None, level: float = 0.95) -> Estimate:
-    """One network's mean error over seeds and images, with its interval (no p-value: "error is 0" is no question)."""
+    """One network's mean error over seeds and images, with its interval (no p-value: "error is 0" is no question).
+
+    Any per-image score in 0..1 works the same way (the pointing game's hits, for one).
+    """
     array = _as_errors(errors, "errors")
     return _estimate(array, _cluster_index(groups, array.shape[1]), level, test_zero=False)
 
@@ -163,18 +254,30 @@ def paired_difference(
     return _estimate(b - a, _cluster_index(groups, b.shape[1]), level, test_zero=True)
 
 
+# ---------------------------------------------------------------------------------------------
+# Planning
+
+
 def _check_half_width(half_width: float) -> None:
     if not half_width > 0:
         raise ValueError(f"half_width must be positive, got {half_width}")
 
 
-def _fewest_seeds(result: Estimate, half_width: float, growth: float = 1.0) -> int | None:
-    """The fewest seeds (2..MAX_SEEDS) whose planned interval, the validation set `growth` times larger (clusters
-    of the same size), is at most +-`half_width`; else None."""
+def _planned(result: Estimate, seeds: Any, growth: Any = 1.0, seed_scale: float = 1.0) -> Any:
+    """Planned half-widths for `seeds` seeds and a validation set `growth` times larger (clusters of the same
+    size), the pure seed variance scaled by `seed_scale` (1: as measured)."""
+    residual = min(result.var_residual, result.var_seeds)
+    pure = (result.var_seeds - residual) * seed_scale
+    seeds = np.asarray(seeds, dtype=np.float64)
+    var_seeds = (pure + residual / np.asarray(growth)) * result.seeds / seeds
+    df_images = np.minimum(result.df_images * np.asarray(growth), result.clusters * np.asarray(growth) - 1)
+    return _half_widths(var_seeds, seeds, result.var_images / np.asarray(growth), df_images, result.level)
+
+
+def _fewest_seeds(result: Estimate, half_width: float, growth: float = 1.0, seed_scale: float = 1.0) -> int | None:
+    """The fewest seeds (2..MAX_SEEDS) whose planned interval is at most +-`half_width`; else None."""
     planned = np.arange(2, MAX_SEEDS + 1)
-    var_seeds = result.var_seeds * result.seeds / planned
-    widths = _half_widths(var_seeds, planned, result.var_images / growth, result.clusters * growth, result.level)
-    hits = np.flatnonzero(widths <= half_width)
+    hits = np.flatnonzero(_planned(result, planned, growth, seed_scale) <= half_width)
     return int(planned[hits[0]]) if hits.size else None
 
 
@@ -187,12 +290,25 @@ def seeds_needed(result: Estimate, half_width: float) -> int | None:
     return _fewest_seeds(result, half_width) if result.seeds >= 2 else None
 
 
+def seeds_needed_range(
+    result: Estimate, half_width: float, level: float = PLAN_LEVEL
+) -> tuple[int | None, int | None] | None:
+    """`seeds_needed` at the two ends of the `level` interval of the pure seed variance (a chi-square on S - 1 df):
+    (fewest, most), None for "more than 10000"; None for a result of one seed."""
+    _check_half_width(half_width)
+    if result.seeds < 2:
+        return None
+    chi2, df = _scipy_stats().chi2, result.seeds - 1
+    small, large = df / chi2.ppf(0.5 + level / 2, df), df / chi2.ppf(0.5 - level / 2, df)
+    return _fewest_seeds(result, half_width, seed_scale=small), _fewest_seeds(result, half_width, seed_scale=large)
+
+
 def images_needed(result: Estimate, half_width: float) -> int | None:
     """The validation images whose planned interval is at most +-`half_width`, the seeds kept; else None.
 
-    Clusters keep their mean size. None when the seed part alone (the limit of endless images) is too wide, and for
-    a result without an interval or without two clusters (the spread between images is then unknown). The answer
-    is found by bisection: at it the planned half-width is at most `half_width`, with one image fewer it is more.
+    Clusters keep their mean size. None when endless images (the pure seed part alone) would still be too wide,
+    and for a result without an interval or without two clusters (the spread between images is then unknown). Found
+    by bisection: at the answer the planned half-width is at most `half_width`, with one image fewer it is more.
     """
     _check_half_width(half_width)
     if result.seeds < 2 or result.clusters < 2:
@@ -200,15 +316,10 @@ def images_needed(result: Estimate, half_width: float) -> int | None:
     per_cluster = result.images / result.clusters
 
     def width(images: int) -> float:
-        clusters = images / per_cluster
-        var_images = result.var_images * result.images / images
-        return float(_half_widths(result.var_seeds, result.seeds, var_images, clusters, result.level))
+        return float(_planned(result, result.seeds, images / result.images))
 
     low = math.ceil(2 * per_cluster)  # the fewest images that still make two clusters
-    limit = float(_half_widths(result.var_seeds, result.seeds, 0.0, 2, result.level))
-    if result.var_images == 0:  # images do not move the interval
-        return low if limit <= half_width else None
-    if limit >= half_width:
+    if float(_planned(result, result.seeds, 1e12)) > half_width:
         return None
     if width(low) <= half_width:
         return low
@@ -234,6 +345,10 @@ def seeds_and_images_needed(result: Estimate, half_width: float) -> tuple[int, i
     return None
 
 
+# ---------------------------------------------------------------------------------------------
+# Verdicts
+
+
 def _points(fraction: float, sign: bool = False) -> str:
     return f"{100 * fraction:+.1f}" if sign else f"{100 * fraction:.1f}"
 
@@ -248,9 +363,49 @@ def _plural(count: int, noun: str) -> str:
     return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
-def verdict(name: str, baseline: str, result: Estimate, metric: str = "top-1 error", resolve: float = 0.005) -> str:
-    """One sentence on `result` (`name` minus `baseline`) that a person can act on, in percentage points."""
-    design = f"{_plural(result.seeds, 'seed')} and {_plural(result.images, 'validation image')}"
+def _seed_range(result: Estimate, resolve: float) -> str:
+    """How far the seed plan moves with the seed spread it rests on, e.g. " (3 to 60 ... from 3 seeds)"."""
+    span = seeds_needed_range(result, resolve)
+    if span is None:
+        return ""
+    fewest, most = (str(n) if n is not None else f"over {MAX_SEEDS}" for n in span)
+    if fewest == most:
+        return ""
+    return (
+        f" ({fewest} to {most} for a seed spread anywhere in its {100 * PLAN_LEVEL:.0f}% interval, "
+        f"measured from {_plural(result.seeds, 'seed')})"
+    )
+
+
+def plan_sentence(result: Estimate, resolve: float) -> str:
+    """What more data would resolve `resolve` (a fraction), with how uncertain the seed plan is."""
+    target = f"{_points(resolve)} points"
+    if result.half_width is not None and result.half_width <= resolve:
+        return f"differences larger than {target} would have been detected"
+    seeds, images = seeds_needed(result, resolve), images_needed(result, resolve)
+    options = [f"about {seeds} seeds{_seed_range(result, resolve)}"] if seeds is not None else []
+    options += [f"about {images} validation images"] if images is not None else []
+    if options:
+        return f"{' or '.join(options)} would resolve {target} if the measured spreads hold"
+    both = seeds_and_images_needed(result, resolve)
+    if both is not None:
+        return (
+            f"about {both[0]} seeds with about {both[1]} validation images would resolve {target} "
+            "if the measured spreads hold"
+        )
+    return f"more seeds and more validation images than planned here would be needed to resolve {target}"
+
+
+def verdict(
+    name: str, baseline: str, result: Estimate, metric: str = "top-1 error", resolve: float = 0.005, unit: str = ""
+) -> str:
+    """One sentence on `result` (`name` minus `baseline`) that a person can act on, in percentage points.
+
+    `metric` names what was measured; a higher-is-better metric (mAP) reads the same, "raises" then being good.
+    `unit` names what the interval is over besides seeds ("validation images" by default).
+    """
+    unit = unit or "validation image"
+    design = f"{_plural(result.seeds, 'seed')} and {_plural(result.images, unit)}"
     if result.low is None or result.high is None:
         return (
             f"{name} against {baseline}, {metric} over {design}: intervals need at least 2 seeds; "
@@ -267,23 +422,9 @@ def verdict(name: str, baseline: str, result: Estimate, metric: str = "top-1 err
             f"{name} raises {metric} by {_points(result.estimate)} points "
             f"[{_points(result.low)}, {_points(result.high)}] against {baseline} over {design}{p_text}"
         )
-    target = f"{_points(resolve)} points"
-    if result.half_width is not None and result.half_width <= resolve:
-        plan = f"differences larger than {target} would have been detected"
-    else:
-        seeds, images = seeds_needed(result, resolve), images_needed(result, resolve)
-        options = [f"about {seeds} seeds"] if seeds is not None else []
-        options += [f"about {images} validation images"] if images is not None else []
-        both = seeds_and_images_needed(result, resolve) if not options else None
-        if options:
-            plan = f"{' or '.join(options)} would resolve {target}"
-        elif both is not None:
-            plan = f"about {both[0]} seeds with about {both[1]} validation images would resolve {target}"
-        else:
-            plan = f"more seeds and more validation images than planned here would be needed to resolve {target}"
     bound = max(-result.low, result.high)
     return (
         f"no difference in {metric} detectable between {name} and {baseline} at this size: "
         f"[{_points(result.low, sign=True)}, {_points(result.high, sign=True)}] points{p_text}, "
-        f"so an effect larger than {_points(bound)} points is unlikely; {plan}"
+        f"so an effect larger than {_points(bound)} points is unlikely; {plan_sentence(result, resolve)}"
     )

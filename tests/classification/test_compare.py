@@ -66,18 +66,23 @@ def test_compare_trains_each_row_writes_the_reports_and_reuses_finished_runs(ima
     assert again.rows == comparison.rows
 
 
-def test_compare_adds_the_pointing_game_where_the_data_has_boxes(image_folder, tmp_path):
+def test_compare_adds_the_pointing_game_over_seeds_where_the_data_has_boxes(image_folder, tmp_path):
+    from cbam.explain.scores import localize_checkpoint
+    from cbam.stats import mean_error
     from tests.explain.test_scores import write_val_boxes
 
     write_val_boxes(image_folder)
     base = dataclasses.replace(tiny_config(image_folder, tmp_path / "unused", epochs=1), model_kwargs={})
-    comparison = run_compare(table_rows("table4", ["resnet18"]), base, tmp_path / "cmp")
+    comparison = run_compare(table_rows("table4", ["resnet18"]), base, tmp_path / "cmp", seeds=2)
     assert comparison.header[-1] == "Pointing game (%)"
     rows = list(csv.DictReader((tmp_path / "cmp" / "comparison.csv").open()))
-    for row in rows:
-        mean, interval = row["Pointing game (%)"].split(" [")
-        low, high = (float(v) for v in interval.rstrip("]").split(", "))
-        assert 0.0 <= low <= float(mean) <= high <= 100.0
+    for row, stat in zip(rows, comparison.stats, strict=True):
+        # the interval is the one errors get, over both seeds' networks
+        seeds = [localize_checkpoint(Path(run.output) / "last.pt", str(image_folder)) for run in stat.finished]
+        expected = mean_error([s.hits for s in seeds])
+        assert row["Pointing game (%)"] == (
+            f"{100 * expected.estimate:.2f} [{max(0, 100 * expected.low):.2f}, {min(100, 100 * expected.high):.2f}]"
+        )
 
 
 # ---------------------------------------------------------------------------------------------------------------

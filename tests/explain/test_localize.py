@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -50,3 +51,15 @@ def test_bootstrap_interval_brackets_the_mean_and_is_reproducible() -> None:
     assert bootstrap_interval(torch.ones(5)).low == 1.0
     with pytest.raises(ValueError, match="at least one value"):
         bootstrap_interval(torch.tensor([]))
+
+
+def test_a_grouped_bootstrap_resamples_whole_groups() -> None:
+    rng = np.random.default_rng(0)
+    values = (rng.random(200) < 0.3).astype(float)
+    copies, groups = np.repeat(values, 4), np.repeat(np.arange(200), 4)
+    alone = bootstrap_interval(values, seed=1)
+    grouped = bootstrap_interval(copies, seed=1, groups=groups)
+    naive = bootstrap_interval(copies, seed=1)
+    # four copies of each image in one group carry what the images alone carry; taken apart they would halve the width
+    assert grouped == alone
+    assert naive.high - naive.low < 0.6 * (alone.high - alone.low)

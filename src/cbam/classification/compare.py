@@ -330,19 +330,24 @@ def comparison_rows(stats: list[RowStats]) -> list[list[str]]:
     return rows
 
 
-def pointing_scores(stats: list[RowStats], data: str) -> list[str] | None:
-    """Each row's Grad-CAM pointing game on the validation boxes (its first finished seed's final network, the one
-    the errors are of); None where the data has no boxes."""
-    from cbam.data.loading import DataError as NoBoxes
-    from cbam.explain.scores import format_interval, localize_checkpoint
+def pointing_scores(stats: list[RowStats], data: str, groups_of: Any) -> list[Estimate | None] | None:
+    """Each row's Grad-CAM pointing game on the validation boxes over its finished seeds (each seed's final
+    network, the one its errors are of), with the interval over seeds and source images that errors get; None
+    where the data has no boxes. `groups_of(files)` gives the images' clusters."""
+    from cbam.explain.boxes import NoBoxes
+    from cbam.explain.scores import localize_checkpoint
 
-    scores = []
+    scores: list[Estimate | None] = []
     try:
         for stat in stats:
-            run = stat.finished[0] if stat.finished else None
-            scores.append(
-                format_interval(localize_checkpoint(Path(run.output) / LAST, data).pointing_game) if run else ""
-            )
+            found = [localize_checkpoint(Path(run.output) / LAST, data) for run in stat.finished]
+            if not found:
+                scores.append(None)
+                continue
+            files = found[0].files
+            if any(f.files != files for f in found):
+                raise DataError(f"{stat.runs.row.description}: its seeds scored other images in the pointing game")
+            scores.append(mean_error(np.array([f.hits for f in found]), groups_of(files)))
     except NoBoxes:
         return None
     return scores
@@ -389,12 +394,14 @@ def run_compare(
     groups = image_groups(base.data, "val", files) if files else None
     stats = row_statistics(all_runs, base_index, groups, resolve)
     header, table = list(COLUMNS), comparison_rows(stats)
-    pointing = pointing_scores(stats, base.data)
+    pointing = pointing_scores(stats, base.data, lambda scored: image_groups(base.data, "val", scored))
     if pointing is not None:
-        header, table = [*header, POINTING_COLUMN], [[*r, s] for r, s in zip(table, pointing, strict=True)]
+        header = [*header, POINTING_COLUMN]
+        table = [[*r, _interval(s)] for r, s in zip(table, pointing, strict=True)]
     notes = _notes(seeds, files, groups)
     if pointing is not None:
-        notes.append(f"{POINTING_COLUMN}: Grad-CAM's maximum inside the box, of each network's first seed.")
+        notes.append(f"{POINTING_COLUMN}: how often Grad-CAM's maximum falls inside the box, mean over seeds with the "
+                     "same 95% interval over seeds and source images as the errors.")  # fmt: skip
     comparison = Comparison(stats, header, table, [s.verdict for s in stats if s.verdict],
                             [f for runs in all_runs for f in runs.failures], notes)  # fmt: skip
     if is_main_process():

@@ -13,6 +13,11 @@ from torch import Tensor
 from cbam.data.loading import DataError
 from cbam.data.voc import read_voc_xml
 
+
+class NoBoxes(DataError):
+    """The data has no boxes for this split (so nothing to localise against): not a fault of the data."""
+
+
 Boxes = dict[str, list[tuple[str, tuple[float, float, float, float]]]]
 """file -> [(class name, (x0, y0, x1, y1) in the original image's pixels, half-open))]."""
 
@@ -57,7 +62,7 @@ def split_boxes(root: Path, split: str, files: list[str], boxes: Path | None = N
         return read_coco_boxes(source)
     if source.is_dir():
         return read_voc_boxes(source, files)
-    raise DataError(f"no boxes for {split}: {source} is missing (give --boxes: a COCO .json or a VOC folder)")
+    raise NoBoxes(f"no boxes for {split}: {source} is missing (give --boxes: a COCO .json or a VOC folder)")
 
 
 def boxes_after_eval_transform(

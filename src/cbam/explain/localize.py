@@ -58,12 +58,22 @@ class Interval:
     high: float
 
 
-def bootstrap_interval(values: Tensor | np.ndarray, resamples: int = 2000, seed: int = 0) -> Interval:
-    """Mean of `values` with the percentile bootstrap's 95% interval (seeded, so reproducible)."""
+def bootstrap_interval(
+    values: Tensor | np.ndarray, resamples: int = 2000, seed: int = 0, groups: np.ndarray | None = None
+) -> Interval:
+    """Mean of `values` with the percentile bootstrap's 95% interval (seeded, so reproducible). With `groups` (one
+    id per value) whole groups are resampled, so renderings of one source image count as one sample."""
     data = np.asarray(values, dtype=np.float64)
     if data.size == 0:
         raise ValueError("bootstrap_interval needs at least one value")
     rng = np.random.default_rng(seed)
-    means = data[rng.integers(0, data.size, size=(resamples, data.size))].mean(axis=1)
+    if groups is None:
+        means = data[rng.integers(0, data.size, size=(resamples, data.size))].mean(axis=1)
+    else:
+        labels = np.unique(np.asarray(groups), return_inverse=True)[1].reshape(data.shape)
+        clusters = int(labels.max()) + 1
+        sums, sizes = np.bincount(labels, weights=data, minlength=clusters), np.bincount(labels, minlength=clusters)
+        drawn = rng.integers(0, clusters, size=(resamples, clusters))
+        means = sums[drawn].sum(axis=1) / sizes[drawn].sum(axis=1)
     low, high = np.percentile(means, [2.5, 97.5])
     return Interval(float(data.mean()), float(low), float(high))

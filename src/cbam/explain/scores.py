@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 from PIL import Image
 
-from cbam.classification.predictions import split_files
+from cbam.classification.predictions import image_groups, split_files
 from cbam.data.loading import DataError, class_names, data_root, open_split
 from cbam.data.transforms import eval_transform
 from cbam.engine.distributed import resolve_device
-from cbam.explain.boxes import boxes_after_eval_transform, split_boxes
+from cbam.explain.boxes import NoBoxes, boxes_after_eval_transform, split_boxes
 from cbam.explain.cam import grad_cam
 from cbam.explain.localize import (
     DISPLAY_THRESHOLD,
@@ -26,16 +26,20 @@ from cbam.explain.localize import (
 
 @dataclass(frozen=True)
 class LocalizationScores:
-    """One network's scores over the images that have a box of their own class."""
+    """One network's scores over the images that have a box of their own class; intervals resample source images
+    (renderings of one digit together). `files` and `hits` are the per-image pointing game, for statistics over
+    seeds."""
 
     name: str
     images: int
     pointing_game: Interval
     energy: Interval
     iou: Interval
+    files: tuple[str, ...] = field(default=(), repr=False)
+    hits: tuple[float, ...] = field(default=(), repr=False)
 
     def to_dict(self) -> dict[str, object]:
-        return asdict(self)
+        return {key: value for key, value in asdict(self).items() if key not in ("files", "hits")}
 
 
 def localize_checkpoint(
@@ -74,7 +78,7 @@ def localize_checkpoint(
     if limit is not None:
         chosen = chosen[:limit]
     if not chosen:
-        raise DataError(f"no image of {data}/{split} has a box of its own class")
+        raise NoBoxes(f"no image of {data}/{split} has a box of its own class")
     for start in range(0, len(chosen), batch_size):
         batch = chosen[start : start + batch_size]
         images, labels, targets = [], [], []
@@ -91,12 +95,16 @@ def localize_checkpoint(
             hits.append(float(pointing_game(cam, target)))
             energies.append(energy_in_boxes(cam, target))
             ious.append(iou_at_threshold(cam, target, threshold))
+    scored = tuple(files[i] for i in chosen)
+    groups = image_groups(data, split, scored)
     return LocalizationScores(
         name=str(path),
         images=len(hits),
-        pointing_game=bootstrap_interval(torch.tensor(hits)),
-        energy=bootstrap_interval(torch.tensor(energies)),
-        iou=bootstrap_interval(torch.tensor(ious)),
+        pointing_game=bootstrap_interval(torch.tensor(hits), groups=groups),
+        energy=bootstrap_interval(torch.tensor(energies), groups=groups),
+        iou=bootstrap_interval(torch.tensor(ious), groups=groups),
+        files=scored,
+        hits=tuple(hits),
     )
 
 
