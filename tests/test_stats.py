@@ -14,6 +14,7 @@ from scipy import stats as scipy_stats
 from cbam.stats import (
     Estimate,
     images_needed,
+    jackknife_interval,
     mean_error,
     paired_difference,
     seeds_and_images_needed,
@@ -458,3 +459,23 @@ def test_one_seed_or_one_cluster_gives_what_can_be_measured_without_raising():
 def test_bad_input_is_refused_naming_the_problem(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+def test_a_leave_one_digit_out_jackknife_of_an_error_rate_is_the_cluster_robust_interval():
+    # for a mean over equal clusters the two estimators are the same algebra, so a score that is no mean (mAP)
+    # gets the interval an error rate would get
+    rng = np.random.default_rng(12)
+    seeds, digits, per = 3, 40, 4
+    errors = (rng.random((seeds, digits * per)) < _expit(rng.normal(-1.5, 1.5, digits * per))).astype(float)
+    groups = np.repeat(np.arange(digits), per)
+    leaving_out = np.stack([[row[groups != g].mean() for g in range(digits)] for row in errors])
+    jackknifed = jackknife_interval(errors.mean(axis=1), leaving_out, images=digits * per)
+    direct = mean_error(errors, groups)
+    assert jackknifed.var_seeds == pytest.approx(direct.var_seeds)
+    assert jackknifed.var_residual == pytest.approx(direct.var_residual)
+    assert jackknifed.var_images == pytest.approx(direct.var_images)
+    assert (jackknifed.low, jackknifed.high) == pytest.approx((direct.low, direct.high))
+    with pytest.raises(ValueError, match="seeds x folds"):
+        jackknife_interval([0.1, 0.2], np.zeros((3, 5)), images=10)
+    with pytest.raises(ValueError, match="at least 2 folds"):
+        jackknife_interval([0.1, 0.2], np.zeros((2, 1)), images=10)

@@ -55,6 +55,38 @@ def add_run_arguments(parser: Any, cls: Any, *, skip: tuple[str, ...] = (), resu
     add_config_arguments(parser, cls, skip)
 
 
+def add_comparison_arguments(parser: Any) -> None:
+    """The flags of a comparison over seeds (`cbam compare`, `cbam detect compare`): seeds, parallel runs and the
+    verdict's resolution."""
+    from cbam.engine.jobs import SCHEDULERS
+
+    parser.add_argument("--seeds", type=int, default=1, help="runs per network, seeds from --seed on (5 for intervals)")
+    parser.add_argument("--jobs", type=int, default=1, help="runs at a time on this machine, each in its own process "
+                        "with its share of the CPU threads (and one GPU each where there are GPUs)")  # fmt: skip
+    parser.add_argument("--scheduler", choices=SCHEDULERS, help="run each run as a job of this scheduler through "
+                        "submitit (slurm; local: processes on this machine)")  # fmt: skip
+    parser.add_argument("--scheduler-arg", action="append", default=[], metavar="KEY=VALUE", help="a submitit "
+                        "option: slurm_partition=gpu, timeout_min=600, gpus_per_node=1, ...")  # fmt: skip
+    parser.add_argument("--resolve", type=float, default=0.5,
+                        help="the difference (points) a verdict plans seeds and images for (default: 0.5)")  # fmt: skip
+
+
+def comparison_options(args: Any) -> dict[str, Any]:
+    """The keywords `add_comparison_arguments`' flags give a comparison (`seeds`, `jobs`, `scheduler`, ...), with
+    what is wrong with them said in one line before anything trains."""
+    from cbam.extras import require_extra
+
+    if args.scheduler:
+        require_extra("cluster", f"--scheduler {args.scheduler}")
+    if args.seeds < 1:
+        raise ConfigError(f"--seeds must be at least 1, got {args.seeds}")
+    if args.seeds == 1:
+        print("one seed per network: intervals need at least 2 seeds (--seeds 5); training one run each")
+    scheduler_options = parse_key_values(args.scheduler_arg, "--scheduler-arg")
+    return {"seeds": args.seeds, "jobs": args.jobs, "scheduler": args.scheduler,
+            "scheduler_options": scheduler_options, "resolve": args.resolve}  # fmt: skip
+
+
 def run_config(args: Any, cls: Any, *, skip: tuple[str, ...] = (), **fixed: Any) -> tuple[Any, Any]:
     """(config, checkpoint to resume or None) from a training command's flags (the `skip` given to
     `add_run_arguments`) and `fixed` values."""

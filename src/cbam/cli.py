@@ -13,13 +13,19 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from cbam import __version__
-from cbam._cli_args import add_run_arguments, parse_key_values, printed_or_checked, run_config
+from cbam._cli_args import (
+    add_comparison_arguments,
+    add_run_arguments,
+    comparison_options,
+    parse_key_values,
+    printed_or_checked,
+    run_config,
+)
 from cbam.classification.compare import COMPARE_TABLES
 from cbam.classification.task import ClassificationConfig
 from cbam.detection.commands import add_detect_commands
 from cbam.engine.config import parse_attention
 from cbam.engine.distributed import shutdown_distributed
-from cbam.engine.jobs import SCHEDULERS
 from cbam.errors import ConfigError, UserError
 from cbam.explain import CAM_METHODS
 from cbam.export import EXPORT_FORMATS
@@ -277,8 +283,6 @@ def compare_rows(args: argparse.Namespace) -> list:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    if args.scheduler:
-        require_extra("cluster", f"--scheduler {args.scheduler}")
     require_extra("compare", "cbam compare")
     from pathlib import Path
 
@@ -296,12 +300,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if not config.data:
         raise ConfigError("give --data (an ImageNet-layout folder, cifar10, cifar100 or cluttered-digits)")
     check_networks(rows, config)
-    if args.seeds == 1:
-        print("one seed per network: intervals need at least 2 seeds (--seeds 5); training one run each")
-    comparison = run_compare(rows, config, Path(args.output), seeds=args.seeds, baseline=args.baseline,
-                             jobs=args.jobs, scheduler=args.scheduler,
-                             scheduler_options=parse_key_values(args.scheduler_arg, "--scheduler-arg"),
-                             resolve=args.resolve, exist_ok=args.exist_ok)  # fmt: skip
+    options = comparison_options(args)
+    comparison = run_compare(rows, config, Path(args.output), baseline=args.baseline, exist_ok=args.exist_ok,
+                             **options)  # fmt: skip
     title = args.table or f"{args.arch[0]}: {args.attention}"
     print(f"\n## {title} on {args.data}, {args.seeds} seed(s)\n")
     print(format_markdown_table(comparison.header, comparison.rows))
@@ -428,34 +429,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "rows of --table (repeatable); torchvision:/timm: names too")  # fmt: skip
     compare.add_argument("--attention", help="attentions to compare on --arch, comma-separated: none,se,cbam")
     compare.add_argument("--baseline", help="the attention every row is compared with (default: each network's first)")
-    compare.add_argument(
-        "--seeds", type=int, default=1, help="runs per network, seeds from --seed on (5 for intervals)"
-    )
-    compare.add_argument(
-        "--jobs",
-        type=int,
-        default=1,
-        help="runs at a time on this machine, each in its own "
-        "process with its share of the CPU threads (and one GPU each where there are GPUs)",
-    )
-    compare.add_argument(
-        "--scheduler",
-        choices=SCHEDULERS,
-        help="run each run as a job of this scheduler through submitit (slurm; local: processes on this machine)",
-    )
-    compare.add_argument(
-        "--scheduler-arg",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="a submitit option: slurm_partition=gpu, timeout_min=600, gpus_per_node=1, ...",
-    )
-    compare.add_argument(
-        "--resolve",
-        type=float,
-        default=0.5,
-        help="the difference (points) a verdict plans seeds and images for (default: 0.5)",
-    )
+    add_comparison_arguments(compare)
     add_run_arguments(compare, ClassificationConfig, skip=COMPARE_SKIP)
     compare.set_defaults(func=cmd_compare)
 

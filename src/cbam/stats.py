@@ -254,6 +254,38 @@ def paired_difference(
     return _estimate(b - a, _cluster_index(groups, b.shape[1]), level, test_zero=True)
 
 
+def jackknife_interval(
+    per_seed: ArrayLike, leaving_out: ArrayLike, *, images: int, level: float = 0.95, test_zero: bool = False
+) -> Estimate:
+    """The interval of a mean over seeds of a score that is no mean over images (mAP), its image part from a
+    delete-a-group jackknife: `per_seed[s]` is seed s's score (or a paired difference), `leaving_out[s, k]` the
+    same with fold k of the images left out, the folds the same for every seed and made of whole clusters.
+
+    `V_c` is the jackknife variance of the mean over seeds, `(K - 1) / K * sum_k (m_(k) - mean_k m_(k))^2`; each
+    seed's own jackknife variance holds the image term and the whole residual, so their mean less `V_c`, over
+    S - 1, is the residual's share of `V_c`, as in the module docstring. The image part's df is at most K - 1
+    (`clusters` of the result counts the folds).
+    """
+    values = np.asarray(per_seed, dtype=np.float64).reshape(-1)
+    folds = np.asarray(leaving_out, dtype=np.float64)
+    if folds.ndim != 2 or folds.shape[0] != values.size:
+        raise ValueError(f"leaving_out must be seeds x folds ({values.size} seeds), got shape {folds.shape}")
+    if folds.shape[1] < 2:
+        raise ValueError(f"a jackknife needs at least 2 folds, got {folds.shape[1]}")
+    if not (np.isfinite(values).all() and np.isfinite(folds).all()):
+        raise ValueError("per_seed or leaving_out holds NaN or infinite values")
+    k = folds.shape[1]
+
+    def spread(x: NDArray[np.float64]) -> Any:
+        return (k - 1) / k * np.sum((x - x.mean(axis=-1, keepdims=True)) ** 2, axis=-1)
+
+    var_c = float(spread(folds.mean(axis=0)))
+    seeds = values.size
+    var_residual = max(float(spread(folds).mean()) - var_c, 0.0) / (seeds - 1) if seeds >= 2 else 0.0
+    return interval(float(values.mean()), values, var_c, var_residual, images=images, clusters=k, level=level,
+                    test_zero=test_zero)  # fmt: skip
+
+
 # ---------------------------------------------------------------------------------------------
 # Planning
 
@@ -346,7 +378,19 @@ def seeds_and_images_needed(result: Estimate, half_width: float) -> tuple[int, i
 
 
 # ---------------------------------------------------------------------------------------------
-# Verdicts
+# Verdicts and tables
+
+
+def format_points(estimate: Estimate | None, sign: bool = False) -> str:
+    """`12.34 [11.02, 13.66]` in percentage points, bounds clipped to what a rate (0..100) or a difference of rates
+    (-100..100) can be; without bounds (one seed), the estimate alone; "" for None."""
+    if estimate is None:
+        return ""
+    fmt, lowest = ("+.2f", -100.0) if sign else (".2f", 0.0)
+    if estimate.low is None or estimate.high is None:
+        return format(100 * estimate.estimate, fmt)
+    low, high = max(lowest, 100 * estimate.low), min(100.0, 100 * estimate.high)
+    return f"{100 * estimate.estimate:{fmt}} [{low:{fmt}}, {high:{fmt}}]"
 
 
 def _points(fraction: float, sign: bool = False) -> str:

@@ -14,7 +14,9 @@ from cbam.detection.evaluator import (
     _box_iou,
     coco_ground_truth,
     coco_metrics,
+    coco_metrics_leaving_out,
     coco_results,
+    detections_from_results,
     voc_ap,
     voc_metrics,
 )
@@ -329,3 +331,33 @@ def test_evaluator_voc_and_errors():
     blind.update([1], detections[:1])
     with pytest.raises(ValueError, match="needs the ground truths"):
         blind.compute("voc07")
+
+
+def test_scores_leaving_out_each_fold_equal_scores_of_the_other_images(gt_file):
+    outputs, records = model_outputs(), fixture_records()
+    results = coco_results(outputs, IMAGE_IDS, CATEGORY_IDS)
+    folds = [[11], [12, 20], [15]]
+    for fold, scores in zip(folds, coco_metrics_leaving_out(gt_file, results, folds), strict=True):
+        others = [i for i in IMAGE_IDS if i not in fold]
+        reference = pycocotools_stats(gt_file, results, others)
+        assert [scores["map"], scores["map50"], scores["map75"]] == pytest.approx(list(reference[:3]), abs=1e-12)
+    evaluator = DetectionEvaluator(CLASS_NAMES, CATEGORY_IDS)
+    evaluator.update(IMAGE_IDS, outputs, records)
+    assert evaluator.compute_leaving_out("coco", [[]])[0] == evaluator.compute("coco")
+    for fold, scores in zip(folds, evaluator.compute_leaving_out("voc07", folds), strict=True):
+        kept = [k for k, i in enumerate(IMAGE_IDS) if i not in fold]
+        expected = voc_metrics([outputs[k] for k in kept], [records[k] for k in kept], CLASS_NAMES)
+        assert scores["map50"] == expected["map50"]
+
+
+def test_saved_results_read_back_score_as_the_detections_did(gt_file):
+    outputs = model_outputs()
+    results = json.loads(json.dumps(coco_results(outputs, IMAGE_IDS, CATEGORY_IDS)))  # as written to a file
+    back = detections_from_results(results, IMAGE_IDS, CATEGORY_IDS)
+    for original, read in zip(outputs, back, strict=True):
+        assert torch.equal(original["labels"], read["labels"])
+        torch.testing.assert_close(read["boxes"].float(), original["boxes"], rtol=0, atol=1e-4)
+    again = coco_results(back, IMAGE_IDS, CATEGORY_IDS)
+    assert coco_metrics(gt_file, again) == coco_metrics(gt_file, results)
+    with pytest.raises(ValueError, match="image id 99"):
+        detections_from_results([{**results[0], "image_id": 99}], IMAGE_IDS, CATEGORY_IDS)

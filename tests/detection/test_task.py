@@ -323,10 +323,11 @@ def test_compare_trains_each_row_and_tabulates_it_beside_the_paper(coco_folder: 
     assert main(args) == 0
     table = (tmp_path / "cmp" / "comparison.md").read_text()
     assert table.startswith(f"## table7 on {coco_folder}\n\n| Detector ")
-    assert "| faster_rcnn_c4 resnet18 " in table and "| faster_rcnn_c4 resnet18 + cbam " in table
+    assert "intervals need at least 2 seeds" in table
+    assert "| faster_rcnn_c4-resnet18 " in table and "| faster_rcnn_c4-resnet18-cbam " in table
     assert "| ResNet50 + CBAM " in table, "the paper's row each one stands for"
     assert "| 27.0 " in table and "| 28.1 " in table, "the paper's mAP beside ours"
-    assert (tmp_path / "cmp" / "faster_rcnn_c4-resnet18-cbam" / "best.pt").is_file()
+    assert (tmp_path / "cmp" / "faster_rcnn_c4-resnet18-cbam" / "seed-0" / "best.pt").is_file()
     assert main(args) == 0, "a finished comparison is read back, not retrained"
 
 
@@ -370,23 +371,3 @@ def test_a_loss_that_is_no_longer_finite_stops_the_run_with_a_reason(coco_folder
         fit(_config(coco_folder, tmp_path / "run", epochs=1))
     assert not list((tmp_path / "run").glob("*.pt")), "nothing half-written"
     assert not list((tmp_path / "run").glob("*.safetensors"))
-
-
-def test_backbone_runs_of_a_comparison_over_seeds_give_each_row_its_first_seeds_network(tmp_path: Path) -> None:
-    """`--backbone-runs` of a `cbam compare --seeds N` folder: each detector row starts from its network's first
-    seed (`<row>/seed-<s>/best.pt`, the lowest s), as from a one-seed folder of the older layout."""
-    from cbam.detection.tables import _row_config, table_rows
-
-    for row, seeds in (("resnet18", (10, 2)), ("resnet18-cbam", (3,))):
-        for seed in seeds:
-            (tmp_path / "runs" / row / f"seed-{seed}").mkdir(parents=True)
-            (tmp_path / "runs" / row / f"seed-{seed}" / "best.pt").write_bytes(b"")
-    base = build_config(DetectionConfig, "cluttered-digits")
-    rows = table_rows("table7", ["resnet18"])
-    chosen = [_row_config(base, row, tmp_path / "out", tmp_path / "runs").backbone_weights for row in rows]
-    assert chosen == [str(tmp_path / "runs" / "resnet18" / "seed-2" / "best.pt"),
-                      str(tmp_path / "runs" / "resnet18-cbam" / "seed-3" / "best.pt")]  # fmt: skip
-    (tmp_path / "runs" / "resnet18" / "best.pt").write_bytes(b"")  # a one-seed folder of the older layout
-    assert _row_config(base, rows[0], tmp_path / "out", tmp_path / "runs").backbone_weights == str(
-        tmp_path / "runs" / "resnet18" / "best.pt"
-    )

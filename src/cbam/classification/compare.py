@@ -25,7 +25,7 @@ from cbam.layers.create import AttentionSpec
 from cbam.outputs import atomic_write, check_writable_folder
 from cbam.paper import paper_rows
 from cbam.report import format_markdown_table, write_csv
-from cbam.stats import Estimate, mean_error, paired_difference, verdict
+from cbam.stats import Estimate, format_points, mean_error, paired_difference, verdict
 
 COMPARE_TABLES: tuple[str, ...] = ("table1", "table2", "table3", "table4", "table5")
 
@@ -272,18 +272,6 @@ def row_statistics(all_runs: list[RowRuns], base_index: list[int], groups: np.nd
     return stats
 
 
-def _interval(estimate: Estimate | None, sign: bool = False) -> str:
-    """`12.34 [11.02, 13.66]` in percentage points, bounds clipped to what an error (0..100) or a difference of
-    errors (-100..100) can be; without bounds (one seed), the estimate alone."""
-    if estimate is None:
-        return ""
-    fmt, lowest = ("+.2f", -100.0) if sign else (".2f", 0.0)
-    if estimate.low is None or estimate.high is None:
-        return format(100 * estimate.estimate, fmt)
-    low, high = max(lowest, 100 * estimate.low), min(100.0, 100 * estimate.high)
-    return f"{100 * estimate.estimate:{fmt}} [{low:{fmt}}, {high:{fmt}}]"
-
-
 COLUMNS = [
     "Row",
     "Seeds",
@@ -318,9 +306,9 @@ def comparison_rows(stats: list[RowStats]) -> list[list[str]]:
             f"{len(finished)}/{len(stat.runs.seeds)}",
             fmt(first.params / 1e6 if first else None, ".2f"),
             fmt(first.gflops if first else None, ".3f"),
-            _interval(stat.top1),
-            _interval(stat.top5),
-            _interval(stat.difference, sign=True) if stat.difference is not None else "baseline",
+            format_points(stat.top1),
+            format_points(stat.top5),
+            format_points(stat.difference, sign=True) if stat.difference is not None else "baseline",
             fmt(p_value, ".3g"),
             fmt(row.paper_top1_error, ".2f"),
             fmt(row.paper_top5_error, ".2f"),
@@ -397,7 +385,7 @@ def run_compare(
     pointing = pointing_scores(stats, base.data, lambda scored: image_groups(base.data, "val", scored))
     if pointing is not None:
         header = [*header, POINTING_COLUMN]
-        table = [[*r, _interval(s)] for r, s in zip(table, pointing, strict=True)]
+        table = [[*r, format_points(s)] for r, s in zip(table, pointing, strict=True)]
     notes = _notes(seeds, files, groups)
     if pointing is not None:
         notes.append(f"{POINTING_COLUMN}: how often Grad-CAM's maximum falls inside the box, mean over seeds with the "

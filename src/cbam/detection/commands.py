@@ -8,9 +8,15 @@ import math
 from pathlib import Path
 from typing import Any
 
-from cbam._cli_args import add_run_arguments, parse_key_values, printed_or_checked, run_config
-from cbam.data.loading import default_workers
-from cbam.errors import CheckpointError, ConfigError
+from cbam._cli_args import (
+    add_comparison_arguments,
+    add_run_arguments,
+    comparison_options,
+    parse_key_values,
+    printed_or_checked,
+    run_config,
+)
+from cbam.errors import ConfigError
 from cbam.extras import require_extra
 from cbam.outputs import check_output_file
 from cbam.report import format_markdown_table, write_csv
@@ -56,39 +62,22 @@ def _json_ready(value: Any) -> Any:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     require_extra("detection", "cbam detect")
-    from cbam.detection.data import collate_detection_skipping, open_detection_data
+    from cbam.detection.predict import evaluate_checkpoint
     from cbam.detection.tables import COLUMNS, metric_keys
-    from cbam.detection.task import collect_detections, eval_transforms, score
-    from cbam.engine.batches import SkipLog, eval_loader
-    from cbam.engine.distributed import init_distributed
     from cbam.outputs import atomic_write
-    from cbam.tasks import load_model
 
     if args.save_predictions:
         check_output_file(args.save_predictions, force=args.force)
-    dist = init_distributed(args.device)
-    loaded = load_model(Path(args.checkpoint), dist.device, task="detection")
-    config = loaded.config
-    data, split = args.data or config.data, args.split or config.val_split
-    dataset = open_detection_data(data, split, eval_transforms(config), config.seed)
-    if list(dataset.class_names) != loaded.classes:
-        raise CheckpointError(
-            f"the checkpoint detects {len(loaded.classes)} classes ({', '.join(loaded.classes[:5])}, ...); "
-            f"{data} has {len(dataset.class_names)} ({', '.join(dataset.class_names[:5])}, ...)"
-        )
-    metric = args.metric or config.metric
-    skips = SkipLog()
-    workers = default_workers() if args.workers is None else args.workers
-    loader = eval_loader(dataset, args.batch_size, workers, collate_detection_skipping, dist)
-    found = collect_detections(loaded.model, loader, dist, skips)
-    if not dist.is_main:
+    scored = evaluate_checkpoint(Path(args.checkpoint), data=args.data, split=args.split, metric=args.metric,
+                                 batch_size=args.batch_size, workers=args.workers, device=args.device)  # fmt: skip
+    if scored is None:  # not the main process
         return 0
-    metrics, evaluator = score(found, dataset, metric, loaded.classes, loaded.metadata["category_ids"])
-    ground_truth = str(dataset.annotation_file) if dataset.annotation_file else f"{data} ({split})"
-    report = {**metrics, "metric": metric, "images": len(found), "skipped": skips.count, "ground_truth": ground_truth,
+    metrics, metric, config = scored.metrics, scored.metric, scored.config
+    found, ground_truth = scored.images, scored.ground_truth
+    report = {**metrics, "metric": metric, "images": found, "skipped": scored.skipped, "ground_truth": ground_truth,
               "checkpoint": str(args.checkpoint)}  # fmt: skip
     if args.save_predictions:
-        results = evaluator.results()
+        results = scored.evaluator.results()
         atomic_write(Path(args.save_predictions), lambda tmp: tmp.write_text(json.dumps(results)))
         report["predictions"] = str(args.save_predictions)
     if args.json:
@@ -100,7 +89,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if metric != "coco":
         per_class = [[name, "-" if ap != ap else f"{100 * ap:.1f}"] for name, ap in metrics["per_class"].items()]
         print("\n" + format_markdown_table(["Class", "AP@.5"], per_class))
-    print(f"\n{len(found)} images of {ground_truth}" + (f"; {skips.count} unreadable skipped" if skips.count else ""))
+    print(f"\n{found} images of {ground_truth}" + (f"; {scored.skipped} unreadable skipped" if scored.skipped else ""))
     print(_paper_rows(config))
     return 0
 
@@ -117,7 +106,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     require_extra("detection", "cbam detect")
-    from cbam.detection.tables import compare_detectors
+    require_extra("compare", "cbam detect compare")
+    from cbam.detection.compare import compare_detectors
     from cbam.detection.task import DetectionConfig
     from cbam.engine.config import recipe_for
 
@@ -127,12 +117,21 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if printed_or_checked(args, base):
         return 0
     runs = Path(args.backbone_runs) if args.backbone_runs else None
-    header, rows = compare_detectors(args.table, base, Path(args.output), backbones=args.backbone,
-                                     backbone_runs=runs, exist_ok=args.exist_ok)  # fmt: skip
-    print(f"\n## {args.table} on {base.data}\n")
-    print(format_markdown_table(header, rows))
-    print(f"\nwritten: {Path(args.output) / 'comparison.md'}, comparison.csv")
-    return 0
+    if runs is not None and not runs.is_dir():
+        raise ConfigError(f"--backbone-runs {runs}: no such folder (a `cbam compare` output folder)")
+    options = comparison_options(args)
+    comparison = compare_detectors(args.table, base, Path(args.output), backbones=args.backbone, backbone_runs=runs,
+                                   exist_ok=args.exist_ok, **options)  # fmt: skip
+    print(f"\n## {args.table} on {base.data}, {args.seeds} seed(s)\n")
+    print(format_markdown_table(comparison.header, comparison.rows))
+    for line in comparison.verdicts:
+        print(f"\n{line}")
+    for line in comparison.failures:
+        print(f"\nfailed: {line}")
+    for line in comparison.notes:
+        print(f"\n{line}")
+    print(f"\nwritten: {Path(args.output) / 'comparison.md'}, comparison.csv, comparison.json")
+    return 1 if comparison.failures else 0
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
@@ -201,12 +200,14 @@ def add_detect_commands(commands: argparse._SubParsersAction) -> None:
     predict.add_argument("--force", action="store_true", help="replace the drawings of an earlier prediction")
     predict.set_defaults(func=cmd_predict)
 
-    compare = actions.add_parser("compare", help="train the rows of Table 7 or 8 under one recipe and seed")
+    compare = actions.add_parser("compare", help="train the rows of Table 7 or 8 under one recipe over seeds")
     compare.add_argument("--table", required=True, choices=DETECT_TABLES, help="which paper table's rows")
     compare.add_argument("--backbone", nargs="+", help="only (or instead) these backbones")
     compare.add_argument(
-        "--backbone-runs", help="a `cbam compare` folder: each row starts from <backbone>[-<attn>]/seed-<first>/best.pt"
+        "--backbone-runs",
+        help="a `cbam compare` folder: seed s of each row starts from <backbone>[-<attn>]/seed-<s>/best.pt",
     )
+    add_comparison_arguments(compare)
     add_run_arguments(compare, DetectionConfig, skip=COMPARE_SKIP)
     compare.set_defaults(func=cmd_compare)
 

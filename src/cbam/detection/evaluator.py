@@ -79,6 +79,31 @@ def coco_results(
     return results
 
 
+def detections_from_results(
+    results: Sequence[dict[str, Any]], image_ids: Sequence[int], category_ids: Sequence[int]
+) -> list[dict[str, torch.Tensor]]:
+    """COCO results back as torchvision-style detections (xyxy boxes, labels 1..K, scores), one per image of
+    `image_ids`: the inverse of `coco_results`, for scoring saved detections again."""
+    label_of = {int(c): k + 1 for k, c in enumerate(category_ids)}
+    per_image: dict[int, list[dict[str, Any]]] = {int(i): [] for i in image_ids}
+    for r in results:
+        if int(r["image_id"]) not in per_image:
+            raise ValueError(f"a result for image id {r['image_id']}, which is not among the images scored")
+        if int(r["category_id"]) not in label_of:
+            raise ValueError(f"a result of category id {r['category_id']}, not one of {list(category_ids)}")
+        per_image[int(r["image_id"])].append(r)
+    detections = []
+    for image_id in image_ids:
+        found = per_image[int(image_id)]
+        boxes = torch.tensor([r["bbox"] for r in found], dtype=torch.float64).reshape(-1, 4)
+        detections.append({
+            "boxes": box_convert(boxes, "xywh", "xyxy"),
+            "labels": torch.tensor([label_of[int(r["category_id"])] for r in found], dtype=torch.int64),
+            "scores": torch.tensor([float(r["score"]) for r in found], dtype=torch.float64),
+        })  # fmt: skip
+    return detections
+
+
 def coco_ground_truth(
     records: Sequence[dict[str, Any]], class_names: Sequence[str], category_ids: Sequence[int] | None = None
 ) -> dict[str, Any]:
@@ -115,16 +140,13 @@ def coco_ground_truth(
     return {"info": {}, "licenses": [], "images": images, "annotations": annotations, "categories": categories}
 
 
-def coco_metrics(
+def _coco_evaluated(
     ground_truth: str | os.PathLike | dict[str, Any] | COCO,
     results: Sequence[dict[str, Any]],
-    image_ids: Sequence[int] | None = None,
-) -> dict[str, float]:
-    """COCO box mAP@[.5:.95], mAP@.5, mAP@.75, by object size, and recalls (`COCO_METRIC_NAMES`) from COCOeval.
-
-    Scores the images of `ground_truth` (an annotation JSON path, a COCO dict or a loaded COCO), or only
-    `image_ids`; pycocotools' printing is swallowed.
-    """
+    image_ids: Sequence[int] | None,
+) -> COCOeval:
+    """COCOeval of `results` on the images of `ground_truth` (or only `image_ids`), matched image by image
+    (`evaluate`), not yet accumulated; pycocotools' printing is swallowed."""
     with contextlib.redirect_stdout(io.StringIO()):
         coco_gt = _load_coco(ground_truth)
         known = set(coco_gt.getImgIds())
@@ -141,9 +163,46 @@ def coco_metrics(
         evaluator = COCOeval(coco_gt, coco_dt, iouType="bbox")
         evaluator.params.imgIds = ids
         evaluator.evaluate()
+    return evaluator
+
+
+def _coco_summary(evaluator: COCOeval) -> dict[str, float]:
+    with contextlib.redirect_stdout(io.StringIO()):
         evaluator.accumulate()
         evaluator.summarize()
     return {name: float(v) if v >= 0 else math.nan for name, v in zip(COCO_METRIC_NAMES, evaluator.stats, strict=True)}
+
+
+def coco_metrics(
+    ground_truth: str | os.PathLike | dict[str, Any] | COCO,
+    results: Sequence[dict[str, Any]],
+    image_ids: Sequence[int] | None = None,
+) -> dict[str, float]:
+    """COCO box mAP@[.5:.95], mAP@.5, mAP@.75, by object size, and recalls (`COCO_METRIC_NAMES`) from COCOeval.
+
+    Scores the images of `ground_truth` (an annotation JSON path, a COCO dict or a loaded COCO), or only
+    `image_ids`; pycocotools' printing is swallowed.
+    """
+    return _coco_summary(_coco_evaluated(ground_truth, results, image_ids))
+
+
+def coco_metrics_leaving_out(
+    ground_truth: str | os.PathLike | dict[str, Any] | COCO,
+    results: Sequence[dict[str, Any]],
+    folds: Sequence[Sequence[int]],
+    image_ids: Sequence[int] | None = None,
+) -> list[dict[str, float]]:
+    """`coco_metrics` with each fold's images left out in turn (a delete-a-group jackknife). Images are matched
+    once; each fold only accumulates the others' per-image matches, so this costs little more than one score."""
+    evaluator = _coco_evaluated(ground_truth, results, image_ids)
+    matched = list(evaluator.evalImgs)
+    scores = []
+    for fold in folds:
+        left_out = {int(i) for i in fold}
+        evaluator.evalImgs = [e if e is not None and e["image_id"] not in left_out else None for e in matched]
+        scores.append(_coco_summary(evaluator))
+    evaluator.evalImgs = matched
+    return scores
 
 
 def _load_coco(ground_truth: str | os.PathLike | dict[str, Any] | COCO) -> COCO:
@@ -374,21 +433,28 @@ class DetectionEvaluator:
 
     def compute(self, metric: str = "coco", iou_threshold: float = 0.5) -> dict[str, Any]:
         """Scores of the collected images: `COCO_METRIC_NAMES` for "coco", `map50` and `per_class` for VOC."""
+        return self.compute_leaving_out(metric, [()], iou_threshold)[0]
+
+    def compute_leaving_out(
+        self, metric: str, folds: Sequence[Sequence[int]], iou_threshold: float = 0.5
+    ) -> list[dict[str, Any]]:
+        """`compute` once per fold, that fold's image ids left out (a fold of none: every image)."""
         if metric not in METRICS:
             raise unknown_name("metric", metric, METRICS, METRICS)
         if not self.image_ids:
             raise ValueError("nothing to score: call update() with at least one image first")
         if metric == "coco" and self.annotation_file is not None:
-            return coco_metrics(self.annotation_file, self.results(), image_ids=self.image_ids)
+            return coco_metrics_leaving_out(self.annotation_file, self.results(), folds, image_ids=self.image_ids)
         if any(gt is None for gt in self.ground_truths):
             raise ValueError(f"metric {metric!r} needs the ground truths: pass them to update()")
         if metric == "coco":
             ground_truth = coco_ground_truth(self.ground_truths, self.class_names, self.category_ids)
-            return coco_metrics(ground_truth, self.results())
-        return voc_metrics(
-            self.detections,
-            self.ground_truths,
-            self.class_names,
-            iou_threshold=iou_threshold,
-            use_07_metric=metric == "voc07",
-        )
+            return coco_metrics_leaving_out(ground_truth, self.results(), folds)
+        scores = []
+        for fold in folds:
+            left_out = {int(i) for i in fold}
+            kept = [k for k, image_id in enumerate(self.image_ids) if image_id not in left_out]
+            scores.append(voc_metrics([self.detections[k] for k in kept], [self.ground_truths[k] for k in kept],
+                                      self.class_names, iou_threshold=iou_threshold,
+                                      use_07_metric=metric == "voc07"))  # fmt: skip
+        return scores

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -15,9 +17,62 @@ from cbam.data.loading import IMAGE_ERRORS, DataError
 from cbam.detection.data import read_image
 from cbam.detection.task import eval_transforms, to_original
 from cbam.engine.distributed import resolve_device
-from cbam.errors import OutputError
+from cbam.errors import CheckpointError, OutputError
 from cbam.outputs import atomic_write, check_writable_folder
 from cbam.tasks import LoadedModel, load_model
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """A detector scored on a split: its metrics, the evaluator holding every detection, and what was read."""
+
+    metrics: dict[str, Any]
+    evaluator: Any
+    metric: str
+    images: int
+    skipped: int
+    ground_truth: str
+    config: Any
+
+
+def evaluate_checkpoint(
+    path: Path,
+    *,
+    data: str | None = None,
+    split: str | None = None,
+    metric: str | None = None,
+    batch_size: int = 8,
+    workers: int | None = None,
+    device: str = "auto",
+) -> Evaluation | None:
+    """A saved detector scored on `split` of `data` (default: its own validation data and metric), across every
+    process of a torchrun; None on all but the main process."""
+    from cbam.data.loading import default_workers
+    from cbam.detection.data import collate_detection_skipping, open_detection_data
+    from cbam.detection.task import collect_detections, score
+    from cbam.engine.batches import SkipLog, eval_loader
+    from cbam.engine.distributed import init_distributed
+
+    dist = init_distributed(device)
+    loaded = load_model(Path(path), dist.device, task="detection")
+    config = loaded.config
+    data, split = data or config.data, split or config.val_split
+    dataset = open_detection_data(data, split, eval_transforms(config), config.seed)
+    if list(dataset.class_names) != loaded.classes:
+        raise CheckpointError(
+            f"the checkpoint detects {len(loaded.classes)} classes ({', '.join(loaded.classes[:5])}, ...); "
+            f"{data} has {len(dataset.class_names)} ({', '.join(dataset.class_names[:5])}, ...)"
+        )
+    metric = metric or config.metric
+    skips = SkipLog()
+    loader = eval_loader(dataset, batch_size, default_workers() if workers is None else workers,
+                         collate_detection_skipping, dist)  # fmt: skip
+    found = collect_detections(loaded.model, loader, dist, skips)
+    if not dist.is_main:
+        return None
+    metrics, evaluator = score(found, dataset, metric, loaded.classes, loaded.metadata["category_ids"])
+    ground_truth = str(dataset.annotation_file) if dataset.annotation_file else f"{data} ({split})"
+    return Evaluation(metrics, evaluator, metric, len(found), skips.count, ground_truth, config)
 
 
 @torch.no_grad()

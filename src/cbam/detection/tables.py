@@ -1,19 +1,15 @@
-"""The rows of the paper's detection tables (7: Faster R-CNN on COCO; 8: SSD/StairNet on VOC 2007), counted,
-and trained under one recipe and seed for `cbam detect compare`."""
+"""The rows of the paper's detection tables (7: Faster R-CNN on COCO; 8: SSD/StairNet on VOC 2007) and their
+parameter counts; `cbam.detection.compare` trains them over seeds."""
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from cbam.detection.detectors import create_detector
-from cbam.detection.task import DetectionConfig
 from cbam.errors import unknown_name
-from cbam.outputs import atomic_write, check_writable_folder
 from cbam.paper import load_tables
-from cbam.report import format_markdown_table, write_csv
 
 DETECT_TABLES: tuple[str, ...] = ("table7", "table8")
 BACKBONES = {"ResNet50": "resnet50", "ResNet101": "resnet101", "VGG16": "vgg16", "MobileNet": "mobilenet_v1"}
@@ -90,44 +86,3 @@ def profile_table(table: str, backbones: list[str] | None = None) -> tuple[list[
         records.append({"name": row.name, "detector": row.detector, "backbone": row.backbone,
                         "attention": row.attention, "params": params * 1e6, "paper_params_m": paper})  # fmt: skip
     return header, rows, records
-
-
-def _row_config(base: DetectionConfig, row: DetectRow, output: Path, backbone_runs: Path | None) -> DetectionConfig:
-    weights = base.backbone_weights
-    if backbone_runs is not None:
-        run = backbone_runs / (row.backbone if row.attention == "none" else f"{row.backbone}-{row.attention}")
-        seeds = sorted(run.glob("seed-*/best.pt"), key=lambda path: int(path.parent.name.removeprefix("seed-")))
-        weights = str(run / "best.pt" if (run / "best.pt").is_file() or not seeds else seeds[0])
-        if not Path(weights).is_file():
-            raise FileNotFoundError(f"no classification checkpoint for {row.name} at {weights} (or {run}/seed-*/)")
-    kwargs = base.detector_kwargs if row.detector == base.detector else {}  # options of another detector
-    return dataclasses.replace(base, detector=row.detector, backbone=row.backbone, attention=row.attention,
-                               detector_kwargs=dict(kwargs), backbone_weights=weights,
-                               output=str(output / row.name))  # fmt: skip
-
-
-def compare_detectors(
-    table: str, base: DetectionConfig, output: Path, *, backbones: list[str] | None = None,
-    backbone_runs: Path | None = None, exist_ok: bool = False,
-) -> tuple[list[str], list[list[str]]]:  # fmt: skip
-    """Train every row (keeping one that finished with this config, continuing one that stopped; a folder
-    holding another config's run is refused unless `exist_ok`), then write comparison.md and comparison.csv
-    with our metrics beside the paper's."""
-    from cbam.tasks import fit_or_reuse
-
-    check_writable_folder(Path(output))
-    rows_and_configs = [(row, _row_config(base, row, output, backbone_runs)) for row in table_rows(table, backbones)]
-    results = [(row, fit_or_reuse(config, exist_ok=exist_ok)) for row, config in rows_and_configs]
-    ours_keys, paper_keys = metric_keys(base.metric), PAPER_KEYS[table]
-    header = ["Detector", "Params (M)", *(COLUMNS[k] for k in ours_keys), "Paper row",
-              *(f"Paper {COLUMNS[k]}" for k in paper_keys)]  # fmt: skip
-    rows = []
-    for row, run in results:
-        best = next(h for h in run.history if h["epoch"] == run.best_epoch)
-        ours_name = f"{row.detector} {row.backbone}" + ("" if row.attention == "none" else f" + {row.attention}")
-        rows.append([ours_name, f"{run.params / 1e6:.2f}", *(f"{100 * best[f'val_{k}']:.1f}" for k in ours_keys),
-                     row.description, *(f"{row.paper[k]:.1f}" for k in paper_keys)])  # fmt: skip
-    markdown = format_markdown_table(header, rows)
-    atomic_write(output / "comparison.md", lambda tmp: tmp.write_text(f"## {table} on {base.data}\n\n{markdown}\n"))
-    write_csv(output / "comparison.csv", header, rows)
-    return header, rows

@@ -95,8 +95,18 @@ class DetectionConfig(RunConfig):
     def __post_init__(self) -> None:
         if self.backbone_weights:
             object.__setattr__(self, "backbone_weights", data_location(self.backbone_weights))
-        object.__setattr__(self, "detector_kwargs", dict(self.detector_kwargs))
+        object.__setattr__(self, "detector_kwargs", self._with_backbone_options(dict(self.detector_kwargs)))
         super().__post_init__()
+
+    def _with_backbone_options(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """`kwargs` with the builder options the backbone file records (`backbone_kwargs`: `stem`, `width_mult`)
+        written in, so the config rebuilds the trained detector (resume, `load_model`) without that file."""
+        if not self.backbone_weights or "backbone_kwargs" in kwargs or is_external(self.backbone):
+            return kwargs
+        from cbam.detection.weights import recorded_backbone_options
+
+        options = recorded_backbone_options(self.backbone_weights, self.backbone)
+        return {**kwargs, "backbone_kwargs": options} if options else kwargs
 
     @property
     def start_weights(self) -> str | None:

@@ -51,6 +51,17 @@ def recorded_options(weights: StoredWeights | None) -> dict[str, Any]:
     return {key: value for key, value in weights.network.model_kwargs.items() if key != "num_classes"}
 
 
+def recorded_backbone_options(path: str | Path, backbone: str) -> dict[str, Any]:
+    """The builder options the backbone file at `path` records, `{}` where it records none or cannot be read
+    (building the detector then says what is wrong with it)."""
+    if not Path(path).is_file():
+        return {}
+    try:
+        return recorded_options(read_backbone_weights(path, arch=backbone))
+    except CheckpointError:
+        return {}
+
+
 def read_backbone_state(path: str | Path, *, arch: str | None = None) -> dict[str, Tensor]:
     """`read_backbone_weights(path, arch=arch)`'s state dict alone."""
     return read_backbone_weights(path, arch=arch).state
