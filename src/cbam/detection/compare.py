@@ -284,7 +284,7 @@ def comparison_table(table: str, stats: list[RowStats], metric: str) -> tuple[li
             row.name, f"{len(finished)}/{len(stat.runs.seeds)}",
             f"{finished[0].params / 1e6:.2f}" if finished else "",
             *(format_points(stat.metrics.get(k)) for k in keys),
-            format_points(stat.difference, sign=True) if stat.difference is not None else "baseline",
+            format_points(stat.difference, sign=True) if stat.baseline != row.name else "baseline",
             "" if p_value is None else f"{p_value:.3g}",
             row.description, *(f"{row.paper[k]:.1f}" for k in paper_keys),
         ])  # fmt: skip

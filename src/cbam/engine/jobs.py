@@ -11,6 +11,7 @@ with its log, and the others still finish.
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 import signal
 import threading
@@ -63,7 +64,11 @@ def threads_per_job(jobs: int) -> int:
 
 def _claim_slot(slots: Any, threads: int) -> None:
     """A worker process's start: take a slot number, which picks its GPU where there are GPUs (before CUDA
-    starts in it), and keep to `threads` CPU threads."""
+    starts in it), and keep to `threads` CPU threads. Its own data-loading workers start as the platform's default
+    does (fork on Linux), as in a run started from the shell: a spawned worker inherits "spawn", which pickles the
+    whole dataset into every loader process, one shared-memory file per tensor (a detection set's boxes exhaust
+    the open-file limit)."""
+    multiprocessing.set_start_method(multiprocessing.get_all_start_methods()[0], force=True)
     slot = slots.get()
     gpus = os.environ.get("CBAM_JOB_GPUS", "")
     if gpus:
