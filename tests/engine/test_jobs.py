@@ -57,3 +57,19 @@ def test_sigterm_to_the_parent_stops_every_worker(tmp_path):
         assert wait_for(lambda: not any(alive(pid) for pid in workers), 10), "workers left training"
     finally:
         parent.kill()
+
+
+def start_method(_payload: object) -> str:
+    import multiprocessing
+
+    return multiprocessing.get_start_method()
+
+
+def test_a_job_process_starts_its_data_loaders_as_a_shell_run_would(tmp_path):
+    # a spawned worker would hand "spawn" to its DataLoaders, which then pickle the dataset (one shared-memory file
+    # per tensor: a detection set's boxes ran out of open files)
+    import multiprocessing
+
+    jobs = [Job(f"job {k}", tmp_path / str(k), None) for k in range(2)]
+    outcomes = run_in_processes(start_method, jobs, 2)
+    assert [o.result for o in outcomes] == [multiprocessing.get_all_start_methods()[0]] * 2
