@@ -173,6 +173,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         split=args.split,
         batch_size=args.batch_size,
         workers=args.workers,
+        image_size=args.image_size,
+        eval_resize=args.eval_resize,
         device=args.device,
         predictions=Path(args.save_predictions) if args.save_predictions else None,
     )
@@ -412,6 +414,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--batch-size", type=int, default=64)
     evaluate.add_argument("--workers", type=int, help="data-loading processes (default: the CPUs available)")
     evaluate.add_argument("--device", default="auto")
+    evaluate.add_argument("--image-size", type=int, help="centre crop side (default: the run's): another scale than "
+                          "it was trained at")  # fmt: skip
+    evaluate.add_argument("--eval-resize", type=int, help="short side before the crop (default: the run's)")
     evaluate.add_argument("--json", action="store_true", help="print top1_error, top5_error, loss, images as JSON")
     evaluate.add_argument(
         "--save-predictions",

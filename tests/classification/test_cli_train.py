@@ -26,6 +26,13 @@ def test_train_then_eval_json_then_resume(capsys, image_folder, tmp_path):
     code, out, _ = run(capsys, "eval", "--checkpoint", out_dir / "last.pt", "--json", "--workers", "0")
     report = json.loads(out)
     assert code == 0 and set(report) >= {"top1_error", "top5_error", "loss", "images"} and report["images"] == 18
+    # another scale than the run's: what `--image-size` asks for reaches the evaluation, and changes the result
+    from cbam.classification.evaluate import evaluate_checkpoint
+
+    code, out, _ = run(capsys, "eval", "--checkpoint", out_dir / "last.pt", "--json", "--workers", "0",
+                       "--image-size", "32", "--eval-resize", "32")  # fmt: skip
+    larger = evaluate_checkpoint(out_dir / "last.pt", workers=0, image_size=32, eval_resize=32)
+    assert code == 0 and json.loads(out)["loss"] == pytest.approx(larger.loss) and larger.loss != report["loss"]
     code, out, err = run(capsys, "train", "--output", out_dir, "--epochs", "2", "--resume")
     assert code == 0 and "epoch 2/2" in err and "epoch 1/2" not in err
 
