@@ -42,7 +42,7 @@ from cbam.profile import (
     measure_arch,
 )
 from cbam.registry import create_model, list_models, model_entry
-from cbam.report import format_markdown_table, write_csv
+from cbam.report import comparison_lines, format_markdown_table, write_csv
 from cbam.survey.commands import add_survey_commands
 
 COMPARE_SKIP = ("arch", "attention")  # options each compare row sets itself, so not flags
@@ -307,12 +307,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
                              **options)  # fmt: skip
     title = args.table or f"{args.arch[0]}: {args.attention}"
     print(f"\n## {title} on {args.data}, {args.seeds} seed(s)\n")
-    print(format_markdown_table(comparison.header, comparison.rows))
-    for line in comparison.verdicts:
-        print(f"\n{line}")
-    for line in comparison.failures:
-        print(f"\nfailed: {line}")
-    print("\n" + "\n".join(comparison.notes))
+    print("\n".join(comparison_lines(comparison.header, comparison.rows, comparison.verdicts, comparison.failures,
+                                    comparison.notes)))  # fmt: skip
     print(f"\nwritten: {Path(args.output) / 'comparison.md'}, comparison.csv, comparison.json, curves.png, errors.png")
     return 1 if comparison.failures else 0
 

@@ -32,3 +32,12 @@ def write_csv(path: str | Path, header: Sequence[str], rows: Sequence[Sequence[o
     writer.writerow(header)
     writer.writerows(rows)
     atomic_write(Path(path), lambda tmp: tmp.write_text(buffer.getvalue()))
+
+
+def comparison_lines(header: Sequence[str], rows: Sequence[Sequence[object]], verdicts: Sequence[str],
+                     failures: Sequence[str], notes: Sequence[str]) -> list[str]:  # fmt: skip
+    """A comparison as text: its table, then its verdicts, failed runs and notes, each block set apart."""
+    lines = [format_markdown_table(header, rows), ""]
+    lines += [f"- {v}" for v in verdicts] + [""] * bool(verdicts)
+    lines += [f"- failed: {f}" for f in failures] + [""] * bool(failures)
+    return [*lines, *notes]

@@ -24,7 +24,7 @@ from cbam.extras import import_optional
 from cbam.layers.create import AttentionSpec
 from cbam.outputs import atomic_write, check_writable_folder
 from cbam.paper import paper_rows
-from cbam.report import format_markdown_table, write_csv
+from cbam.report import comparison_lines, write_csv
 from cbam.stats import Estimate, format_points, mean_error, paired_difference, verdict
 
 COMPARE_TABLES: tuple[str, ...] = ("table1", "table2", "table3", "table4", "table5")
@@ -184,30 +184,20 @@ def run_rows(
 ) -> list[RowRuns]:
     """Train every row over `seeds` seeds, `jobs` at a time (or as jobs of `scheduler`), and read back each
     run's predictions; a run that failed is reported with its log, the rest are kept."""
-    from cbam.engine.jobs import Job, run_jobs
+    from cbam.engine.jobs import run_by_seed
     from cbam.tasks import run_plan
 
     configs = run_configs(rows, base, output, seeds)
     check_networks(rows, base)  # a bad network or a folder of another config stops it all before any training
     for config in (c for row_configs in configs for c in row_configs):
         run_plan(config, exist_ok=exist_ok)
-    # seed by seed: a comparison stopped early holds whole seeds of every network
-    by_seed = [(row, row_configs[k]) for k in range(seeds) for row, row_configs in zip(rows, configs, strict=True)]
-    work = [Job(f"{row.description} seed {c.seed}", Path(c.output), (c, exist_ok)) for row, c in by_seed]
-    outcomes = run_jobs(train_and_predict, work, processes=jobs, scheduler=scheduler,
-                        scheduler_folder=output / "jobs", scheduler_options=scheduler_options)  # fmt: skip
-    by_folder = {outcome.job.folder: outcome for outcome in outcomes}
+    done = run_by_seed(train_and_predict, configs, [row.description for row in rows], lambda c: (c, exist_ok),
+                       output, processes=jobs, scheduler=scheduler, scheduler_options=scheduler_options)  # fmt: skip
     runs = []
-    for row, row_configs in zip(rows, configs, strict=True):
-        results, predictions, failures = [], [], []
-        for config in row_configs:
-            outcome = by_folder[Path(config.output)]
-            results.append(outcome.result if outcome.ok else None)
-            predictions.append(read_predictions(Path(config.output) / PREDICTIONS_FILE) if outcome.ok else None)
-            if not outcome.ok:
-                where = f"; log: {outcome.log}" if outcome.log else ""
-                failures.append(f"{outcome.job.name} failed: {outcome.error}{where}")
-        runs.append(RowRuns(row, [c.seed for c in row_configs], results, predictions, failures))
+    for row, row_configs, found in zip(rows, configs, done, strict=True):
+        predictions = [read_predictions(Path(c.output) / PREDICTIONS_FILE) if r is not None else None
+                       for c, r in zip(row_configs, found.results, strict=True)]  # fmt: skip
+        runs.append(RowRuns(row, [c.seed for c in row_configs], found.results, predictions, found.failures))
     return runs
 
 
@@ -440,10 +430,8 @@ def comparison_json(comparison: Comparison) -> dict[str, Any]:
 def write_reports(output: Path, comparison: Comparison) -> None:
     """comparison.md (table, verdicts, notes), .csv, .json, curves.png (validation error per epoch, a band over
     seeds) and errors.png (each network's error with its interval) in `output`."""
-    lines = [format_markdown_table(comparison.header, comparison.rows), ""]
-    lines += [f"- {v}" for v in comparison.verdicts] + [""] * bool(comparison.verdicts)
-    lines += [f"- failed: {f}" for f in comparison.failures] + [""] * bool(comparison.failures)
-    lines += comparison.notes
+    lines = comparison_lines(comparison.header, comparison.rows, comparison.verdicts, comparison.failures,
+                             comparison.notes)  # fmt: skip
     atomic_write(output / "comparison.md", lambda tmp: tmp.write_text("\n".join(lines) + "\n"))
     write_csv(output / "comparison.csv", comparison.header, comparison.rows)
     payload = json.dumps(comparison_json(comparison), indent=2)

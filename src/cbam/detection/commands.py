@@ -19,7 +19,7 @@ from cbam._cli_args import (
 from cbam.errors import ConfigError
 from cbam.extras import require_extra
 from cbam.outputs import check_output_file
-from cbam.report import format_markdown_table, write_csv
+from cbam.report import comparison_lines, format_markdown_table, write_csv
 
 TABLE_RECIPES = {"table7": "coco-faster-rcnn", "table8": "voc-stairnet"}
 COMPARE_SKIP = ("detector", "backbone", "attention")  # options each compare row sets itself, so not flags
@@ -123,13 +123,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     comparison = compare_detectors(args.table, base, Path(args.output), backbones=args.backbone, backbone_runs=runs,
                                    exist_ok=args.exist_ok, **options)  # fmt: skip
     print(f"\n## {args.table} on {base.data}, {args.seeds} seed(s)\n")
-    print(format_markdown_table(comparison.header, comparison.rows))
-    for line in comparison.verdicts:
-        print(f"\n{line}")
-    for line in comparison.failures:
-        print(f"\nfailed: {line}")
-    for line in comparison.notes:
-        print(f"\n{line}")
+    print("\n".join(comparison_lines(comparison.header, comparison.rows, comparison.verdicts, comparison.failures,
+                                    comparison.notes)))  # fmt: skip
     print(f"\nwritten: {Path(args.output) / 'comparison.md'}, comparison.csv, comparison.json")
     return 1 if comparison.failures else 0
 

@@ -24,7 +24,7 @@ from cbam.detection.task import DetectionConfig
 from cbam.engine.run import RunResult
 from cbam.engine.run_folder import LAST
 from cbam.outputs import atomic_write, check_writable_folder
-from cbam.report import format_markdown_table, write_csv
+from cbam.report import comparison_lines, write_csv
 from cbam.stats import Estimate, format_points, jackknife_interval, verdict
 
 log = logging.getLogger(__name__)
@@ -112,28 +112,15 @@ def run_rows(rows: list[DetectRow], configs: list[list[DetectionConfig]], output
              scheduler: str | None = None, scheduler_options: dict[str, Any] | None = None,
              exist_ok: bool = False) -> list[RowRuns]:  # fmt: skip
     """Every run, seed by seed (a comparison stopped early holds whole seeds of every row), `jobs` at a time."""
-    from cbam.engine.jobs import Job, run_jobs
+    from cbam.engine.jobs import run_by_seed
     from cbam.tasks import run_plan
 
     for config in (c for row_configs in configs for c in row_configs):
         run_plan(config, exist_ok=exist_ok)  # a folder of another recipe is refused before anything trains
-    seeds = len(configs[0]) if configs else 0
-    by_seed = [(row, row_configs[k]) for k in range(seeds) for row, row_configs in zip(rows, configs, strict=True)]
-    work = [Job(f"{row.name} seed {c.seed}", Path(c.output), (c, exist_ok)) for row, c in by_seed]
-    outcomes = run_jobs(train_and_detect, work, processes=jobs, scheduler=scheduler,
-                        scheduler_folder=output / "jobs", scheduler_options=scheduler_options)  # fmt: skip
-    by_folder = {outcome.job.folder: outcome for outcome in outcomes}
-    runs = []
-    for row, row_configs in zip(rows, configs, strict=True):
-        results, failures = [], []
-        for config in row_configs:
-            outcome = by_folder[Path(config.output)]
-            results.append(outcome.result if outcome.ok else None)
-            if not outcome.ok:
-                where = f"; log: {outcome.log}" if outcome.log else ""
-                failures.append(f"{outcome.job.name} failed: {outcome.error}{where}")
-        runs.append(RowRuns(row, [c.seed for c in row_configs], results, failures))
-    return runs
+    done = run_by_seed(train_and_detect, configs, [row.name for row in rows], lambda c: (c, exist_ok), output,
+                       processes=jobs, scheduler=scheduler, scheduler_options=scheduler_options)  # fmt: skip
+    return [RowRuns(row, [c.seed for c in row_configs], found.results, found.failures)
+            for row, row_configs, found in zip(rows, configs, done, strict=True)]  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------
@@ -366,10 +353,8 @@ def comparison_json(comparison: DetectComparison) -> dict[str, Any]:
 
 def write_reports(output: Path, comparison: DetectComparison, data: str) -> None:
     """comparison.md (title, table, verdicts, failures, notes), .csv and .json in `output`."""
-    lines = [f"## {comparison.table} on {data}", "", format_markdown_table(comparison.header, comparison.rows), ""]
-    lines += [f"- {v}" for v in comparison.verdicts] + [""] * bool(comparison.verdicts)
-    lines += [f"- failed: {f}" for f in comparison.failures] + [""] * bool(comparison.failures)
-    lines += comparison.notes
+    lines = [f"## {comparison.table} on {data}", "", *comparison_lines(comparison.header, comparison.rows,
+             comparison.verdicts, comparison.failures, comparison.notes)]  # fmt: skip
     atomic_write(output / "comparison.md", lambda tmp: tmp.write_text("\n".join(lines) + "\n"))
     write_csv(output / "comparison.csv", comparison.header, comparison.rows)
     payload = json.dumps(comparison_json(comparison), indent=2, default=float)

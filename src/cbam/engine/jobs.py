@@ -240,3 +240,38 @@ def run_jobs(
     if processes == 1:
         return run_here(function, jobs)
     return run_in_processes(function, jobs, processes)
+
+
+@dataclass(frozen=True)
+class SeedRuns:
+    """One row's runs over its seeds: each result (None where the run failed) and a line for each failure."""
+
+    results: list[Any]
+    failures: list[str]
+
+
+def run_by_seed(
+    function: Callable[[Any], Any],
+    configs: Sequence[Sequence[Any]],
+    names: Sequence[str],
+    payload: Callable[[Any], Any],
+    folder: Path,
+    *,
+    processes: int = 1,
+    scheduler: str | None = None,
+    scheduler_options: Mapping[str, Any] | None = None,
+) -> list[SeedRuns]:
+    """A comparison's runs: `configs[row][k]` (each with `seed` and `output`) as jobs of `function(payload(config))`,
+    seed by seed so that a comparison stopped early holds whole seeds of every row; each failure named with its log."""
+    seeds = max((len(row) for row in configs), default=0)
+    order = [(name, row[k]) for k in range(seeds) for name, row in zip(names, configs, strict=True) if k < len(row)]
+    work = [Job(f"{name} seed {c.seed}", Path(c.output), payload(c)) for name, c in order]
+    outcomes = run_jobs(function, work, processes=processes, scheduler=scheduler, scheduler_folder=folder / "jobs",
+                        scheduler_options=scheduler_options)  # fmt: skip
+    by_folder = {outcome.job.folder: outcome for outcome in outcomes}
+    runs = []
+    for row in configs:
+        found = [by_folder[Path(c.output)] for c in row]
+        failures = [f"{o.job.name} failed: {o.error}" + (f"; log: {o.log}" if o.log else "") for o in found if not o.ok]
+        runs.append(SeedRuns([o.result if o.ok else None for o in found], failures))
+    return runs
