@@ -115,3 +115,34 @@ def test_written_files_get_the_usual_permissions(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert (tmp_path / "last.pt").stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+FULL_DISK = """
+import resource, signal, sys
+import torch
+from cbam.checkpoint import Checkpoint, save_checkpoint
+from cbam.errors import UserError
+
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead of killing us
+resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 16, resource.RLIM_INFINITY))
+big = Checkpoint("classification", {}, ["a", "b"], 2, {"w": torch.zeros(1 << 16)})  # 256 KiB of weights
+try:
+    save_checkpoint(sys.argv[1], big)
+except UserError as err:
+    print(f"{type(err).__name__}: {err}")
+"""
+
+
+def test_a_full_disk_gives_one_line_naming_the_file_and_keeps_the_previous_checkpoint(tmp_path):
+    import subprocess
+    import sys
+
+    path = tmp_path / "last.pt"
+    save_checkpoint(path, checkpoint())
+    before = path.read_bytes()
+    done = subprocess.run([sys.executable, "-c", FULL_DISK, str(path)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    line = done.stdout.strip()
+    assert line.startswith(f"OutputError: cannot write {path}: ") and "full?" in line and "\n" not in line
+    assert path.read_bytes() == before and read_checkpoint(path).epoch == checkpoint().epoch
+    assert not list(tmp_path.glob(".last.pt.*")), "no temporary file left behind"

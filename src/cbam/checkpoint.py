@@ -68,9 +68,20 @@ class Checkpoint:
 # Writing
 
 
+def _torch_save(values: dict[str, Any], tmp: Path) -> None:
+    """`torch.save`, whose zip writer reports a failed write (a full disk or file-size limit) as a RuntimeError
+    ("PytorchStreamWriter failed writing file", "basic_ios::clear: iostream error"), as an OSError, so that
+    `atomic_write` names the file and the cause in one line and leaves the previous file as it was."""
+    try:
+        torch.save(values, tmp)
+    except RuntimeError as err:
+        cause = str(err).splitlines()[0]
+        raise OSError(f"{cause} (is the disk, or the file-size limit, full?)") from err
+
+
 def save_checkpoint(path: Path, checkpoint: Checkpoint) -> None:
     """The whole checkpoint (resumable) as a `.pt` file."""
-    atomic_write(Path(path), lambda tmp: torch.save(checkpoint.to_dict(), tmp))
+    atomic_write(Path(path), lambda tmp: _torch_save(checkpoint.to_dict(), tmp))
 
 
 def save_weights(path: Path, checkpoint: Checkpoint) -> None:
