@@ -22,6 +22,7 @@ Loading uses `torch.load(weights_only=True)`: a checkpoint from anywhere cannot 
 from __future__ import annotations
 
 import json
+import logging
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -34,6 +35,11 @@ from torch import Tensor
 
 from cbam.errors import CheckpointError
 from cbam.outputs import atomic_write
+
+log = logging.getLogger(__name__)
+
+LAST, BEST = "last.pt", "best.pt"
+"""The checkpoints a run folder holds: the last epoch's and the best validation score's."""
 
 FORMAT = "cbam.checkpoint"
 VERSION = 2
@@ -96,6 +102,19 @@ def save_weights(path: Path, checkpoint: Checkpoint) -> None:
 # Reading files
 
 
+def checkpoint_file(path: str | Path) -> Path:
+    """`path` itself, or for a run folder the checkpoint it holds: `best.pt`, else `last.pt` (logged, so that
+    the output names the file read)."""
+    path = Path(path)
+    if not path.is_dir():
+        return path
+    for name in (BEST, LAST):
+        if (path / name).is_file():
+            log.info("%s is a run folder: reading its %s", path, name)
+            return path / name
+    raise CheckpointError(f"{path} is a folder without {BEST} or {LAST}: give a run folder or a .pt/.safetensors file")
+
+
 def read_torch_file(path: Path) -> dict[str, Any]:
     """A `torch.save`d dict, on the CPU, never running code; a readable `CheckpointError` for any bad file."""
     path = Path(path)
@@ -151,9 +170,9 @@ def read_checkpoint(path: Path) -> Checkpoint:
     """A checkpoint or weights file written by cbam (`cbam train`, `cbam detect train`, `cbam convert`).
 
     Every problem is one `CheckpointError` naming the file; weights from elsewhere (torchvision, timm, the
-    authors') are not checkpoints: `cbam.load_pretrained` reads those.
+    authors') are not checkpoints: `cbam.load_pretrained` reads those. A run folder gives its best checkpoint.
     """
-    path = Path(path)
+    path = checkpoint_file(path)
     if path.suffix == ".safetensors":
         checkpoint = checkpoint_in_safetensors(*read_safetensors(path))
         if checkpoint is None:

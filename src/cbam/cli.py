@@ -10,6 +10,7 @@ import os
 import sys
 import traceback
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 from cbam import __version__
@@ -153,20 +154,32 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise ConfigError("give --data (an ImageNet-layout folder, cifar10, cifar100 or cluttered-digits)")
     result = fit(config, resume=checkpoint, exist_ok=args.exist_ok)
     final = result.final
+    top5 = _top5_text(final["val_top5_error"], Path(result.output) / "last.pt")
     print(
-        f"done: val top-1 error {final['val_top1_error']:.2f}%, top-5 {final['val_top5_error']:.2f}% "
+        f"done: val top-1 error {final['val_top1_error']:.2f}%, {top5} "
         f"(best top-1 {result.best_value:.2f}% at epoch {result.best_epoch}); run in {result.output}"
     )
     return 0
 
 
+def _top5_text(error: float, checkpoint: Any) -> str:
+    """`top-5 error 1.23%`, or, with 5 classes or fewer (where the 5 best always hold the label), that it does not
+    apply."""
+    from cbam.checkpoint import read_checkpoint
+
+    classes = len(read_checkpoint(checkpoint).classes or [])
+    return f"top-5 error {error:.2f}%" if classes == 0 or classes > 5 else f"top-5 error n/a ({classes} classes)"
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from cbam.checkpoint import checkpoint_file
     from cbam.classification.evaluate import evaluate_checkpoint
 
     if args.save_predictions:
         check_output_file(args.save_predictions, force=args.force)
+    args.checkpoint = checkpoint_file(args.checkpoint)  # a run folder: its best checkpoint, named below
     result = evaluate_checkpoint(
         args.checkpoint,
         args.data,
@@ -181,8 +194,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
     else:
+        top5 = _top5_text(result.top5_error, args.checkpoint)
         print(
-            f"{args.checkpoint}: top-1 error {result.top1_error:.2f}%, top-5 error {result.top5_error:.2f}%, "
+            f"{args.checkpoint}: top-1 error {result.top1_error:.2f}%, {top5}, "
             f"loss {result.loss:.4f} on {result.images} images"
             + (f" ({result.skipped} unreadable skipped)" if result.skipped else "")
         )
@@ -403,7 +417,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = commands.add_parser("eval", help="top-1/top-5 error of a checkpoint (single centre crop)")
     evaluate.add_argument(
-        "--checkpoint", required=True, help="a .pt checkpoint or .safetensors weights from cbam train"
+        "--checkpoint",
+        required=True,
+        help="a .pt checkpoint or .safetensors weights from cbam train, or its run folder (its best.pt)",
     )
     evaluate.add_argument("--data", help="dataset (default: the one the checkpoint was trained on)")
     evaluate.add_argument("--split", default="val", help="val (default) or test")

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from cbam.checkpoint import TASKS, Checkpoint, read_checkpoint
+from cbam.checkpoint import TASKS, Checkpoint, checkpoint_file, read_checkpoint
 from cbam.engine.config import RunConfig, config_from_dict, resumable_keys
 from cbam.engine.run import RunResult, run
 from cbam.engine.run_folder import LAST, SUMMARY_FILE, plan_run
@@ -94,7 +94,7 @@ class LoadedModel:
 def load_model(path: str | Path, device: torch.device | str = "cpu", *, task: str | None = None) -> LoadedModel:
     """The network saved in `path` by cbam, rebuilt from the file alone and loaded strictly; `task` refuses a
     file of another task (a command that evaluates classifiers given a detector says so in one line)."""
-    path = Path(path)
+    path = checkpoint_file(path)
     checkpoint = read_checkpoint(path)
     if task is not None and checkpoint.task != task:
         command = "cbam detect" if checkpoint.task == "detection" else "cbam"

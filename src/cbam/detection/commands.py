@@ -62,12 +62,14 @@ def _json_ready(value: Any) -> Any:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     require_extra("detection", "cbam detect")
+    from cbam.checkpoint import checkpoint_file
     from cbam.detection.predict import evaluate_checkpoint
     from cbam.detection.tables import COLUMNS, metric_keys
     from cbam.outputs import atomic_write
 
     if args.save_predictions:
         check_output_file(args.save_predictions, force=args.force)
+    args.checkpoint = checkpoint_file(args.checkpoint)  # a run folder: its best checkpoint, named below
     scored = evaluate_checkpoint(Path(args.checkpoint), data=args.data, split=args.split, metric=args.metric,
                                  batch_size=args.batch_size, workers=args.workers, device=args.device)  # fmt: skip
     if scored is None:  # not the main process

@@ -17,12 +17,12 @@ from typing import Any, Literal
 
 import yaml
 
+from cbam.checkpoint import BEST, LAST
 from cbam.errors import OutputError, UserError
 from cbam.outputs import check_writable_folder, missing_folders
 
 log = logging.getLogger(__name__)
 
-LAST, BEST = "last.pt", "best.pt"
 CONFIG_FILE, SUMMARY_FILE, METRICS_FILE = "config.yaml", "summary.json", "metrics.csv"
 # What a run writes; any of them present means the folder holds a run.
 RUN_FILES: tuple[str, ...] = (
