@@ -260,7 +260,8 @@ def requested_values(
         recipe = recipe_for(cls, recipe, given.get("data") or getattr(cls, "data", None))
     values: dict[str, Any] = read_recipe(cls, recipe) if recipe else {}
     if recipe:
-        values["recipe"] = recipe
+        # a run's config.yaml names the recipe it came from: keep that, so the config it gives is the one it holds
+        values["recipe"] = values.get("recipe") or recipe
     given = {key: value for key, value in given.items() if value is not None}
     values.update(cls.implied_values({**values, **given}))
     for key, value in given.items():
