@@ -71,13 +71,18 @@ def add_comparison_arguments(parser: Any) -> None:
                         help="the difference (points) a verdict plans seeds and images for (default: 0.5)")  # fmt: skip
 
 
-def comparison_options(args: Any) -> dict[str, Any]:
-    """The keywords `add_comparison_arguments`' flags give a comparison (`seeds`, `jobs`, `scheduler`, ...), with
-    what is wrong with them said in one line before anything trains."""
+def require_comparison_extras(args: Any, command: str) -> None:
+    """The extras a comparison needs, the scheduler's first (the more specific one to name): one line if missing."""
     from cbam.extras import require_extra
 
     if args.scheduler:
         require_extra("cluster", f"--scheduler {args.scheduler}")
+    require_extra("compare", command)
+
+
+def comparison_options(args: Any) -> dict[str, Any]:
+    """The keywords `add_comparison_arguments`' flags give a comparison (`seeds`, `jobs`, `scheduler`, ...), with
+    what is wrong with them said in one line before anything trains."""
     if args.seeds < 1:
         raise ConfigError(f"--seeds must be at least 1, got {args.seeds}")
     if args.seeds == 1:

@@ -20,6 +20,7 @@ from cbam._cli_args import (
     comparison_options,
     parse_key_values,
     printed_or_checked,
+    require_comparison_extras,
     run_config,
 )
 from cbam.classification.compare import COMPARE_TABLES
@@ -299,7 +300,7 @@ def compare_rows(args: argparse.Namespace) -> list:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    require_extra("compare", "cbam compare")
+    require_comparison_extras(args, "cbam compare")
     from pathlib import Path
 
     from cbam.classification.compare import baselines, check_networks, run_compare, run_configs

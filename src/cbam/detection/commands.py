@@ -14,6 +14,7 @@ from cbam._cli_args import (
     comparison_options,
     parse_key_values,
     printed_or_checked,
+    require_comparison_extras,
     run_config,
 )
 from cbam.errors import ConfigError
@@ -108,7 +109,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     require_extra("detection", "cbam detect")
-    require_extra("compare", "cbam detect compare")
+    require_comparison_extras(args, "cbam detect compare")
     from cbam.detection.compare import compare_detectors
     from cbam.detection.task import DetectionConfig
     from cbam.engine.config import recipe_for
