@@ -325,7 +325,7 @@ def test_the_seed_plan_spans_the_seed_variance_s_own_interval(both_parts: Estima
         assert _planned_half_width(scale * r.var_seeds * 5 / planned, planned, r.var_images, 199) <= 0.012
         assert _planned_half_width(scale * r.var_seeds * 5 / (planned - 1), planned - 1, r.var_images, 199) > 0.012
     assert fewest < seeds_needed(r, 0.012) < most
-    # from 2 seeds the variance is known to within a factor of about 250, and the plan says so
+    # from 2 seeds the variance's 80% interval spans a factor of about 170, and the plan says so
     two = dataclasses.replace(r, seeds=2)
     low, high = seeds_needed_range(two, 0.012)
     assert high is None or high > 20 * low

@@ -17,7 +17,7 @@ from cbam.classification.predictions import PREDICTIONS_FILE, Predictions, image
 from cbam.classification.task import ClassificationConfig, ClassificationTask
 from cbam.data.loading import DataError
 from cbam.engine.distributed import is_main_process
-from cbam.engine.run import RunResult
+from cbam.engine.run import RunResult, seed_records
 from cbam.engine.run_folder import LAST
 from cbam.errors import ConfigError, unknown_name
 from cbam.extras import import_optional
@@ -415,10 +415,7 @@ def comparison_json(comparison: Comparison) -> dict[str, Any]:
                 "top5_error": s.top5.to_dict() if s.top5 else None,
                 "top1_difference": s.difference.to_dict() if s.difference else None,
                 "verdict": s.verdict,
-                "runs": [
-                    {"seed": seed, "output": r.output if r else None, "final": r.final if r else None}
-                    for seed, r in zip(s.runs.seeds, s.runs.results, strict=True)
-                ],
+                "runs": seed_records(s.runs.seeds, s.runs.results),
             }
             for s in comparison.stats
         ],

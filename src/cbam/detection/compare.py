@@ -21,7 +21,7 @@ import numpy as np
 
 from cbam.detection.tables import COLUMNS, PAPER_KEYS, DetectRow, metric_keys, table_rows
 from cbam.detection.task import DetectionConfig
-from cbam.engine.run import RunResult
+from cbam.engine.run import RunResult, seed_records
 from cbam.engine.run_folder import LAST
 from cbam.outputs import atomic_write, check_writable_folder
 from cbam.report import comparison_lines, write_csv
@@ -74,7 +74,7 @@ def run_configs(
         configs.append(row_configs)
     notes = []
     if missing:
-        default = base.backbone_weights or "none: ImageNet-free random init"
+        default = base.backbone_weights or "none: a random init"
         notes.append(f"no backbone run in {backbone_runs} for {', '.join(missing)}: those start from the recipe's "
                      f"backbone weights ({default})")  # fmt: skip
     return configs, notes
@@ -339,10 +339,7 @@ def comparison_json(comparison: DetectComparison) -> dict[str, Any]:
                 "difference": s.difference.to_dict() if s.difference else None,
                 "verdict": s.verdict,
                 "paper": s.runs.row.paper,
-                "runs": [
-                    {"seed": seed, "output": r.output if r else None, "final": r.final if r else None}
-                    for seed, r in zip(s.runs.seeds, s.runs.results, strict=True)
-                ],
+                "runs": seed_records(s.runs.seeds, s.runs.results),
             }
             for s in comparison.stats
         ],

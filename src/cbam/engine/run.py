@@ -73,6 +73,12 @@ class RunResult:
         return cls(**values)
 
 
+def seed_records(seeds: list[int], results: list[RunResult | None]) -> list[dict[str, Any]]:
+    """A comparison row's runs as JSON-ready records: seed, run folder and final metrics (None for a failed run)."""
+    return [{"seed": seed, "output": r.output if r else None, "final": r.final if r else None}
+            for seed, r in zip(seeds, results, strict=True)]  # fmt: skip
+
+
 @dataclass
 class RunState:
     """What carries over from epoch to epoch, and from a checkpoint into a resumed run."""
