@@ -22,7 +22,7 @@ from bench_utils import cache_evictor, interleaved_medians, machine_line, markdo
 from torch import nn
 
 import cbam
-from cbam.profile import saved_activation_ratio
+from cbam.networks.counting import saved_activation_ratio
 
 STAGES: tuple[tuple[int, int], ...] = ((256, 56), (512, 28), (1024, 14), (2048, 7))
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}

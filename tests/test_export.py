@@ -9,10 +9,10 @@ import torchvision
 
 import cbam
 import cbam.export
-from cbam.attach import attach
 from cbam.cli import main
 from cbam.errors import DependencyError, OutputError
 from cbam.export import export_model, export_program, onnx_max_difference
+from cbam.networks.attach import attach
 
 SHAPES = [(1, 3, 64, 64), (3, 3, 96, 80)]
 

@@ -2,8 +2,8 @@
 
 import pytest
 
+from cbam.networks.complexity import compare_table
 from cbam.paper import PAPER_TABLES, load_tables, paper_rows
-from cbam.profile import compare_table
 
 TABLE4 = compare_table(4)
 TABLE5 = compare_table(5)

@@ -1,11 +1,18 @@
 """cbam: channel and spatial attention for convolutional networks (Woo et al., ECCV 2018)."""
 
-from cbam.attach import AttentionRecorder, attach, attention_modules, detach
-from cbam.convert import load_pretrained
 from cbam.detection.detectors import create_detector, list_detectors
 from cbam.explain import attention_maps, grad_cam
 from cbam.layers import BAM, CBAM, ChannelAttention, SpatialAttention, SqueezeExcite, create_attention_factory
-from cbam.registry import create_model, list_models, register_model
+from cbam.networks import (
+    AttentionRecorder,
+    attach,
+    attention_modules,
+    create_model,
+    detach,
+    list_models,
+    load_pretrained,
+    register_model,
+)
 from cbam.tasks import fit, load_model
 
 __version__ = "0.1.0"

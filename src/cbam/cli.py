@@ -33,17 +33,12 @@ from cbam.explain import CAM_METHODS
 from cbam.export import EXPORT_FORMATS
 from cbam.extras import require_extra
 from cbam.layers.create import attention_names
+from cbam.networks.build import create_model
+from cbam.networks.complexity import RowComparison, compare_row, compare_table, find_paper_rows, measure_arch
+from cbam.networks.counting import complexity_dict
+from cbam.networks.names import list_models, model_entry
 from cbam.outputs import check_output_file, check_writable_folder
 from cbam.paper import PAPER_TABLES
-from cbam.profile import (
-    RowComparison,
-    compare_row,
-    compare_table,
-    complexity_dict,
-    find_paper_rows,
-    measure_arch,
-)
-from cbam.registry import create_model, list_models, model_entry
 from cbam.report import comparison_lines, format_markdown_table, write_csv
 from cbam.survey.commands import add_survey_commands
 
@@ -329,7 +324,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from cbam.convert import convert_file
+    from cbam.networks.pretrained import convert_file
 
     check_output_file(args.destination, force=args.force)
     network = convert_file(args.source, args.destination)
@@ -351,7 +346,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     attention = parse_attention(args.attention) if args.attention else None
     model_kwargs = _parse_model_args(args.model_arg)
     if args.checkpoint:
-        from cbam.convert import load_pretrained
+        from cbam.networks.pretrained import load_pretrained
 
         model = load_pretrained(args.checkpoint, args.arch, attention=attention, **model_kwargs)
     else:

@@ -23,6 +23,7 @@ from cbam.engine.run_folder import LAST, SUMMARY_FILE, plan_run
 from cbam.engine.task import Task
 from cbam.errors import CheckpointError, ConfigError, UserError, unknown_name
 from cbam.extras import require_extra
+from cbam.networks.classifier import classes_in_state, classifier_name
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +108,7 @@ def load_model(path: str | Path, device: torch.device | str = "cpu", *, task: st
     written = checkpoint.metadata.get("library_versions")
     versions = f" (written with {', '.join(f'{k} {v}' for k, v in written.items())})" if written else ""
     try:
-        model = kind.build_model(config, _num_classes(path, checkpoint), fresh=False)
+        model = kind.build_model(config, _num_classes(path, checkpoint, kind, config), fresh=False)
     except UserError as err:
         raise CheckpointError(f"{path} records a network this installation cannot build{versions}: {err}") from None
     try:
@@ -119,10 +120,14 @@ def load_model(path: str | Path, device: torch.device | str = "cpu", *, task: st
                        checkpoint.epoch, path)  # fmt: skip
 
 
-def _num_classes(path: Path, checkpoint: Checkpoint) -> int:
+def _num_classes(path: Path, checkpoint: Checkpoint, kind: type[Task], config: Any) -> int:
+    """The classes a file records, else those of the classifier its network declares (a file from before classes
+    were recorded)."""
     if checkpoint.num_classes:
         return checkpoint.num_classes
-    fc = checkpoint.model.get("fc.weight")
-    if fc is None:
-        raise CheckpointError(f"{path} records neither its classes nor a classifier (fc.weight)")
-    return int(fc.shape[0])
+    with torch.device("meta"):
+        bare = kind.build_model(config, 1, fresh=False)
+    classes = classes_in_state(bare, checkpoint.model)
+    if classes is None:
+        raise CheckpointError(f"{path} records neither its classes nor a classifier ({classifier_name(bare)})")
+    return classes

@@ -18,12 +18,13 @@ import cbam
 from cbam.checkpoint import Checkpoint, save_checkpoint, save_weights
 from cbam.classification.task import ClassificationConfig
 from cbam.detection import rcnn
-from cbam.detection.weights import load_backbone, read_backbone_state
+from cbam.detection.ssd import load_backbone
 from cbam.engine.config import build_config
 from cbam.errors import CheckpointError, ConfigError
 from cbam.layers import CBAM
 from cbam.layers.fused import set_attention_impl, spatial_fusable
 from cbam.layers.spatial import SpatialAttention
+from cbam.networks.weights import read_network_weights
 from tests.conftest import randomize_
 from tests.layers.rounding import outcomes, rounding_bound
 
@@ -333,9 +334,9 @@ def test_torchvision_state_dict_loads(tmp_path):
     assert_backbone_equal(small_detector("fpn", "none", backbone_weights=tmp_path / "resnet18.pth"), state)
     wrapped = {"state_dict": {f"module.{k}": v for k, v in state.items()}}  # DataParallel, as the authors saved
     torch.save(wrapped, tmp_path / "wrapped.pth")
-    assert read_backbone_state(tmp_path / "wrapped.pth").keys() == state.keys()
+    assert read_weights_state(tmp_path / "wrapped.pth").keys() == state.keys()
     torch.save({f"_orig_mod.module.{k}": v for k, v in state.items()}, tmp_path / "compiled.pth")  # compile(DDP)
-    assert read_backbone_state(tmp_path / "compiled.pth").keys() == state.keys()
+    assert read_weights_state(tmp_path / "compiled.pth").keys() == state.keys()
     assert_backbone_equal(small_detector("c4", "none", backbone_weights=tmp_path / "wrapped.pth"), state)
 
 
@@ -355,10 +356,10 @@ def test_bad_files_give_one_clear_error(tmp_path):
         small_detector("c4", backbone_weights=tmp_path / "missing.pt")
     (tmp_path / "bad.safetensors").write_bytes(b"\x00" * 16)
     with pytest.raises(CheckpointError, match=r"bad\.safetensors"):
-        read_backbone_state(tmp_path / "bad.safetensors")
+        read_weights_state(tmp_path / "bad.safetensors")
     torch.save({"conv1.weight": torch.zeros(1), "note": "text"}, tmp_path / "mixed.pt")
     with pytest.raises(CheckpointError, match=r"mixed\.pt is not a state dict: 'note'"):
-        read_backbone_state(tmp_path / "mixed.pt")
+        read_weights_state(tmp_path / "mixed.pt")
 
 
 def test_attention_mismatch_names_the_keys(tmp_path):
@@ -383,7 +384,7 @@ def test_plain_weights_leave_the_new_attention_at_its_init(tmp_path, caplog, mon
         if not key.startswith("fc.") and "num_batches" not in key:
             torch.testing.assert_close(own[key], value, rtol=0, atol=0, msg=key)
     [new] = [r.getMessage() for r in caplog.records if "new attention weights" in r.getMessage()]
-    assert "resnet18.pth holds no attention weights: 72 new attention weights of the ResNet backbone" in new
+    assert "resnet18.pth holds no attention weights: 72 new attention weights of the resnet18 backbone" in new
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
 
 
@@ -442,3 +443,7 @@ def test_a_backbone_of_another_layout_or_a_zoo_backbone_with_attach_init_is_refu
 
     with pytest.raises(ConfigError, match="attach_init applies to torchvision:/timm: backbones"):
         build_config(DetectionConfig, None, backbone="resnet18", attach_init="identity")
+
+
+def read_weights_state(path):
+    return read_network_weights(path).state

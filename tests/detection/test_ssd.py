@@ -25,8 +25,8 @@ from cbam.detection.ssd import (
 from cbam.engine.config import build_config
 from cbam.errors import CheckpointError, ConfigError
 from cbam.layers import BAM, CBAM, ChannelAttention, SpatialAttention, SqueezeExcite
+from cbam.networks.build import create_model
 from cbam.paper import load_tables
-from cbam.registry import create_model
 from tests.conftest import randomize_
 
 BUILDERS = {"ssd300": ssd300, "stairnet300": stairnet300}

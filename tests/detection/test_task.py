@@ -76,7 +76,7 @@ def test_a_few_steps_lower_the_loss(coco_folder: Path, tmp_path: Path) -> None:
     dataset = open_detection_data(config.data, "train", train_transforms(config))
     images, targets = zip(*(dataset[i] for i in range(4)), strict=True)
     model = DetectionTask.build_model(config, len(dataset.class_names)).train()
-    optimizer = build_optimizer(model, config)
+    optimizer = build_optimizer(DetectionTask.parameter_groups(model, config), config)
     losses = []
     for _ in range(12):
         loss = sum(model(list(images), _training_targets(list(targets), torch.device("cpu"))).values())

@@ -199,9 +199,10 @@ def test_attention_parameters_get_their_own_learning_rate(image_folder, tmp_path
 
     config = tiny_config(image_folder, tmp_path / "run", attention_lr_mult=10.0, lr=0.4, batch_size=8)
     model = ClassificationTask.build_model(config, 3)
-    groups = build_optimizer(model, config).param_groups
+    groups = build_optimizer(ClassificationTask.parameter_groups(model, config), config).param_groups
     attention = {id(p) for name, p in model.named_parameters() if ".attention." in name}
     assert [g["lr"] for g in groups] == [pytest.approx(0.4 * 8 / 256), pytest.approx(10 * 0.4 * 8 / 256)]
     assert {id(p) for p in groups[1]["params"]} == attention and attention
-    plain = build_optimizer(model, dataclasses.replace(config, attention_lr_mult=1.0)).param_groups
+    plain_config = dataclasses.replace(config, attention_lr_mult=1.0)
+    plain = build_optimizer(ClassificationTask.parameter_groups(model, plain_config), plain_config).param_groups
     assert len(plain) == 1, "one group unless attention learns at another rate (checkpoints resume as before)"

@@ -20,6 +20,7 @@ from cbam.data.loading import (
 from cbam.data.transforms import eval_transform
 from cbam.engine.batches import SkipLog, eval_loader
 from cbam.engine.distributed import init_distributed
+from cbam.networks.classifier import classifier
 from cbam.tasks import load_model
 
 
@@ -49,7 +50,7 @@ def evaluate_checkpoint(
     eval_resize = eval_resize or (config.eval_resize if image_size == config.image_size else round(image_size * 8 / 7))
     base = open_split(data, split, download=config.download)
     data_classes = class_names(base)
-    num_classes = len(loaded.classes) if loaded.classes else loaded.model.fc.out_features
+    num_classes = len(loaded.classes) if loaded.classes else classifier(loaded.model).out_features
     if len(data_classes) != num_classes:
         raise DataError(f"{path} has {num_classes} classes but {data} has {len(data_classes)}")
     if loaded.classes is not None and data_classes != list(loaded.classes):

@@ -24,9 +24,12 @@ from cbam.engine.batches import SkipLog, merged_batches
 from cbam.engine.config import RunConfig, option, parse_attention
 from cbam.engine.distributed import Distributed, all_reduce_sum
 from cbam.engine.task import Headline, Task, TaskData
-from cbam.external import is_external, library_versions, weights_preprocessing
-from cbam.profile import count_macs, count_parameters, measure_arch
-from cbam.registry import create_model
+from cbam.networks.attach import attention_param_groups
+from cbam.networks.build import build_network
+from cbam.networks.complexity import measure_arch
+from cbam.networks.counting import count_macs, count_parameters
+from cbam.networks.libraries import is_external, library_versions, weights_preprocessing
+from cbam.networks.request import NetworkRequest
 
 LR_SCHEDULES: tuple[str, ...] = ("step", "cosine")
 REFERENCE_BATCH = 256  # the learning rate is given for this global batch and scaled linearly
@@ -112,6 +115,16 @@ def implied_by_weights(values: Mapping[str, Any]) -> dict[str, Any]:
     if not (isinstance(arch, str) and is_external(arch) and weights):
         return {}
     return dict(weights_preprocessing(arch, weights))
+
+
+def network_request(config: ClassificationConfig, fresh: bool = True) -> NetworkRequest:
+    """The network a run trains: a fresh one starts from `config.weights`, one to load trained weights into
+    skips them (its attention shaped as the run's started)."""
+    options = dict(config.model_kwargs)
+    impl = options.pop("impl", "auto")  # how attention runs, not a builder option
+    request = NetworkRequest(config.arch, config.attention, options, config.weights, config.attention_init,
+                             strict=not config.partial_weights, impl=impl)  # fmt: skip
+    return request if fresh else request.without_weights()
 
 
 def config_eval_transform(config: ClassificationConfig) -> Any:
@@ -212,9 +225,12 @@ class ClassificationTask(Task):
     @classmethod
     def build_model(cls, config: ClassificationConfig, num_classes: int, *, fresh: bool = True) -> nn.Module:
         """The network; a fresh one starts from `config.weights`, one to load trained weights into skips them."""
-        return create_model(config.arch, attention=config.attention, num_classes=num_classes,
-                            weights=config.weights if fresh else None, attach_init=config.attention_init,
-                            strict=not config.partial_weights, **config.model_kwargs)  # fmt: skip
+        return build_network(network_request(config, fresh), num_classes)
+
+    @classmethod
+    def parameter_groups(cls, model: nn.Module, config: RunConfig) -> list[dict[str, Any]]:
+        """Attention in a group of its own at `attention_lr_mult` (see `attention_param_groups`)."""
+        return attention_param_groups(model, config.attention_lr_mult)
 
     def datasets(self) -> TaskData:
         config = self.config

@@ -9,35 +9,18 @@ dict in train mode and a list of `{"boxes", "labels", "scores"}` in eval mode.
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Callable
 from typing import Any
 
 from torch import nn
 
+from cbam.detection import rcnn, ssd  # noqa: F401  (their builders register on import)
+from cbam.detection.registry import DETECTORS
 from cbam.errors import ConfigError, OptionError, unknown_name
-
-DetectorBuilder = Callable[..., nn.Module]
-
-_DETECTORS: dict[str, DetectorBuilder] = {}
-
-
-def register_detector(builder: DetectorBuilder) -> DetectorBuilder:
-    """Register `builder` under its function name; returns it unchanged."""
-    name = builder.__name__
-    if name in _DETECTORS:
-        raise ValueError(f"detector name {name!r} is registered twice")
-    _DETECTORS[name] = builder
-    return builder
-
-
-def _load_builtin_detectors() -> None:
-    import cbam.detection.models  # noqa: F401  (registers the detectors on import)
 
 
 def list_detectors(pattern: str = "*") -> list[str]:
     """Registered detector names matching a shell-style `pattern`, sorted."""
-    _load_builtin_detectors()
-    return sorted(n for n in _DETECTORS if fnmatch.fnmatchcase(n, pattern))
+    return sorted(n for n in DETECTORS if fnmatch.fnmatchcase(n, pattern))
 
 
 def create_detector(
@@ -45,13 +28,12 @@ def create_detector(
 ) -> nn.Module:
     """Build a registered detector: `create_detector("faster_rcnn_c4", backbone="resnet50", attention="cbam",
     num_classes=81)`. `num_classes` counts the background class."""
-    _load_builtin_detectors()
-    if name not in _DETECTORS:
-        raise unknown_name("detector", name, _DETECTORS)
+    if name not in DETECTORS:
+        raise unknown_name("detector", name, DETECTORS)
     if num_classes < 2:
         raise ConfigError(f"num_classes counts the background and must be at least 2, got {num_classes}")
     try:
-        return _DETECTORS[name](backbone=backbone, attention=attention, num_classes=num_classes, **kwargs)
+        return DETECTORS[name](backbone=backbone, attention=attention, num_classes=num_classes, **kwargs)
     except TypeError as err:
         if "unexpected keyword argument" in str(err):
             raise OptionError(f"{name}: {err}") from None

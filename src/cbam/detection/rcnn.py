@@ -30,14 +30,16 @@ from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from cbam.detection.detectors import register_detector
-from cbam.detection.weights import load_backbone, read_backbone_weights, recorded_options
+from cbam.detection.registry import register_detector
 from cbam.errors import ConfigError
-from cbam.external import classifier_name, create_external, is_external
 from cbam.layers.create import AttentionSpec
 from cbam.layers.fused import FusableAttention
-from cbam.models.resnet import ResNet
-from cbam.registry import create_model, list_models, model_entry
+from cbam.networks.build import build_network
+from cbam.networks.classifier import classifier_name
+from cbam.networks.libraries import is_external
+from cbam.networks.names import list_models, model_entry
+from cbam.networks.request import NetworkRequest
+from cbam.networks.zoo.resnet import ResNet
 
 PAPER_ANCHOR_SIZES: tuple[float, ...] = (32, 64, 128, 256, 512)
 """Anchor sides in pixels of the resized image (Faster R-CNN, COCO)."""
@@ -144,21 +146,6 @@ def _stage_attention(net: nn.Module) -> Sequence[nn.Module]:
     return getattr(net, "stage_attention", ())
 
 
-def _external_resnet(
-    backbone: str, attention: AttentionSpec, weights: str | Path | None, attach_init: str | None
-) -> nn.Module:
-    """A torchvision or timm ResNet-family network (`torchvision:resnet50`), its weights (a name its library
-    knows or a file) loaded and attention attached; a network of another layout is refused."""
-    net = create_external(backbone, attention=attention, weights=None if weights is None else str(weights),
-                          attach_init=attach_init)  # fmt: skip
-    lacking = [part for part in RESNET_PARTS if not hasattr(net, part)]
-    if lacking:
-        raise ConfigError(f"backbone {backbone} is not a ResNet-family network (it has no {', '.join(lacking)}); "
-                          f"Faster R-CNN takes a ResNet, ResNeXt or Wide ResNet: {', '.join(resnet_names())} "
-                          "or torchvision:/timm: ones such as torchvision:resnet50")  # fmt: skip
-    return net
-
-
 def build_resnet(
     backbone: str,
     attention: AttentionSpec,
@@ -174,19 +161,20 @@ def build_resnet(
     weights named as its library names them) gets attention by `cbam.attach`, starting as `attach_init` says."""
     if batch_norm not in ("frozen", "train"):
         raise ConfigError(f"batch_norm must be 'frozen' or 'train', got {batch_norm!r}")
-    if is_external(backbone):
-        if backbone_kwargs:
-            raise ConfigError(f"{backbone} takes no builder options, got {sorted(backbone_kwargs)}")
-        net = _external_resnet(backbone, attention, backbone_weights, attach_init)
-    elif not _is_resnet(backbone):
+    external = is_external(backbone)
+    if not external and not _is_resnet(backbone):
         raise ConfigError(f"backbone {backbone!r} is not a ResNet; choose from {', '.join(resnet_names())} "
                           "or a torchvision:/timm: ResNet such as torchvision:resnet50")  # fmt: skip
-    else:
-        weights = read_backbone_weights(backbone_weights, arch=backbone) if backbone_weights is not None else None
-        options = {**recorded_options(weights), **dict(backbone_kwargs or {})}
-        net = create_model(backbone, attention=attention, **options)
-        if weights is not None:
-            load_backbone(net, weights.state, str(backbone_weights), ignore=("fc.",))
+    options = dict(backbone_kwargs or {})
+    impl = options.pop("impl", "auto")  # how attention runs, not a builder option
+    request = NetworkRequest(backbone, attention, options, None if backbone_weights is None else str(backbone_weights),
+                             attach_init if external else "paper", impl=impl)  # fmt: skip
+    net = build_network(request, None, role="backbone ", verbose=True)
+    lacking = [part for part in RESNET_PARTS if not hasattr(net, part)]
+    if lacking:
+        raise ConfigError(f"backbone {backbone} is not a ResNet-family network (it has no {', '.join(lacking)}); "
+                          f"Faster R-CNN takes a ResNet, ResNeXt or Wide ResNet: {', '.join(resnet_names())} "
+                          "or torchvision:/timm: ones such as torchvision:resnet50")  # fmt: skip
     if batch_norm == "frozen":
         freeze_batch_norm(net)
     freeze_stages(net, trainable_layers)

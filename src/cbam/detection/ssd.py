@@ -23,14 +23,14 @@ from torch import Tensor, nn
 from torchvision.models.detection.anchor_utils import DefaultBoxGenerator
 from torchvision.models.detection.ssd import SSD, SSDScoringHead
 
-from cbam.convert import StoredWeights
 from cbam.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from cbam.detection.detectors import register_detector
-from cbam.detection.weights import load_backbone, read_backbone_weights, recorded_options
+from cbam.detection.registry import register_detector
 from cbam.errors import CheckpointError, ConfigError, unknown_name
 from cbam.layers.create import AttentionSpec, create_attention_factory
-from cbam.models._helpers import attention_or_identity, initialize_weights
-from cbam.registry import create_model
+from cbam.networks.build import create_model
+from cbam.networks.weights import StoredWeights, load_state_into, read_network_weights, recorded_options
+from cbam.networks.zoo.common import attention_or_identity, initialize_weights
+from cbam.networks.zoo.mobilenet import MobileNetV1
 
 BACKBONES: tuple[str, ...] = ("vgg16", "mobilenet_v1")
 SSD300_ASPECT_RATIOS: tuple[tuple[int, ...], ...] = ((2,), (2, 3), (2, 3), (2, 3), (2,), (2,))
@@ -411,6 +411,12 @@ def _fc_from_classifier(body: VGG16Body, state: Mapping[str, Tensor], source: st
     body.load_state_dict(fc, strict=False)
 
 
+def load_backbone(module: nn.Module, state: Mapping[str, Tensor], source: str, ignore: tuple[str, ...] = ()) -> None:
+    """Load `state` into a body's `module` strictly (see `cbam.networks.weights.load_state_into`), keys starting
+    with an `ignore` prefix left out."""
+    load_state_into(module, state, source, ignore=ignore, target=f"the {type(module).__name__} backbone")
+
+
 def load_backbone_weights(
     body: VGG16Body | MobileNetV1Body, path: str | Path, backbone: str, weights: StoredWeights | None = None
 ) -> None:
@@ -420,12 +426,12 @@ def load_backbone_weights(
     `features.*` keys (`fc.*` is ignored). vgg16: torchvision's layout, `features.N.*` -> conv1_1 ...
     conv5_3, `classifier.0/.3` -> fc6/fc7 when present. Never downloads. Every problem with the file raises
     one `CheckpointError` that names it, as for the Faster R-CNN backbones. `weights`: the file as
-    `read_backbone_weights(path, arch=backbone)` already read it, so that it is not read again.
+    `read_network_weights(path, backbone, "backbone ")` already read it, so that it is not read again.
     """
     source = str(path)
-    state = (weights if weights is not None else read_backbone_weights(path, arch=backbone)).state
+    state = (weights if weights is not None else read_network_weights(path, backbone, "backbone ")).state
     if backbone == "mobilenet_v1":
-        load_backbone(body.trunk, state, source, ignore=("fc.",))
+        load_backbone(body.trunk, state, source, ignore=(f"{MobileNetV1.classifier_name}.",))
         return
     renamed: dict[str, Tensor] = {}
     for key, value in state.items():
@@ -462,7 +468,7 @@ def _build(
         raise ConfigError(f"num_classes counts the background and must be at least 2, got {num_classes}")
     if backbone not in BACKBONES:
         raise unknown_name("backbone", backbone, BACKBONES)
-    weights = read_backbone_weights(backbone_weights, arch=backbone) if backbone_weights is not None else None
+    weights = read_network_weights(backbone_weights, backbone, "backbone ") if backbone_weights is not None else None
     body = _build_body(backbone, {**recorded_options(weights), **dict(backbone_kwargs or {})})
     layout = LAYOUTS[backbone]
     if backbone_weights is not None:

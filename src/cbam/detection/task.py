@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
@@ -33,7 +34,10 @@ from cbam.engine.batches import SkipLog
 from cbam.engine.config import RunConfig, option, parse_attention
 from cbam.engine.distributed import Distributed
 from cbam.engine.task import Headline, Task, TaskData
-from cbam.external import is_external
+from cbam.errors import CheckpointError
+from cbam.networks.attach import attention_param_groups
+from cbam.networks.libraries import is_external
+from cbam.networks.weights import read_network_weights, recorded_options
 
 if TYPE_CHECKING:
     from cbam.detection.evaluator import DetectionEvaluator
@@ -103,8 +107,6 @@ class DetectionConfig(RunConfig):
         written in, so the config rebuilds the trained detector (resume, `load_model`) without that file."""
         if not self.backbone_weights or "backbone_kwargs" in kwargs or is_external(self.backbone):
             return kwargs
-        from cbam.detection.weights import recorded_backbone_options
-
         options = recorded_backbone_options(self.backbone_weights, self.backbone)
         return {**kwargs, "backbone_kwargs": options} if options else kwargs
 
@@ -268,6 +270,11 @@ class DetectionTask(Task):
             **detector_kwargs(config),
         )
 
+    @classmethod
+    def parameter_groups(cls, model: nn.Module, config: RunConfig) -> list[dict[str, Any]]:
+        """Attention in a group of its own at `attention_lr_mult` (see `attention_param_groups`)."""
+        return attention_param_groups(model, config.attention_lr_mult)
+
     def datasets(self) -> TaskData:
         from cbam.detection.data import open_detection_data
 
@@ -309,3 +316,14 @@ class DetectionTask(Task):
 
     def epoch_summary(self, metrics: dict[str, float]) -> str:
         return f"{self.headline.label} {100 * metrics[self.headline.metric]:.2f}"
+
+
+def recorded_backbone_options(path: str | Path, backbone: str) -> dict[str, Any]:
+    """The builder options the backbone file at `path` records, `{}` where it records none or cannot be read
+    (building the detector then says what is wrong with it)."""
+    if not Path(path).is_file():
+        return {}
+    try:
+        return recorded_options(read_network_weights(path, backbone, "backbone "))
+    except CheckpointError:
+        return {}

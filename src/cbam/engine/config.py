@@ -25,6 +25,7 @@ import yaml
 from cbam._cli_args import parse_key_values
 from cbam.data.loading import data_location, default_workers
 from cbam.errors import ConfigError, unknown_name
+from cbam.networks.request import attention_start
 
 C = TypeVar("C", bound="RunConfig")
 
@@ -152,8 +153,6 @@ class RunConfig:
     def attention_init(self) -> str:
         """How attention the start weights lack begins: `attach_init`, where `auto` is an exact identity when the
         network starts from weights and the paper's init when it does not."""
-        from cbam.external import attention_start
-
         return attention_start(self.attach_init, self.start_weights)
 
     def attention_start_words(self) -> str:

@@ -169,8 +169,9 @@ def _exit_on_sigterm(signum: int, frame: Any) -> None:
 
 
 def _stop_workers(pool: ProcessPoolExecutor) -> None:
-    """Terminate `pool`'s worker processes now, queued jobs cancelled."""
-    for process in list((getattr(pool, "_processes", None) or {}).values()):
+    """Terminate `pool`'s worker processes (this process's only children while it runs jobs) now, queued jobs
+    cancelled."""
+    for process in multiprocessing.active_children():
         process.terminate()
     pool.shutdown(wait=False, cancel_futures=True)
 

@@ -17,6 +17,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,6 @@ from cbam.engine.distributed import Distributed, all_reduce_sum, init_distribute
 from cbam.engine.run_folder import BEST, CONFIG_FILE, LAST, METRICS_FILE, SUMMARY_FILE, claimed_run_folder
 from cbam.engine.task import Task, TaskData
 from cbam.errors import CheckpointError, ConfigError, DataError, TrainingError
-from cbam.layers.create import is_attention_parameter
 from cbam.outputs import atomic_write
 
 log = logging.getLogger(__name__)
@@ -130,7 +130,7 @@ def _train(task: Task, checkpoint: Checkpoint | None) -> RunResult:
     model = task.build_model(config, len(classes), fresh=checkpoint is None).to(dist.device)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(model, config)
+    optimizer = build_optimizer(task.parameter_groups(model, config), config)
     frozen = frozen_parameters(model, config.freeze)
     scaler = torch.amp.GradScaler(dist.device.type, enabled=task.amp == torch.float16)
     state = RunState()
@@ -222,15 +222,10 @@ def open_run_data(task: Task, dist: Distributed) -> RunData:
     return RunData(task_data, sampler, train_loader, val_loader)
 
 
-def build_optimizer(model: nn.Module, config: RunConfig) -> torch.optim.Optimizer:
-    """SGD with momentum (the paper's), or AdamW for short runs on small data, over the parameters that train:
-    at `base_lr`, the attention parameters at `attention_lr_mult` times it (a group of their own)."""
-    named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
-    split = config.attention_lr_mult != 1.0 and any(is_attention_parameter(name) for name, _ in named)
-    groups = [{"params": [p for name, p in named if not (split and is_attention_parameter(name))]}]
-    if split:
-        attention = [p for name, p in named if is_attention_parameter(name)]
-        groups.append({"params": attention, "lr": config.base_lr * config.attention_lr_mult})
+def build_optimizer(groups: Sequence[Mapping[str, Any]], config: RunConfig) -> torch.optim.Optimizer:
+    """SGD with momentum (the paper's), or AdamW for short runs on small data, over the task's parameter groups
+    (`Task.parameter_groups`), each at its `lr_mult` times `base_lr`."""
+    groups = [{**group, "lr": config.base_lr * group.get("lr_mult", 1.0)} for group in groups]
     if config.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=config.base_lr, weight_decay=config.weight_decay)
     return torch.optim.SGD(groups, lr=config.base_lr, momentum=config.momentum, weight_decay=config.weight_decay)

@@ -105,6 +105,12 @@ class Task(ABC):
     def lr_factor(self, step: int, steps_per_epoch: int, total_steps: int) -> float:
         """The learning-rate multiplier at optimizer step `step` (counted from 0 over the whole run)."""
 
+    @classmethod
+    def parameter_groups(cls, model: nn.Module, config: RunConfig) -> list[dict[str, Any]]:
+        """The parameters that train, as optimizer groups each with its `lr_mult` (of the run's base learning
+        rate); by default one group."""
+        return [{"params": [p for p in model.parameters() if p.requires_grad], "lr_mult": 1.0}]
+
     def total_steps(self, steps_per_epoch: int) -> int:
         """How many optimizer steps the run takes."""
         return self.config.epochs * steps_per_epoch

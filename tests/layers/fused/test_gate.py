@@ -20,7 +20,7 @@ from cbam.errors import ConfigError
 from cbam.layers import fused
 from cbam.layers.fused import cpu_kernels, gate
 from cbam.layers.pooling import channel_pool
-from cbam.profile import saved_activation_ratio
+from cbam.networks.counting import saved_activation_ratio
 from tests.conftest import randomize_
 from tests.layers.rounding import RoundingBound, call, outcomes, rounding_bound
 

@@ -13,8 +13,11 @@ from torch import nn
 
 import cbam
 from cbam.cli import main
-from cbam.convert import convert_authors_state, convert_file, load_pretrained, shown_names
 from cbam.errors import CheckpointError
+from cbam.networks.authors import convert_authors_state
+from cbam.networks.pretrained import convert_file, load_pretrained
+from cbam.networks.weights import shown_names
+from cbam.networks.zoo.resnet import ResNet
 
 
 def randomize_(network: nn.Module) -> nn.Module:
@@ -183,7 +186,7 @@ def test_authors_checkpoint_converts_to_a_zoo_network_with_equal_outputs(tmp_pat
     theirs = randomize_(TheirResNet(block, layers, attention, num_classes=10)).eval()
     path = authors_checkpoint(theirs, tmp_path / "model_best.pth.tar")
     ours = load_pretrained(path).eval()
-    assert type(ours) is cbam.models.ResNet
+    assert type(ours) is ResNet
     assert sum(isinstance(m, cbam.CBAM) for m in ours.modules()) == (8 if attention == "cbam" else 0)
     assert sum(isinstance(m, cbam.BAM) for m in ours.modules()) == (3 if attention == "bam" else 0)
     x = torch.randn(2, 3, 64, 64)
@@ -274,7 +277,10 @@ def test_a_network_asked_for_must_be_the_one_the_file_records(tmp_path):
     for path in (source, tmp_path / "r18.safetensors"):
         assert load_pretrained(path, "resnet18", attention={"name": "cbam"}, num_classes=7).fc.out_features == 7
         assert load_pretrained(path, "resnet18_cbam", impl="eager").fc.out_features == 7
-        with pytest.raises(CheckpointError, match=r"records the network resnet18, not the resnet50 asked for"):
+        with pytest.raises(
+            CheckpointError,
+            match=r"holds weights of a resnet18, not of the resnet50 asked for; leave the architecture out",
+        ):
             load_pretrained(path, "resnet50")
         with pytest.raises(CheckpointError, match=r"records attention=cbam, not the attention=se asked for"):
             load_pretrained(path, "resnet18_se")

@@ -23,9 +23,9 @@ def check_stem(stem: str) -> None:
 def initialize_weights(model: nn.Module) -> None:
     """The authors' init: Kaiming (fan-out) convs, BatchNorm scale 1 and shift 0, zero biases.
 
-    Linear weights keep PyTorch's default except the classifier's, which gets Kaiming
-    (fan-in) like the authors' `fc`. Afterwards every layer with its own `init_weights`
-    (the spatial attention's zero BatchNorm scale) applies it.
+    Linear weights keep PyTorch's default except the classifier's (the one the network declares as
+    `classifier_name`), which gets Kaiming (fan-in) like the authors' `fc`. Afterwards every layer with
+    its own `init_weights` (the spatial attention's zero BatchNorm scale) applies it.
     """
     for module in model.modules():
         if isinstance(module, nn.Conv2d):
@@ -37,7 +37,8 @@ def initialize_weights(model: nn.Module) -> None:
             nn.init.zeros_(module.bias)
         elif isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
-    classifier = getattr(model, "fc", None)
+    name = getattr(model, "classifier_name", None)  # a detector's body has no classifier
+    classifier = model.get_submodule(name) if name else None
     if isinstance(classifier, nn.Linear):
         nn.init.kaiming_normal_(classifier.weight)
     for module in model.modules():

@@ -21,9 +21,9 @@ from torch import Tensor, nn
 from cbam.errors import ConfigError, OptionError
 from cbam.layers.bam import BAM
 from cbam.layers.channel import ChannelAttention
-from cbam.layers.create import AttentionSpec, create_attention_factory
+from cbam.layers.create import AttentionSpec, create_attention_factory, is_attention_parameter
 from cbam.layers.spatial import SpatialAttention
-from cbam.profile import count_macs, count_parameters, forward_zeros
+from cbam.networks.counting import count_macs, count_parameters, forward_zeros
 from cbam.report import format_markdown_table
 
 log = logging.getLogger(__name__)
@@ -309,6 +309,18 @@ def detach(model: nn.Module) -> nn.Module:
 
 
 ATTENTION_TYPES: tuple[type[nn.Module], ...] = (ChannelAttention, SpatialAttention, BAM)
+
+
+def attention_param_groups(model: nn.Module, attention_lr_mult: float = 1.0) -> list[dict[str, Any]]:
+    """The parameters that train as optimizer groups: attention's (`is_attention_parameter`) in a group of its own
+    at `lr_mult=attention_lr_mult` where that is not 1, so new attention can learn faster than pretrained weights;
+    one group otherwise (a checkpoint's optimizer state then has the layout it always had)."""
+    named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    attention = [p for name, p in named if is_attention_parameter(name)]
+    if attention_lr_mult == 1.0 or not attention:
+        return [{"params": [p for _, p in named], "lr_mult": 1.0}]
+    others = [p for name, p in named if not is_attention_parameter(name)]
+    return [{"params": others, "lr_mult": 1.0}, {"params": attention, "lr_mult": attention_lr_mult}]
 
 
 def attention_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:

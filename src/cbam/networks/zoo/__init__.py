@@ -1,7 +1,7 @@
-"""Networks composed from `cbam.layers`; importing this package registers every builder."""
+"""The zoo: networks composed from `cbam.layers`; importing this package registers every builder."""
 
-from cbam.models.mobilenet import MobileNetV1, mobilenet_v1
-from cbam.models.resnet import (
+from cbam.networks.zoo.mobilenet import MobileNetV1, mobilenet_v1
+from cbam.networks.zoo.resnet import (
     BasicBlock,
     Bottleneck,
     ResNet,

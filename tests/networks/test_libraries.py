@@ -11,7 +11,8 @@ import torchvision
 import cbam
 from cbam.cli import main
 from cbam.errors import CheckpointError, ConfigError, DependencyError
-from cbam.external import cached_file, set_classes
+from cbam.networks.classifier import replace_classifier
+from cbam.networks.libraries import cached_file
 from cbam.tasks import load_model
 from tests.conftest import tiny_config, write_image_folder
 
@@ -153,8 +154,8 @@ def test_list_models_lists_other_libraries_by_prefix():
 def test_set_classes_replaces_only_a_classifier_of_another_size():
     model = torchvision.models.mobilenet_v3_small()
     same = model.classifier[3]
-    assert set_classes(model, 1000).classifier[3] is same
-    assert set_classes(model, 3).classifier[3].out_features == 3
+    assert replace_classifier(model, 1000).classifier[3] is same
+    assert replace_classifier(model, 3).classifier[3].out_features == 3
 
 
 def test_fine_tuning_a_torchvision_network_from_a_file_end_to_end(tmp_path, capsys):

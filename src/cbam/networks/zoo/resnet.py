@@ -9,6 +9,7 @@ follow torchvision's ResNet, so its state dicts load where the shapes agree.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -16,8 +17,8 @@ from torch import Tensor, nn
 from cbam.errors import ConfigError
 from cbam.layers.create import AttentionFactory, AttentionSpec, attention_placement, create_attention_factory
 from cbam.layers.fused import residual_tail
-from cbam.models._helpers import attention_or_identity, check_stem, initialize_weights
-from cbam.registry import register_model
+from cbam.networks.registry import register_model
+from cbam.networks.zoo.common import attention_or_identity, check_stem, initialize_weights
 
 STAGE_WIDTHS: tuple[int, int, int, int] = (64, 128, 256, 512)
 
@@ -131,6 +132,8 @@ class ResNet(nn.Module):
     `width_per_group` make ResNeXt, `stem="cifar"` swaps the 7x7/2 conv and max-pool for a
     3x3/1 conv for 32-64 px images.
     """
+
+    classifier_name: ClassVar[str] = "fc"  # the layer a new task replaces (cbam.networks.classifier)
 
     def __init__(
         self,

@@ -5,7 +5,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import cbam
 from cbam.layers.fused import cpu_kernels, set_attention_impl
-from cbam.profile import count_macs, count_parameters, find_paper_rows, measure, measure_arch
+from cbam.networks.complexity import find_paper_rows, measure_arch
+from cbam.networks.counting import count_macs, count_parameters, measure
 
 CPU_KERNELS = pytest.mark.skipif(not cpu_kernels.available(), reason="no C compiler for the fused CPU kernels")
 

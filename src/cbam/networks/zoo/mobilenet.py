@@ -8,12 +8,14 @@ stage ends, as in the ResNets.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from torch import Tensor, nn
 
 from cbam.errors import ConfigError
 from cbam.layers.create import AttentionFactory, AttentionSpec, attention_placement, create_attention_factory
-from cbam.models._helpers import attention_or_identity, check_stem, initialize_weights
-from cbam.registry import register_model
+from cbam.networks.registry import register_model
+from cbam.networks.zoo.common import attention_or_identity, check_stem, initialize_weights
 
 STEM_WIDTH = 32
 # (output channels, stride) of the 13 depthwise-separable blocks
@@ -71,6 +73,8 @@ class DepthwiseSeparable(nn.Sequential):
 
 class MobileNetV1(nn.Module):
     """MobileNet v1; `width_mult` (alpha) scales every width, rounded down (0.7 in Table 5)."""
+
+    classifier_name: ClassVar[str] = "fc"  # the layer a new task replaces (cbam.networks.classifier)
 
     def __init__(
         self,

@@ -6,7 +6,7 @@ from torch import nn
 
 import cbam
 from cbam.errors import ConfigError
-from cbam.models.resnet import BasicBlock, Bottleneck
+from cbam.networks.zoo.resnet import BasicBlock, Bottleneck
 
 ALL_MODELS = cbam.list_models()
 BASE_MODELS = cbam.list_models(include_shortcuts=False)

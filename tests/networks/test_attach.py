@@ -9,8 +9,8 @@ import torchvision
 from torch import nn
 
 import cbam
-from cbam.attach import AttentionAfter, AttentionRecorder, attach, attention_modules, detach, known_targets
 from cbam.errors import OptionError
+from cbam.networks.attach import AttentionAfter, AttentionRecorder, attach, attention_modules, detach, known_targets
 
 tv = torchvision.models
 SIZE = (3, 64, 64)
@@ -143,7 +143,7 @@ def test_attach_works_in_training_mode_and_on_the_meta_device():
 def test_the_report_is_logged_never_printed(capsys, cbam_log):
     attach(tv.resnet18(), "se", input_size=SIZE)
     [record] = cbam_log.records
-    assert (record.name, record.levelno) == ("cbam.attach", logging.INFO)
+    assert (record.name, record.levelno) == ("cbam.networks.attach", logging.INFO)
     assert record.getMessage().startswith("attached 8 attention modules: +") and "layer4.1.bn2" in record.getMessage()
     attach(tv.resnet18(), "se", input_size=SIZE, verbose=False)
     assert cbam_log.records[-1].levelno == logging.DEBUG
@@ -174,7 +174,7 @@ def test_attached_torchvision_network_scripts():
 
 
 def test_timm_resnet_weights_load_into_the_zoo(tmp_path):
-    from cbam.convert import load_pretrained
+    from cbam.networks.pretrained import load_pretrained
 
     torch.save(timm.create_model("resnet50", num_classes=10).state_dict(), tmp_path / "timm_r50.pth")
     model = load_pretrained(tmp_path / "timm_r50.pth", "resnet50", attention="se", verbose=False)

@@ -1,22 +1,15 @@
-"""Weights from elsewhere: the authors' released checkpoints, torchvision/timm state dicts, our own files.
+"""Weights in files, and loading them into a network: our files, the authors', torchvision's and timm's.
 
-The authors' `train_imagenet.py` saves `{"epoch", "arch", "state_dict", "best_prec1", "optimizer"}`
-with DataParallel keys (`module.` prefix). Inside a block their CBAM is `cbam.ChannelGate.mlp.{1,3}`
-(Flatten, Linear, ReLU, Linear) and `cbam.SpatialGate.spatial.{conv,bn}`, whose conv reads the
-channel *max first, then the mean*; their BAM is `bam1..bam3` with `channel_att.gate_c.*` and
-`spatial_att.gate_s.*`, combining the two maps by a product. `convert_authors_state` maps all of
-it onto the zoo's names, so the converted network computes what theirs did.
-
-`load_pretrained` builds a zoo network from any weights file and loads it strictly: weights that
-do not fit the network are refused (`strict=False` loads what fits and logs the rest), except the
-attention weights that plain torchvision/timm weights cannot hold, which keep their initial values.
+`read_weights` turns any file this project reads into one flat state dict under the zoo's names and
+the network the file records, if it does; `read_network_weights` adds the one check that the file
+holds the network asked for. `load_state_into` loads strictly: weights that do not fit are refused
+(`strict=False` loads what fits and logs the rest), except the attention weights that plain
+torchvision/timm weights cannot hold, which keep their initial values.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +18,6 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from cbam.attach import AttentionAfter
 from cbam.checkpoint import (
     Checkpoint,
     checkpoint_in_safetensors,
@@ -33,91 +25,16 @@ from cbam.checkpoint import (
     parse_checkpoint,
     read_safetensors,
     read_torch_file,
-    save_weights,
 )
 from cbam.errors import CheckpointError
-from cbam.external import attention_start, is_external
-from cbam.layers.create import ATTENTION_MODULE_NAMES, AttentionSpec
-from cbam.registry import Builder, create_model, model_entry
+from cbam.layers.create import ATTENTION_MODULE_NAMES
+from cbam.networks.attach import AttentionAfter
+from cbam.networks.authors import convert_authors_state, is_authors_checkpoint
+from cbam.networks.classifier import classes_in_state, classifier_name, replace_classifier
+from cbam.networks.names import check_network_name
+from cbam.networks.request import attention_start
 
 log = logging.getLogger(__name__)
-
-# (block type, blocks per stage) -> zoo name
-_RESNETS: dict[tuple[bool, tuple[int, ...]], str] = {
-    (False, (2, 2, 2, 2)): "resnet18",
-    (False, (3, 4, 6, 3)): "resnet34",
-    (True, (3, 4, 6, 3)): "resnet50",
-    (True, (3, 4, 23, 3)): "resnet101",
-    (True, (3, 8, 36, 3)): "resnet152",
-}
-_CBAM_KEYS = [
-    (r"\.cbam\.ChannelGate\.mlp\.1\.", ".attention.channel.mlp.0."),
-    (r"\.cbam\.ChannelGate\.mlp\.3\.", ".attention.channel.mlp.2."),
-    (r"\.cbam\.SpatialGate\.spatial\.conv\.", ".attention.spatial.conv."),
-    (r"\.cbam\.SpatialGate\.spatial\.bn\.", ".attention.spatial.bn."),
-]
-_BAM_KEYS = [
-    (r"^bam(\d)\.", lambda m: f"stage_attention.{int(m.group(1)) - 1}."),
-    (r"channel_att\.gate_c\.gate_c_fc_0\.", "channel_mlp.0."),
-    (r"channel_att\.gate_c\.gate_c_bn_1\.", "channel_mlp.1."),
-    (r"channel_att\.gate_c\.gate_c_fc_final\.", "channel_mlp.3."),
-    (r"spatial_att\.gate_s\.gate_s_conv_reduce0\.", "spatial_convs.0."),
-    (r"spatial_att\.gate_s\.gate_s_bn_reduce0\.", "spatial_convs.1."),
-    (r"spatial_att\.gate_s\.gate_s_conv_di_(\d)\.", lambda m: f"spatial_convs.{3 + 3 * int(m.group(1))}."),
-    (r"spatial_att\.gate_s\.gate_s_bn_di_(\d)\.", lambda m: f"spatial_convs.{4 + 3 * int(m.group(1))}."),
-    (r"spatial_att\.gate_s\.gate_s_conv_final\.", "spatial_convs.9."),
-]
-
-
-@dataclass(frozen=True)
-class AuthorsNetwork:
-    """What an authors' checkpoint holds: which network, and its weights under the zoo's names."""
-
-    arch: str
-    attention: Any
-    num_classes: int
-    state_dict: dict[str, Tensor] = field(repr=False)
-
-
-def is_authors_checkpoint(state: Mapping[str, Any]) -> bool:
-    sd = state.get("state_dict")
-    return isinstance(sd, Mapping) and any(str(k).startswith("module.") for k in sd)
-
-
-def _blocks_per_stage(keys: list[str]) -> tuple[int, ...]:
-    counts = []
-    for stage in range(1, 5):
-        indices = {int(m.group(1)) for k in keys if (m := re.match(rf"layer{stage}\.(\d+)\.", k))}
-        counts.append(len(indices))
-    return tuple(counts)
-
-
-def convert_authors_state(state: Mapping[str, Any]) -> AuthorsNetwork:
-    """Rename an authors' checkpoint's weights to the zoo's and say which network they belong to."""
-    if not is_authors_checkpoint(state):
-        raise CheckpointError("not a checkpoint of the authors' code: no DataParallel 'state_dict' (module.* keys)")
-    raw = {k.removeprefix("module."): v for k, v in state["state_dict"].items()}
-    keys = list(raw)
-    bottleneck = "layer1.0.conv3.weight" in raw
-    arch = _RESNETS.get((bottleneck, _blocks_per_stage(keys)))
-    if arch is None:
-        raise CheckpointError(f"unknown ResNet depth in the checkpoint (blocks per stage {_blocks_per_stage(keys)})")
-    has_cbam = any(".cbam." in k for k in keys)
-    has_bam = any(k.startswith("bam1.") for k in keys)
-    if has_cbam and has_bam:
-        raise CheckpointError("the checkpoint has both CBAM and BAM weights; the authors' code builds one or the other")
-    attention: Any = "cbam" if has_cbam else {"name": "bam", "combine": "product"} if has_bam else "none"
-    converted: dict[str, Tensor] = {}
-    for key, value in raw.items():
-        new = key
-        for pattern, replacement in _CBAM_KEYS if has_cbam else _BAM_KEYS if has_bam else []:
-            new = re.sub(pattern, replacement, new)
-        if new.endswith("attention.spatial.conv.weight"):
-            value = value[:, [1, 0]]  # their descriptor is [max; mean], ours (eq. 3) [mean; max]
-        converted[new] = value
-    if "fc.weight" not in converted:
-        raise CheckpointError("the checkpoint has no classifier (fc.weight)")
-    return AuthorsNetwork(arch, attention, converted["fc.weight"].shape[0], converted)
 
 
 def shown_names(names: Iterable[str], limit: int = 8) -> str:
@@ -215,6 +132,27 @@ def read_weights(path: str | Path) -> StoredWeights:
         named = state.get("arch") if isinstance(state.get("arch"), str) else None
         return StoredWeights(flat_state(state["state_dict"], str(path)), None, named)
     return StoredWeights(flat_state(state, str(path)), None, None)
+
+
+def read_network_weights(path: str | Path, arch: str | None = None, role: str = "") -> StoredWeights:
+    """`read_weights(path)`, refusing a file that names another network than `arch` (`role`: "backbone "); every
+    problem names the file."""
+    try:
+        weights = read_weights(path)
+    except CheckpointError as err:
+        message = str(err)
+        raise CheckpointError(message if str(path) in message else f"{path}: {message}") from None
+    check_network_name(path, weights.named_arch, arch, role)
+    return weights
+
+
+def recorded_options(weights: StoredWeights | None) -> dict[str, Any]:
+    """The builder options a file records (a `cbam train` checkpoint's `stem`, `width_mult`), `{}` for one that
+    records none: a network built for the file takes the trained network's shape. The classifier's size is the
+    caller's business, not a builder option here."""
+    if weights is None or weights.network is None:
+        return {}
+    return {key: value for key, value in weights.network.model_kwargs.items() if key != "num_classes"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -362,133 +300,18 @@ def load_state_into(
     return report
 
 
-# ---------------------------------------------------------------------------------------------
-# load_pretrained: a zoo network from any file
-
-RUNTIME_KWARGS: tuple[str, ...] = ("impl",)
-"""`create_model` options that choose how the network runs, not which network it is."""
-
-_ABSENT = object()
-
-
-def _builder(arch: str) -> Builder | str | None:
-    """The builder behind a zoo name (`resnet50_cbam` -> resnet50's), another library's name as it is; None
-    for a name the zoo lacks."""
-    if is_external(arch):
-        return arch
-    try:
-        return model_entry(arch).builder
-    except ValueError:
-        return None
-
-
-def _attention_of(arch: str, attention: AttentionSpec) -> AttentionSpec:
-    """The attention a network has: the one given, else the one its name fixes, else none."""
-    if attention is not None:
-        return attention
-    return "none" if is_external(arch) else model_entry(arch).fixed.get("attention", "none")
-
-
-def _same_attention(a: AttentionSpec, b: AttentionSpec) -> bool:
-    """Whether two attention specs build the same layers: `"cbam"` and `{"name": "cbam"}` do."""
-
-    def normal(spec: AttentionSpec) -> Any:
-        return {"name": spec} if isinstance(spec, str) else dict(spec) if isinstance(spec, Mapping) else spec
-
-    return normal(a) == normal(b)
-
-
-def spec_text(spec: AttentionSpec) -> str:
-    """An attention spec as a user wrote it: `cbam`, `{"name": "bam", "combine": "product"}`."""
-    if isinstance(spec, str):
-        return spec
-    if isinstance(spec, Mapping):
-        return json.dumps(dict(spec), default=str)
-    return getattr(spec, "__name__", repr(spec))
-
-
-def _check_request(
-    path: Path, recorded: RecordedNetwork, arch: str | None, attention: AttentionSpec, model_kwargs: Mapping[str, Any]
-) -> None:
-    """Refuse a network asked for that is not the one the file records, naming both."""
-    if arch is not None and _builder(arch) is not _builder(recorded.arch):
-        raise CheckpointError(
-            f"{path} records the network {recorded.arch}, not the {arch} asked for; "
-            f"leave the architecture out to load the {recorded.arch} it holds"
-        )
-    fixed = model_entry(arch).fixed.get("attention") if arch and not is_external(arch) else None
-    asked = attention if attention is not None else fixed
-    held = _attention_of(recorded.arch, recorded.attention)
-    if asked is not None and not _same_attention(asked, held):
-        raise CheckpointError(
-            f"{path} records attention={spec_text(held)}, not the attention={spec_text(asked)} asked for; "
-            "leave the attention out to load the one it holds"
-        )
-    for key, value in model_kwargs.items():
-        held_value = recorded.num_classes if key == "num_classes" else recorded.model_kwargs.get(key, _ABSENT)
-        if key not in RUNTIME_KWARGS and held_value not in (None, value):  # None: the classifier's shape decides
-            held_text = "no value" if held_value is _ABSENT else f"{key}={held_value!r}"
-            raise CheckpointError(f"{path} records {held_text}, not the {key}={value!r} asked for")
-
-
-def _classes_from(state: Mapping[str, Tensor]) -> dict[str, int]:
-    """`num_classes` read off the classifier's weight, where the state has one."""
-    fc = state.get("fc.weight")
-    return {"num_classes": fc.shape[0]} if isinstance(fc, Tensor) and fc.dim() == 2 else {}
-
-
-def load_pretrained(
-    source: str | Path,
-    arch: str | None = None,
-    *,
-    attention: AttentionSpec = None,
-    strict: bool = True,
-    verbose: bool = True,
-    **model_kwargs: Any,
-) -> nn.Module:
-    """A zoo network with weights from `source`, whichever kind of file it is (see `read_weights`).
-
-    A file that records its network (`cbam train`/`cbam convert` files, authors' checkpoints) builds
-    that one; an `arch`, `attention` or model keyword that disagrees with it is refused. A plain
-    state dict (torchvision, timm) needs `arch` (and `attention`, model keywords such as `num_classes`).
-    Weights must fit the network: `strict=False` loads what fits and logs the rest as a WARNING.
-    Attention weights a plain file cannot hold keep their initial values. The report is `model.cbam_load_report`.
-    """
-    path = Path(source)
-    weights = read_weights(path)
-    recorded = weights.network
-    if recorded is not None:
-        _check_request(path, recorded, arch, attention, model_kwargs)
-        runtime = {k: v for k, v in model_kwargs.items() if k in RUNTIME_KWARGS}
-        classes = {"num_classes": recorded.num_classes} if recorded.num_classes else _classes_from(weights.state)
-        kwargs = {**recorded.model_kwargs, **classes, **runtime, "attach_init": recorded.attach_init}
-        arch, attention = recorded.arch, recorded.attention
-    elif arch is None:
-        raise CheckpointError(
-            f"{path} holds weights but does not record which network they belong to; name it with arch= "
-            "(and attention= for a network with attention)"
-        )
+def load_trained(model: nn.Module, weights: StoredWeights, source: str, target: str, *, strict: bool = True,
+                 use_classifier: bool = True, verbose: bool = True) -> LoadReport:  # fmt: skip
+    """Load `weights` into `model`, its classifier first resized to the file's own class count (a fine-tuned
+    network's); with `use_classifier=False` (a detector's backbone) the classifier is neither loaded nor needed.
+    Weights that do not fit are refused unless `strict=False`."""
+    ignore: tuple[str, ...] = ()
+    if use_classifier:
+        classes = classes_in_state(model, weights.state)
+        if classes is not None:
+            replace_classifier(model, classes)
     else:
-        named = weights.named_arch
-        if named is not None and _builder(named) not in (None, model_entry(arch).builder):
-            raise CheckpointError(f"{path} names the network {named}, not the {arch} asked for")
-        classes = {} if "num_classes" in model_kwargs else _classes_from(weights.state)
-        kwargs = {**classes, **model_kwargs}
-    model = create_model(arch, attention=attention, **kwargs)
-    target = f"{arch} (attention={spec_text(_attention_of(arch, attention))})"
-    advice = "; with strict=False the weights that fit are loaded and the rest is reported"
-    model.cbam_load_report = load_state_into(
-        model, weights.state, str(path), strict=strict, target=target, advice=advice, verbose=verbose
-    )
-    return model
-
-
-def convert_file(source: str | Path, destination: str | Path) -> AuthorsNetwork:
-    """An authors' checkpoint -> a `.safetensors` file that `load_pretrained` and `cbam eval` read."""
-    network = convert_authors_state(read_torch_file(Path(source)))
-    model = create_model(network.arch, attention=network.attention, num_classes=network.num_classes)
-    load_state_into(model, network.state_dict, str(source), target=network.arch)
-    config = {"arch": network.arch, "attention": network.attention, "model_kwargs": {}}
-    extras = {"num_classes": network.num_classes, "source": str(source)}
-    save_weights(Path(destination), Checkpoint("classification", config, None, 0, model.state_dict(), extras))
-    return network
+        ignore = (f"{classifier_name(model)}.",)
+    advice = "; --partial-weights (strict=False) loads the weights that fit and reports the rest"
+    return load_state_into(model, weights.state, source, strict=strict, ignore=ignore, target=target, advice=advice,
+                           verbose=verbose)  # fmt: skip
