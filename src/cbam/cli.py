@@ -18,7 +18,6 @@ from cbam._cli_args import (
     add_comparison_arguments,
     add_run_arguments,
     comparison_options,
-    parse_key_values,
     printed_or_checked,
     require_comparison_extras,
     run_config,
@@ -26,7 +25,7 @@ from cbam._cli_args import (
 from cbam.classification.compare import COMPARE_TABLES
 from cbam.classification.task import ClassificationConfig
 from cbam.detection.commands import add_detect_commands
-from cbam.engine.config import parse_attention
+from cbam.engine.config import parse_attention, parse_key_values
 from cbam.engine.distributed import shutdown_distributed
 from cbam.errors import ConfigError, UserError
 from cbam.explain import CAM_METHODS

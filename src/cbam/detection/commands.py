@@ -12,11 +12,11 @@ from cbam._cli_args import (
     add_comparison_arguments,
     add_run_arguments,
     comparison_options,
-    parse_key_values,
     printed_or_checked,
     require_comparison_extras,
     run_config,
 )
+from cbam.engine.config import parse_key_values
 from cbam.errors import ConfigError
 from cbam.extras import require_extra
 from cbam.outputs import check_output_file

@@ -11,10 +11,11 @@ explicit values. A run's saved `config.yaml` is itself a valid recipe.
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
 import json
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -22,7 +23,6 @@ from typing import Any, ClassVar, TypeVar
 
 import yaml
 
-from cbam._cli_args import parse_key_values
 from cbam.data.loading import data_location, default_workers
 from cbam.errors import ConfigError, unknown_name
 from cbam.networks.request import attention_start
@@ -54,6 +54,20 @@ def option(
     if isinstance(default, dict | list):
         return field(default_factory=lambda: type(default)(default), metadata=metadata)
     return field(default=default, metadata=metadata)
+
+
+def parse_key_values(pairs: Sequence[str], flag: str) -> dict[str, Any]:
+    """`KEY=VALUE` pairs given to `flag`; values are Python literals (`0.7`, `True`, `[32, 64]`) or else strings."""
+    values: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"{flag} expects KEY=VALUE, got {pair!r}")
+        try:
+            values[key] = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            values[key] = text
+    return values
 
 
 def parse_attention(text: str) -> Any:
