@@ -14,8 +14,7 @@ from cbam.networks import (
     register_model,
 )
 from cbam.tasks import fit, load_model
-
-__version__ = "0.1.0"
+from cbam.version import __version__
 
 __all__ = [
     "BAM",

@@ -13,7 +13,6 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from cbam import __version__
 from cbam._cli_args import (
     add_comparison_arguments,
     add_run_arguments,
@@ -40,6 +39,7 @@ from cbam.outputs import check_output_file, check_writable_folder
 from cbam.paper import PAPER_TABLES
 from cbam.report import comparison_lines, format_markdown_table, write_csv
 from cbam.survey.commands import add_survey_commands
+from cbam.version import __version__
 
 COMPARE_SKIP = ("arch", "attention")  # options each compare row sets itself, so not flags
 
