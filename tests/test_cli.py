@@ -7,9 +7,8 @@ import pytest
 import torch
 
 import cbam
-from cbam import cli
 from cbam.classification.task import ClassificationConfig
-from cbam.cli import main
+from cbam.cli import main, networks
 from cbam.data.loading import default_workers
 
 
@@ -113,14 +112,14 @@ def test_a_bug_is_a_traceback_and_exit_1_not_a_user_mistake(capsys, monkeypatch)
     def broken(args):
         return {}["missing"]  # a deliberate bug: KeyError is no user mistake
 
-    monkeypatch.setattr(cli, "cmd_models", broken)
+    monkeypatch.setattr(networks, "cmd_models", broken)
     code, _, err = run(capsys, "models")
     assert code == 1 and "Traceback" in err and "KeyError" in err and "a bug in cbam" in err
 
     def value_bug(args):
         raise ValueError("an internal check failed")  # plain ValueError: ours, not the user's
 
-    monkeypatch.setattr(cli, "cmd_models", value_bug)
+    monkeypatch.setattr(networks, "cmd_models", value_bug)
     code, _, err = run(capsys, "models")
     assert code == 1 and "Traceback" in err
 

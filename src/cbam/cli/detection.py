@@ -8,7 +8,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from cbam._cli_args import (
+from cbam.cli.options import (
     add_comparison_arguments,
     add_run_arguments,
     comparison_options,

@@ -1,4 +1,4 @@
-"""Command-line values shared by the command groups."""
+"""Flags and values shared by the command groups: the training commands' (run, recipe, comparison)."""
 
 from __future__ import annotations
 

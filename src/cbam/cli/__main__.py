@@ -1,0 +1,5 @@
+import sys
+
+from cbam.cli import main
+
+sys.exit(main())
