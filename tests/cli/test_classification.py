@@ -1,10 +1,15 @@
 """`cbam train`, `cbam eval` and `cbam compare` end to end on real files."""
 
 import json
+import os
 
 import pytest
+import torch
 
+import cbam
+from cbam.classification.task import ClassificationConfig
 from cbam.cli import main
+from cbam.data.loading import default_workers
 
 TINY = [
     "--arch", "wide_resnet18", "--model-arg", "widen_factor=0.25", "--attention", "cbam",
@@ -143,3 +148,22 @@ def test_compare_prints_and_writes_the_table(capsys, image_folder, tmp_path):
 def argv_compare(image_folder, tmp_path, tiny):
     return ["compare", "--table", "table4", "--arch", "resnet18", "--data", image_folder,
             "--output", tmp_path / "cmp", "--epochs", "1", *tiny]  # fmt: skip
+
+
+def test_a_file_torch_refuses_never_passes_on_the_advice_to_load_it_unsafely(capsys, tmp_path):
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(bytes(range(256)) * 8)
+    unsafe = tmp_path / "object.pt"
+    torch.save(cbam.create_model, unsafe)  # a pickled function: loading it unsafely would import and run code
+    for path, why in ((garbage, "truncated, corrupt or not a PyTorch file"), (unsafe, "could run code")):
+        code, _, err = run(capsys, "eval", "--checkpoint", path)
+        assert code == 2 and "not a checkpoint cbam can read safely" in err and why in err
+        assert "weights_only" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_workers_default_to_the_cpus_this_process_may_use(monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert default_workers() == 2 and ClassificationConfig().workers == 2
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # torchrun with 4 processes on this machine
+    assert default_workers() == 1

@@ -1,15 +1,10 @@
+"""`cbam profile` and `cbam models`."""
+
 import json
-import os
-import subprocess
-import sys
 
 import pytest
-import torch
 
-import cbam
-from cbam.classification.task import ClassificationConfig
-from cbam.cli import main, networks
-from cbam.data.loading import default_workers
+from cbam.cli import main
 
 
 def run(capsys, *argv):
@@ -93,59 +88,3 @@ def test_models_lists_registered_names(capsys):
     assert out.split() == ["resnet18", "resnet18_bam", "resnet18_cbam", "resnet18_se"]
     _, out, _ = run(capsys, "models", "--base-only")
     assert "resnet50" in out.split() and "resnet50_cbam" not in out.split()
-
-
-def test_python_dash_m_runs_the_cli():
-    done = subprocess.run(
-        [sys.executable, "-m", "cbam", "profile", "resnet18", "--json"], capture_output=True, text=True, check=True
-    )
-    assert json.loads(done.stdout)["params"] == 11_689_512
-
-
-def test_version_is_the_installed_one(capsys):
-    with pytest.raises(SystemExit) as done:
-        main(["--version"])
-    assert done.value.code == 0 and capsys.readouterr().out.strip() == f"cbam {cbam.__version__}"
-
-
-def test_a_bug_is_a_traceback_and_exit_1_not_a_user_mistake(capsys, monkeypatch):
-    def broken(args):
-        return {}["missing"]  # a deliberate bug: KeyError is no user mistake
-
-    monkeypatch.setattr(networks, "cmd_models", broken)
-    code, _, err = run(capsys, "models")
-    assert code == 1 and "Traceback" in err and "KeyError" in err and "a bug in cbam" in err
-
-    def value_bug(args):
-        raise ValueError("an internal check failed")  # plain ValueError: ours, not the user's
-
-    monkeypatch.setattr(networks, "cmd_models", value_bug)
-    code, _, err = run(capsys, "models")
-    assert code == 1 and "Traceback" in err
-
-
-def test_traceback_flag_and_variable_show_it_for_user_errors_too(capsys, monkeypatch):
-    code, _, err = run(capsys, "--traceback", "profile", "resnet5")
-    assert code == 2 and "Traceback" in err and err.strip().splitlines()[-1].startswith("cbam profile: error: unknown")
-    monkeypatch.setenv("CBAM_TRACEBACK", "1")
-    code, _, err = run(capsys, "profile", "resnet5")
-    assert code == 2 and "Traceback" in err
-
-
-def test_a_file_torch_refuses_never_passes_on_the_advice_to_load_it_unsafely(capsys, tmp_path):
-    garbage = tmp_path / "garbage.pt"
-    garbage.write_bytes(bytes(range(256)) * 8)
-    unsafe = tmp_path / "object.pt"
-    torch.save(cbam.create_model, unsafe)  # a pickled function: loading it unsafely would import and run code
-    for path, why in ((garbage, "truncated, corrupt or not a PyTorch file"), (unsafe, "could run code")):
-        code, _, err = run(capsys, "eval", "--checkpoint", path)
-        assert code == 2 and "not a checkpoint cbam can read safely" in err and why in err
-        assert "weights_only" not in err and len(err.strip().splitlines()) == 1
-
-
-def test_workers_default_to_the_cpus_this_process_may_use(monkeypatch):
-    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
-    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
-    assert default_workers() == 2 and ClassificationConfig().workers == 2
-    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # torchrun with 4 processes on this machine
-    assert default_workers() == 1
