@@ -14,7 +14,6 @@ import sys
 import traceback
 from collections.abc import Iterator, Sequence
 
-from cbam import __version__
 from cbam.cli.classification import add_classification_commands
 from cbam.cli.detection import add_detect_commands
 from cbam.cli.explain import add_explain_commands
@@ -23,6 +22,7 @@ from cbam.cli.networks import add_network_commands
 from cbam.cli.survey import add_survey_commands
 from cbam.engine.distributed import shutdown_distributed
 from cbam.errors import UserError
+from cbam.version import __version__
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -10,12 +10,12 @@ from cbam.cli.networks import parse_model_args
 from cbam.engine.config import parse_attention
 from cbam.errors import ConfigError
 from cbam.export import EXPORT_FORMATS
+from cbam.networks.build import create_model
 from cbam.outputs import check_output_file
-from cbam.registry import create_model
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from cbam.convert import convert_file
+    from cbam.networks.pretrained import convert_file
 
     check_output_file(args.destination, force=args.force)
     network = convert_file(args.source, args.destination)
@@ -37,7 +37,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     attention = parse_attention(args.attention) if args.attention else None
     model_kwargs = parse_model_args(args.model_arg)
     if args.checkpoint:
-        from cbam.convert import load_pretrained
+        from cbam.networks.pretrained import load_pretrained
 
         model = load_pretrained(args.checkpoint, args.arch, attention=attention, **model_kwargs)
     else:

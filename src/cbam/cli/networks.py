@@ -10,16 +10,10 @@ from typing import Any
 from cbam.engine.config import parse_attention, parse_key_values
 from cbam.errors import ConfigError
 from cbam.layers.create import attention_names
+from cbam.networks.complexity import RowComparison, compare_row, compare_table, find_paper_rows, measure_arch
+from cbam.networks.counting import complexity_dict
+from cbam.networks.names import list_models, model_entry
 from cbam.paper import PAPER_TABLES
-from cbam.profile import (
-    RowComparison,
-    compare_row,
-    compare_table,
-    complexity_dict,
-    find_paper_rows,
-    measure_arch,
-)
-from cbam.registry import list_models, model_entry
 from cbam.report import format_markdown_table
 
 
