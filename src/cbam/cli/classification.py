@@ -13,13 +13,13 @@ from cbam.cli.options import (
     add_comparison_arguments,
     add_run_arguments,
     comparison_options,
+    print_comparison,
     printed_or_checked,
     require_comparison_extras,
     run_config,
 )
 from cbam.errors import ConfigError
 from cbam.outputs import check_output_file
-from cbam.report import comparison_lines
 
 COMPARE_SKIP = ("arch", "attention")  # options each compare row sets itself, so not flags
 
@@ -121,11 +121,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     comparison = run_compare(rows, config, Path(args.output), baseline=args.baseline, exist_ok=args.exist_ok,
                              **options)  # fmt: skip
     title = args.table or f"{args.arch[0]}: {args.attention}"
-    print(f"\n## {title} on {args.data}, {args.seeds} seed(s)\n")
-    print("\n".join(comparison_lines(comparison.header, comparison.rows, comparison.verdicts, comparison.failures,
-                                    comparison.notes)))  # fmt: skip
-    print(f"\nwritten: {Path(args.output) / 'comparison.md'}, comparison.csv, comparison.json, curves.png, errors.png")
-    return 1 if comparison.failures else 0
+    written = f"{Path(args.output) / 'comparison.md'}, comparison.csv, comparison.json, curves.png, errors.png"
+    return print_comparison(f"{title} on {args.data}, {args.seeds} seed(s)", comparison, written)
 
 
 def add_classification_commands(commands: argparse._SubParsersAction) -> None:

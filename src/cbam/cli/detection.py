@@ -12,6 +12,7 @@ from cbam.cli.options import (
     add_comparison_arguments,
     add_run_arguments,
     comparison_options,
+    print_comparison,
     printed_or_checked,
     require_comparison_extras,
     run_config,
@@ -20,7 +21,7 @@ from cbam.engine.config import parse_key_values
 from cbam.errors import ConfigError
 from cbam.extras import require_extra
 from cbam.outputs import check_output_file
-from cbam.report import comparison_lines, format_markdown_table, write_csv
+from cbam.report import format_markdown_table, write_csv
 
 TABLE_RECIPES = {"table7": "coco-faster-rcnn", "table8": "voc-stairnet"}
 COMPARE_SKIP = ("detector", "backbone", "attention")  # options each compare row sets itself, so not flags
@@ -125,11 +126,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     options = comparison_options(args)
     comparison = compare_detectors(args.table, base, Path(args.output), backbones=args.backbone, backbone_runs=runs,
                                    exist_ok=args.exist_ok, **options)  # fmt: skip
-    print(f"\n## {args.table} on {base.data}, {args.seeds} seed(s)\n")
-    print("\n".join(comparison_lines(comparison.header, comparison.rows, comparison.verdicts, comparison.failures,
-                                    comparison.notes)))  # fmt: skip
-    print(f"\nwritten: {Path(args.output) / 'comparison.md'}, comparison.csv, comparison.json")
-    return 1 if comparison.failures else 0
+    written = f"{Path(args.output) / 'comparison.md'}, comparison.csv, comparison.json"
+    return print_comparison(f"{args.table} on {base.data}, {args.seeds} seed(s)", comparison, written)
 
 
 def cmd_profile(args: argparse.Namespace) -> int:

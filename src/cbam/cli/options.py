@@ -6,6 +6,7 @@ from typing import Any
 
 from cbam.engine.config import parse_key_values
 from cbam.errors import ConfigError
+from cbam.report import comparison_lines
 
 # ---------------------------------------------------------------------------------------------
 # Training commands: `cbam train`, `cbam compare`, `cbam detect train`, `cbam detect compare`
@@ -107,3 +108,13 @@ def printed_or_checked(args: Any, config: Any) -> bool:
     if not args.output:
         raise ConfigError("give --output: the folder the run writes its checkpoints and reports to")
     return False
+
+
+def print_comparison(title: str, comparison: Any, written: str) -> int:
+    """A comparison's table, verdicts, failures and notes as both compare commands print them, then the files
+    `written`; the exit code is 1 when a run failed."""
+    print(f"\n## {title}\n")
+    print("\n".join(comparison_lines(comparison.header, comparison.rows, comparison.verdicts, comparison.failures,
+                                    comparison.notes)))  # fmt: skip
+    print(f"\nwritten: {written}")
+    return 1 if comparison.failures else 0
