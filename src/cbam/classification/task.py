@@ -21,7 +21,7 @@ from cbam.classification.accuracy import error_percent, topk_correct
 from cbam.data.loading import AugmentedDataset, DataError, class_names, collate_skipping, data_location, open_split
 from cbam.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, train_transform
 from cbam.engine.batches import SkipLog, merged_batches
-from cbam.engine.config import RunConfig, option, parse_attention
+from cbam.engine.config import RunConfig, attention_option, option
 from cbam.engine.distributed import Distributed, all_reduce_sum
 from cbam.engine.task import Headline, Task, TaskData
 from cbam.networks.attach import attention_param_groups
@@ -46,7 +46,7 @@ class ClassificationConfig(RunConfig):
         "", "an ImageNet-layout folder, cifar10, cifar100 or cluttered-digits (kept as an absolute path)"
     )
     arch: str = option("resnet50", "model name (see `cbam models`)", paper="resnet50")
-    attention: Any = option("none", "none, se, cbam, bam, ..., or a JSON mapping", parse=parse_attention)
+    attention: Any = attention_option()
     model_kwargs: dict[str, Any] = option({}, "builder option, e.g. width_mult=0.7", flag="--model-arg")
     epochs: int = option(90, "training epochs", paper=90, resumable=True)
     batch_size: int = option(256, "global batch over all processes", paper=256)

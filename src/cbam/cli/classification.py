@@ -10,6 +10,18 @@ from typing import Any
 from cbam.classification.compare import COMPARE_TABLES
 from cbam.classification.task import ClassificationConfig
 from cbam.cli.options import (
+    ATTENTION,
+    BATCH_SIZE,
+    CHECKPOINT,
+    DATA,
+    DEVICE,
+    EVAL_RESIZE,
+    FORCE,
+    IMAGE_SIZE,
+    JSON,
+    SAVE_PREDICTIONS,
+    SPLIT,
+    WORKERS,
     add_comparison_arguments,
     add_run_arguments,
     comparison_options,
@@ -132,26 +144,17 @@ def add_classification_commands(commands: argparse._SubParsersAction) -> None:
     train.set_defaults(func=cmd_train)
 
     evaluate = commands.add_parser("eval", help="top-1/top-5 error of a checkpoint (single centre crop)")
-    evaluate.add_argument(
-        "--checkpoint",
-        required=True,
-        help="a .pt checkpoint or .safetensors weights from cbam train, or its run folder (its best.pt)",
-    )
-    evaluate.add_argument("--data", help="dataset (default: the one the checkpoint was trained on)")
-    evaluate.add_argument("--split", default="val", help="val (default) or test")
-    evaluate.add_argument("--batch-size", type=int, default=64)
-    evaluate.add_argument("--workers", type=int, help="data-loading processes (default: the CPUs available)")
-    evaluate.add_argument("--device", default="auto")
-    evaluate.add_argument("--image-size", type=int, help="centre crop side (default: the run's): another scale than "
-                          "it was trained at")  # fmt: skip
-    evaluate.add_argument("--eval-resize", type=int, help="short side before the crop (default: the run's)")
-    evaluate.add_argument("--json", action="store_true", help="print top1_error, top5_error, loss, images as JSON")
-    evaluate.add_argument(
-        "--save-predictions",
-        metavar="FILE",
-        help="each image's label and five best classes as CSV (file, label, top1..top5)",
-    )
-    evaluate.add_argument("--force", action="store_true", help="replace an existing --save-predictions file")
+    CHECKPOINT.add(evaluate, required=True)
+    DATA.add(evaluate)
+    SPLIT.add(evaluate)
+    BATCH_SIZE.add(evaluate, default=64)
+    WORKERS.add(evaluate)
+    DEVICE.add(evaluate, with_default=True)
+    IMAGE_SIZE.add(evaluate, help="centre crop side (default: the run's): another scale than it was trained at")
+    EVAL_RESIZE.add(evaluate, default_help="the run's")
+    JSON.add(evaluate, help="print top1_error, top5_error, loss, images as JSON")
+    SAVE_PREDICTIONS.add(evaluate, help="each image's label and five best classes as CSV (file, label, top1..top5)")
+    FORCE.add(evaluate, help="replace an existing --save-predictions file")
     evaluate.set_defaults(func=cmd_eval)
 
     compare = commands.add_parser(
@@ -160,7 +163,7 @@ def add_classification_commands(commands: argparse._SubParsersAction) -> None:
     compare.add_argument("--table", choices=COMPARE_TABLES, help="a paper table's rows")
     compare.add_argument("--arch", action="append", help="the network (with --attention), or only this network's "
                          "rows of --table (repeatable); torchvision:/timm: names too")  # fmt: skip
-    compare.add_argument("--attention", help="attentions to compare on --arch, comma-separated: none,se,cbam")
+    ATTENTION.add(compare, help="attentions to compare on --arch, comma-separated: none,se,cbam")
     compare.add_argument("--baseline", help="the attention every row is compared with (default: each network's first)")
     add_comparison_arguments(compare)
     add_run_arguments(compare, ClassificationConfig, skip=COMPARE_SKIP)

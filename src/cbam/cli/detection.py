@@ -9,6 +9,17 @@ from pathlib import Path
 from typing import Any
 
 from cbam.cli.options import (
+    BATCH_SIZE,
+    CHECKPOINT,
+    CSV,
+    DATA,
+    DEVICE,
+    FORCE,
+    JSON,
+    SAVE_PREDICTIONS,
+    SPLIT,
+    WORKERS,
+    ConfigFlag,
     add_comparison_arguments,
     add_run_arguments,
     comparison_options,
@@ -139,7 +150,9 @@ def cmd_profile(args: argparse.Namespace) -> int:
         header, rows, records = profile_table(args.table, args.backbone)
     elif args.detector and args.backbone and len(args.backbone) == 1:
         row = DetectRow("", args.detector, args.detector, args.backbone[0], args.attention, {})
-        params = count_parameters(row, args.num_classes, **parse_key_values(args.detector_arg, "--detector-arg"))
+        params = count_parameters(
+            row, args.num_classes, **parse_key_values(args.detector_kwargs or [], "--detector-arg")
+        )
         header = ["Detector", "Backbone", "Attention", "Classes", "Params (M)"]
         rows = [[args.detector, args.backbone[0], args.attention, str(args.num_classes), f"{params / 1e6:.3f}"]]
         records = [{"detector": args.detector, "backbone": args.backbone[0], "attention": args.attention,
@@ -175,25 +188,25 @@ def add_detect_commands(commands: argparse._SubParsersAction) -> None:
     train.set_defaults(func=cmd_train)
 
     evaluate = actions.add_parser("eval", help="COCO mAP or VOC07 mAP@.5 of a checkpoint, beside the paper's")
-    evaluate.add_argument("--checkpoint", required=True)
-    evaluate.add_argument("--data", help="default: the data it was trained on")
-    evaluate.add_argument("--split", help="default: the run's validation split")
+    CHECKPOINT.add(evaluate, required=True)
+    DATA.add(evaluate)
+    SPLIT.add(evaluate, default=None, default_help="the run's validation split")
     evaluate.add_argument("--metric", choices=["coco", "voc07", "voc"], help="default: the run's")
-    evaluate.add_argument("--batch-size", type=int, default=8)
-    evaluate.add_argument("--workers", type=int, help="data-loading processes (default: the CPUs available)")
-    evaluate.add_argument("--device", default="auto")
-    evaluate.add_argument("--json", action="store_true")
-    evaluate.add_argument("--save-predictions", metavar="FILE", help="the detections in COCO results format")
-    evaluate.add_argument("--force", action="store_true", help="replace an existing --save-predictions file")
+    BATCH_SIZE.add(evaluate, default=8)
+    WORKERS.add(evaluate)
+    DEVICE.add(evaluate, with_default=True)
+    JSON.add(evaluate)
+    SAVE_PREDICTIONS.add(evaluate, help="the detections in COCO results format")
+    FORCE.add(evaluate, help="replace an existing --save-predictions file")
     evaluate.set_defaults(func=cmd_eval)
 
     predict = actions.add_parser("predict", help="draw a checkpoint's detections on images")
-    predict.add_argument("--checkpoint", required=True)
+    CHECKPOINT.add(predict, required=True, help="a .pt checkpoint from cbam detect train")
     predict.add_argument("images", nargs="+", help="image files")
     predict.add_argument("--output", required=True, help="folder for the drawn PNGs and detections.json")
     predict.add_argument("--score-threshold", type=float, default=0.5)
-    predict.add_argument("--device", default="auto")
-    predict.add_argument("--force", action="store_true", help="replace the drawings of an earlier prediction")
+    DEVICE.add(predict, with_default=True)
+    FORCE.add(predict, help="replace the drawings of an earlier prediction")
     predict.set_defaults(func=cmd_predict)
 
     compare = actions.add_parser("compare", help="train the rows of Table 7 or 8 under one recipe over seeds")
@@ -211,12 +224,12 @@ def add_detect_commands(commands: argparse._SubParsersAction) -> None:
     profile.add_argument("--table", choices=DETECT_TABLES, help="a paper table's detectors")
     profile.add_argument("--detector", help="or this detector (with --backbone and --attention)")
     profile.add_argument("--backbone", nargs="+", help="only these backbones (with --detector: the backbone)")
-    profile.add_argument("--attention", default="none")
+    ConfigFlag(DetectionConfig, "attention").add(profile, with_default=True)
     profile.add_argument("--num-classes", type=int, default=20, help="object classes, without the background")
-    profile.add_argument("--detector-arg", action="append", default=[], metavar="KEY=VALUE")
-    profile.add_argument("--json", action="store_true")
-    profile.add_argument("--csv", help="also write the table to this CSV file")
-    profile.add_argument("--force", action="store_true", help="replace an existing --csv file")
+    ConfigFlag(DetectionConfig, "detector_kwargs").add(profile)
+    JSON.add(profile)
+    CSV.add(profile)
+    FORCE.add(profile, help="replace an existing --csv file")
     profile.set_defaults(func=cmd_profile)
 
     models = actions.add_parser("models", help="list the registered detectors")

@@ -6,8 +6,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from cbam.cli.options import BATCH_SIZE, CHECKPOINT, CSV, DATA, DEVICE, FORCE, JSON, LAYER, METHOD, SEED, SPLIT
 from cbam.errors import ConfigError
-from cbam.explain import CAM_METHODS
 from cbam.extras import require_extra
 from cbam.outputs import check_output_file, check_writable_folder
 from cbam.report import format_markdown_table, write_csv
@@ -95,36 +95,36 @@ def cmd_localize(args: argparse.Namespace) -> int:
 def add_explain_commands(commands: argparse._SubParsersAction) -> None:
     """`cbam cam` and `cbam localize` under the main parser's commands."""
     cam = commands.add_parser("cam", help="the paper's Fig. 4: each image, then each network's Grad-CAM and P")
-    cam.add_argument("--checkpoint", action="append", required=True, help="a checkpoint (repeatable: one column each)")
-    cam.add_argument("--data", help="dataset (default: the one the first checkpoint was trained on)")
-    cam.add_argument("--split", default="val")
+    CHECKPOINT.add(cam, action="append", required=True, help="a checkpoint (repeatable: one column each)")
+    DATA.add(cam, default_help="the one the first checkpoint was trained on")
+    SPLIT.add(cam)
     cam.add_argument("--images", nargs="+", metavar="INDEX", help="these images of the split (indices)")
     cam.add_argument("--count", type=int, default=4, help="else this many random images (default 4)")
-    cam.add_argument("--seed", type=int, default=0)
+    SEED.add(cam)
     cam.add_argument("--correct-only", action="store_true", help="only images every network classifies correctly")
-    cam.add_argument("--method", default="gradcam", choices=CAM_METHODS)
-    cam.add_argument("--layer", help="the module to explain, by dotted name (default: the last block)")
+    METHOD.add(cam)
+    LAYER.add(cam)
     cam.add_argument("--attention-maps", action="store_true", help="add each CBAM stage's spatial map Ms")
     cam.add_argument("--output", help="the figure (.png, or .pdf)")
     cam.add_argument("--html", help="also (or instead) an HTML gallery in this folder, one row per image")
-    cam.add_argument("--force", action="store_true", help="replace an existing figure or gallery page")
+    FORCE.add(cam, help="replace an existing figure or gallery page")
     cam.add_argument("--list-layers", action="store_true", help="print the first checkpoint's module names and stop")
     cam.set_defaults(func=cmd_cam)
 
     localize = commands.add_parser(
         "localize", help="how well each network's Grad-CAM points at the object: scores against the data's boxes"
     )
-    localize.add_argument("--checkpoint", action="append", required=True, help="a checkpoint (repeatable)")
-    localize.add_argument("--data", help="dataset (default: the one the first checkpoint was trained on)")
-    localize.add_argument("--split", default="val")
+    CHECKPOINT.add(localize, action="append", required=True, help="a checkpoint (repeatable)")
+    DATA.add(localize, default_help="the one the first checkpoint was trained on")
+    SPLIT.add(localize)
     localize.add_argument("--boxes", help="a COCO .json or a folder of VOC .xml (default: the data's annotations/)")
-    localize.add_argument("--method", default="gradcam", choices=CAM_METHODS)
-    localize.add_argument("--layer", help="the module to explain, by dotted name (default: the last block)")
+    METHOD.add(localize)
+    LAYER.add(localize)
     localize.add_argument("--threshold", type=float, default=0.6, help="CAM level of the region for IoU (paper: 0.6)")
     localize.add_argument("--limit", type=int, help="only the first N images with a box")
-    localize.add_argument("--batch-size", type=int, default=32)
-    localize.add_argument("--device", default="auto")
-    localize.add_argument("--json", action="store_true", help="print the scores as JSON")
-    localize.add_argument("--csv", help="also write the table to this CSV file")
-    localize.add_argument("--force", action="store_true", help="replace an existing --csv file")
+    BATCH_SIZE.add(localize, default=32)
+    DEVICE.add(localize, with_default=True)
+    JSON.add(localize, help="print the scores as JSON")
+    CSV.add(localize)
+    FORCE.add(localize, help="replace an existing --csv file")
     localize.set_defaults(func=cmd_localize)

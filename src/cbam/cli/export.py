@@ -7,6 +7,7 @@ import argparse
 import json
 
 from cbam.cli.networks import parse_model_args
+from cbam.cli.options import ATTENTION, CHECKPOINT, FORCE, INPUT_SIZE, MODEL_ARG
 from cbam.engine.config import parse_attention
 from cbam.errors import ConfigError
 from cbam.export import EXPORT_FORMATS
@@ -35,7 +36,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.format == "onnx":
         require_onnx(runtime=True)
     attention = parse_attention(args.attention) if args.attention else None
-    model_kwargs = parse_model_args(args.model_arg)
+    model_kwargs = parse_model_args(args.model_kwargs or [])
     if args.checkpoint:
         from cbam.networks.pretrained import load_pretrained
 
@@ -62,20 +63,18 @@ def add_export_commands(commands: argparse._SubParsersAction) -> None:
     convert = commands.add_parser("convert", help="an authors' checkpoint (Jongchan/attention-module) -> safetensors")
     convert.add_argument("source", help="their .pth.tar (train_imagenet.py's checkpoint)")
     convert.add_argument("destination", help="the .safetensors file to write")
-    convert.add_argument("--force", action="store_true", help="replace an existing destination file")
+    FORCE.add(convert, help="replace an existing destination file")
     convert.set_defaults(func=cmd_convert)
 
     export = commands.add_parser("export", help="ONNX (checked with onnxruntime), TorchScript or torch.export")
-    export.add_argument(
-        "--checkpoint", help="a cbam checkpoint, .safetensors file, authors' checkpoint or plain state dict"
-    )
+    CHECKPOINT.add(export, help="a cbam checkpoint, .safetensors file, authors' checkpoint or plain state dict")
     export.add_argument(
         "--arch", help="the network: alone, with fresh weights; with --checkpoint, for a file that does not record it"
     )
-    export.add_argument("--attention", help="with --arch: the attention")
-    export.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE", help="with --arch")
+    ATTENTION.add(export, help=f"with --arch: the attention, {ATTENTION.text}")
+    MODEL_ARG.add(export, help=f"with --arch: {MODEL_ARG.text}")
     export.add_argument("--format", default="onnx", choices=EXPORT_FORMATS)
     export.add_argument("--output", required=True, help="file to write (.onnx, .pt, .pt2)")
-    export.add_argument("--input-size", type=int, default=224, help="example image side (default 224)")
-    export.add_argument("--force", action="store_true", help="replace an existing --output file")
+    INPUT_SIZE.add(export, help="example image side")
+    FORCE.add(export, help="replace an existing --output file")
     export.set_defaults(func=cmd_export)

@@ -7,9 +7,9 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+from cbam.cli.options import ATTENTION, INPUT_SIZE, JSON, MODEL_ARG
 from cbam.engine.config import parse_attention, parse_key_values
 from cbam.errors import ConfigError
-from cbam.layers.create import attention_names
 from cbam.networks.complexity import RowComparison, compare_row, compare_table, find_paper_rows, measure_arch
 from cbam.networks.counting import complexity_dict
 from cbam.networks.names import list_models, model_entry
@@ -74,7 +74,7 @@ def _profile_tables(args: argparse.Namespace) -> int:
 def _profile_model(args: argparse.Namespace) -> int:
     entry = model_entry(args.arch)
     attention = entry.fixed.get("attention", "none") if args.attention is None else parse_attention(args.attention)
-    kwargs = parse_model_args(args.model_arg)
+    kwargs = parse_model_args(args.model_kwargs or [])
     size = (3, args.input_size, args.input_size)
     ours = measure_arch(args.arch, attention, input_size=size, **kwargs)
     rows = find_paper_rows(entry.builder.__name__, attention, kwargs) if args.input_size == 224 else []
@@ -119,14 +119,8 @@ def add_network_commands(commands: argparse._SubParsersAction) -> None:
         description="Count parameters and GFLOPs (multiply-accumulates, the paper's convention).",
     )
     profile.add_argument("arch", nargs="?", help="model name, e.g. resnet50 or resnet50_cbam")
-    profile.add_argument(
-        "--attention",
-        help=f"one of {', '.join(attention_names())}, or a JSON mapping with 'name' and options "
-        "(default: the one the model name fixes, else none)",
-    )
-    profile.add_argument(
-        "--model-arg", action="append", default=[], metavar="KEY=VALUE", help="builder option, e.g. width_mult=0.7"
-    )
+    ATTENTION.add(profile, default_help="the one the model name fixes, else none")
+    MODEL_ARG.add(profile)
     profile.add_argument(
         "--paper-table",
         type=int,
@@ -135,8 +129,8 @@ def add_network_commands(commands: argparse._SubParsersAction) -> None:
         metavar="N",
         help=f"reproduce paper table N ({', '.join(map(str, PAPER_TABLES))}); repeatable",
     )
-    profile.add_argument("--input-size", type=int, default=224, help="image side in pixels (default 224)")
-    profile.add_argument("--json", action="store_true", help="machine-readable output")
+    INPUT_SIZE.add(profile)
+    JSON.add(profile)
     profile.set_defaults(func=cmd_profile)
 
     models = commands.add_parser("models", help="list the registered model names")

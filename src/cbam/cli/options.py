@@ -1,12 +1,101 @@
-"""Flags and values shared by the command groups: the training commands' (run, recipe, comparison)."""
+"""Flags several commands take, each declared once, and the training commands' shared flags and values.
+
+A flag that is a run option comes from the config's own declaration (`engine.config.option`, through
+`add_config_argument`): `--attention`, `--model-arg`, `--detector-arg`, `--image-size`, `--eval-resize`,
+`--device`, and a training command's `--output` and `--recipe`. The others are declared in the table below.
+Each is added with `FLAG.add(parser, **overrides)`: a command gives its own default, or says in `help` what the
+flag means for it (`--force`: which file it replaces), and keeps the declared type, action, metavar and choices.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
-from cbam.engine.config import parse_key_values
+from cbam.classification.task import ClassificationConfig
+from cbam.engine.config import RunConfig, add_config_argument, config_fields, parse_key_values
 from cbam.errors import ConfigError
+from cbam.explain import CAM_METHODS
 from cbam.report import comparison_lines
+
+
+@dataclass(frozen=True)
+class Flag:
+    """A flag declared here: its name and argparse keywords; the default, when there is one, is named in the help
+    (as the config's flags do)."""
+
+    name: str
+    options: Mapping[str, Any] = field(default_factory=dict)
+    default_help: str | None = None  # what the default is where it is no value (`--data`: the checkpoint's)
+
+    @property
+    def text(self) -> str:
+        """The declared help."""
+        return self.options.get("help", "")
+
+    def add(self, parser: Any, *, default_help: str | None = None, **overrides: Any) -> None:
+        """The flag on `parser`; `default_help` says what the default is where the command gives none."""
+        default_help = self.default_help if default_help is None else default_help
+        if default_help is not None:
+            overrides.setdefault("help", f"{self.text} (default: {default_help})")
+        options = {**self.options, **overrides}
+        default, text = options.get("default"), options.get("help", "")
+        if default not in (None, False, []) and text and "default" not in text:
+            options["help"] = f"{text} (default: {default})"
+        parser.add_argument(self.name, **options)
+
+
+@dataclass(frozen=True)
+class ConfigFlag:
+    """A flag that is option `name` of the config `cls`: generated from its declaration (see
+    `engine.config.add_config_argument`, whose keywords `add` takes)."""
+
+    cls: type[RunConfig]
+    name: str
+
+    @property
+    def text(self) -> str:
+        """The option's declared help."""
+        return config_fields(self.cls)[self.name].metadata.get("help", "")
+
+    def add(self, parser: Any, *, default_help: str | None = None, **overrides: Any) -> None:
+        """The flag on `parser`; `default_help` says what the default is where the command gives none."""
+        if default_help is not None:
+            overrides.setdefault("help", f"{self.text} (default: {default_help})")
+        add_config_argument(parser, self.cls, self.name, **overrides)
+
+
+def flag(name: str, *, default_help: str | None = None, **options: Any) -> Flag:
+    return Flag(name, options, default_help)
+
+
+# Run options several commands take outside a training run.
+ATTENTION = ConfigFlag(ClassificationConfig, "attention")
+MODEL_ARG = ConfigFlag(ClassificationConfig, "model_kwargs")
+IMAGE_SIZE = ConfigFlag(ClassificationConfig, "image_size")
+EVAL_RESIZE = ConfigFlag(ClassificationConfig, "eval_resize")
+DEVICE = ConfigFlag(RunConfig, "device")  # with_default=True: the evaluating commands' default, auto
+
+# What the evaluating commands read (`cbam eval`, `cbam detect eval`, `cbam localize`, `cbam cam`, `cbam survey`).
+CHECKPOINT = flag(
+    "--checkpoint", help="a .pt checkpoint or .safetensors weights from cbam train, or its run folder (its best.pt)"
+)
+DATA = flag("--data", help="dataset", default_help="the one the checkpoint was trained on")
+SPLIT = flag("--split", default="val", help="the split to read: val or test")
+BATCH_SIZE = flag("--batch-size", type=int, help="images per batch")
+WORKERS = flag("--workers", type=int, help="data-loading processes (default: the CPUs available)")
+SEED = flag("--seed", type=int, default=0, help="seed of the random choice of images")
+METHOD = flag("--method", default="gradcam", choices=CAM_METHODS, help="the class activation map")
+LAYER = flag("--layer", help="the module to explain, by dotted name (default: the last block)")
+INPUT_SIZE = flag("--input-size", type=int, default=224, help="image side in pixels")
+
+# What the commands write.
+JSON = flag("--json", action="store_true", help="print the result as JSON (machine-readable)")
+CSV = flag("--csv", help="also write the table to this CSV file")
+SAVE_PREDICTIONS = flag("--save-predictions", metavar="FILE", help="also write the predictions to FILE")
+FORCE = flag("--force", action="store_true", help="replace an existing output file")
+
 
 # ---------------------------------------------------------------------------------------------
 # Training commands: `cbam train`, `cbam compare`, `cbam detect train`, `cbam detect compare`
@@ -14,14 +103,11 @@ from cbam.report import comparison_lines
 
 def add_run_arguments(parser: Any, cls: Any, *, skip: tuple[str, ...] = (), resume: bool = False) -> None:
     """The flags of a command that trains runs of `cls`: its output, recipe and every config option."""
-    from cbam.engine.config import add_config_arguments, recipe_names
+    from cbam.engine.config import add_config_arguments, config_help, recipe_names
 
-    parser.add_argument("--output", help="run folder for checkpoints, metrics and reports")
-    parser.add_argument(
-        "--recipe",
-        help=f"named recipe ({', '.join(recipe_names(cls))}) or a YAML file of config keys, a run's config.yaml "
-        "too (default: the dataset's own where it has one, else the defaults)",
-    )
+    add_config_argument(parser, cls, "output")
+    recipes = config_help(cls, "recipe").removeprefix("the recipe the values came from: ")
+    add_config_argument(parser, cls, "recipe", help=f"{recipes}; named: {', '.join(recipe_names(cls))}")
     parser.add_argument(
         "--exist-ok", action="store_true", help="replace a run already in --output (else refused; see --resume)"
     )

@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from cbam.cli.options import CSV, DATA, FORCE, JSON, SEED, SPLIT
 from cbam.extras import require_extra
 from cbam.outputs import check_output_file
 from cbam.report import format_markdown_table, write_csv
@@ -68,10 +69,10 @@ def add_survey_commands(commands: argparse._SubParsersAction) -> None:
     build = actions.add_parser("build", help="pick images both models classify correctly and write their regions")
     build.add_argument("--baseline", required=True, help="the baseline's checkpoint")
     build.add_argument("--cbam", required=True, help="the CBAM network's checkpoint")
-    build.add_argument("--data", help="dataset (default: the one the checkpoints were trained on)")
-    build.add_argument("--split", default="val")
+    DATA.add(build, default_help="the one the checkpoints were trained on")
+    SPLIT.add(build)
     build.add_argument("--questions", type=int, default=50, help="number of images (paper: 50)")
-    build.add_argument("--seed", type=int, default=0, help="picks the images (the sides are shuffled at random)")
+    SEED.add(build, help="picks the images (the sides are shuffled at random)")
     build.add_argument("--output", required=True, help="the study folder to create (must not exist or be empty)")
     build.set_defaults(func=cmd_build)
 
@@ -84,7 +85,7 @@ def add_survey_commands(commands: argparse._SubParsersAction) -> None:
 
     tally = actions.add_parser("tally", help="Table 6 from the votes, beside the paper's")
     tally.add_argument("study", help="the study folder")
-    tally.add_argument("--json", action="store_true", help="print the tally as JSON")
-    tally.add_argument("--csv", help="also write each question's counts to this CSV file")
-    tally.add_argument("--force", action="store_true", help="replace an existing --csv file")
+    JSON.add(tally, help="print the tally as JSON")
+    CSV.add(tally, help="also write each question's counts to this CSV file")
+    FORCE.add(tally, help="replace an existing --csv file")
     tally.set_defaults(func=cmd_tally)

@@ -31,7 +31,7 @@ from cbam.detection.transforms import (
     ssd_train_transforms,
 )
 from cbam.engine.batches import SkipLog
-from cbam.engine.config import RunConfig, option, parse_attention
+from cbam.engine.config import RunConfig, attention_option, option
 from cbam.engine.distributed import Distributed
 from cbam.engine.task import Headline, Task, TaskData
 from cbam.errors import CheckpointError
@@ -76,7 +76,7 @@ class DetectionConfig(RunConfig):
     data: str = option("cluttered-digits", "cluttered-digits, a VOC folder or a COCO folder (kept absolute)")
     detector: str = option("faster_rcnn_c4", "see `cbam detect models`")
     backbone: str = option("resnet18", "resnet18/50/101, resnext..., vgg16, mobilenet_v1, torchvision:/timm: ResNets")
-    attention: Any = option("none", "none, se, cbam, ..., or a JSON mapping", parse=parse_attention)
+    attention: Any = attention_option()
     detector_kwargs: dict[str, Any] = option({}, "detector option (min_size=800, size=512, anchor_sizes=[32,64])",
                                              flag="--detector-arg")  # fmt: skip
     input_scale: str = option("paper", "detector sizes: the paper's, or small for 64 px images", choices=INPUT_SCALES)

@@ -46,7 +46,8 @@ def option(
     default_factory: Callable[[], Any] | None = None,
 ) -> Any:
     """A config field: `help` and `paper` (the paper's value) for `--help`, `choices` checked everywhere,
-    `flag`/`metavar`/`parse` for its command-line form, `resumable` when a resumed run may change it."""
+    `flag`/`metavar`/`parse` for its command-line form, `resumable` when a resumed run may change it; `cli=False`
+    leaves it out of `add_config_arguments` (a command that takes it adds it with `add_config_argument`)."""
     metadata = {"help": help, "paper": paper, "choices": choices, "flag": flag, "metavar": metavar,
                 "parse": parse, "resumable": resumable, "cli": cli}  # fmt: skip
     if default_factory is not None:
@@ -80,6 +81,14 @@ def parse_attention(text: str) -> Any:
     return text
 
 
+def attention_option() -> Any:
+    """The `attention` option of a task whose network takes one (classification's, detection's backbone's)."""
+    from cbam.layers.create import attention_names
+
+    names = ", ".join(attention_names())
+    return option("none", f"one of {names}, or a JSON mapping with 'name' and options", parse=parse_attention)
+
+
 OPTIMIZERS: tuple[str, ...] = ("sgd", "adamw")
 AMP_DTYPES: tuple[str, ...] = ("auto", "bfloat16", "float16")
 
@@ -93,7 +102,12 @@ class RunConfig:
     dataset_recipes: ClassVar[Mapping[str, str]] = {}
 
     output: str = option("", "run folder for checkpoints, metrics and reports", cli=False)
-    recipe: str = option("", "the recipe the values came from", cli=False)
+    recipe: str = option(
+        "",
+        "the recipe the values came from: a named recipe or a YAML file of config keys, a run's config.yaml too "
+        "(default: the dataset's own where it has one, else the defaults)",
+        cli=False,
+    )
     optimizer: str = option("sgd", "optimizer", paper="sgd", choices=OPTIMIZERS)
     momentum: float = option(0.9, "SGD momentum", paper=0.9)
     weight_decay: float = option(1e-4, "weight decay", paper=1e-4)
@@ -326,32 +340,48 @@ def _help(f: dataclasses.Field) -> str:
     return text
 
 
+def config_help(cls: type[RunConfig], name: str) -> str:
+    """The `--help` text of option `name` of `cls`: its help, then the paper's value or the default."""
+    return _help(config_fields(cls)[name])
+
+
+def add_config_argument(
+    parser: argparse.ArgumentParser, cls: type[RunConfig], name: str, *, with_default: bool = False, **overrides: Any
+) -> None:
+    """The flag of option `name` of `cls`, from its declaration: its type, metavar and help. It defaults to None
+    (what the user did not give comes from the recipe), or with `with_default` to the option's own default;
+    `overrides` are argparse's keywords for a command that takes the flag in its own sense (`help`, `default`)."""
+    f = config_fields(cls)[name]
+    kind, options = typing.get_type_hints(cls)[name], {"help": _help(f), "default": None}
+    if with_default:
+        options["default"] = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+    if f.metadata.get("choices"):  # shown, and checked by the config: one line naming the close ones
+        options["metavar"] = "{" + ",".join(f.metadata["choices"]) + "}"
+    if f.metadata.get("metavar"):
+        options["metavar"] = f.metadata["metavar"]
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if kind is bool:
+        options["action"] = argparse.BooleanOptionalAction
+    elif f.metadata.get("parse") is not None or kind is Any:
+        options["type"] = str
+    elif origin is dict:
+        options.update(action="append", metavar=f.metadata.get("metavar") or "KEY=VALUE")
+    elif origin is tuple:
+        options.update(type=args[0], nargs="+" if args[-1] is Ellipsis else len(args))
+    elif kind in (int, float, str):
+        options["type"] = kind
+    else:  # `str | None` and the like
+        options["type"] = next(a for a in args if a is not type(None))
+    parser.add_argument(_flag(f), dest=name, **{**options, **overrides})
+
+
 def add_config_arguments(parser: argparse.ArgumentParser, cls: type[RunConfig], skip: tuple[str, ...] = ()) -> None:
     """One flag per option of `cls` (left out: `skip` and options not meant for the command line); every flag
     defaults to None, so that what the user did not give comes from the recipe."""
-    hints = typing.get_type_hints(cls)
     for name, f in config_fields(cls).items():
         if name in skip or not f.metadata.get("cli", True):
             continue
-        kind, options = hints[name], {"help": _help(f), "default": None}
-        if f.metadata.get("choices"):  # shown, and checked by the config: one line naming the close ones
-            options["metavar"] = "{" + ",".join(f.metadata["choices"]) + "}"
-        if f.metadata.get("metavar"):
-            options["metavar"] = f.metadata["metavar"]
-        origin, args = typing.get_origin(kind), typing.get_args(kind)
-        if kind is bool:
-            options["action"] = argparse.BooleanOptionalAction
-        elif f.metadata.get("parse") is not None or kind is Any:
-            options["type"] = str
-        elif origin is dict:
-            options.update(action="append", metavar=f.metadata.get("metavar") or "KEY=VALUE")
-        elif origin is tuple:
-            options.update(type=args[0], nargs="+" if args[-1] is Ellipsis else len(args))
-        elif kind in (int, float, str):
-            options["type"] = kind
-        else:  # `str | None` and the like
-            options["type"] = next(a for a in args if a is not type(None))
-        parser.add_argument(_flag(f), dest=name, **options)
+        add_config_argument(parser, cls, name)
 
 
 def config_arguments(args: argparse.Namespace, cls: type[RunConfig], skip: tuple[str, ...] = ()) -> dict[str, Any]:
