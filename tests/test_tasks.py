@@ -39,6 +39,13 @@ def test_format_1_checkpoint_keeps_its_best_epoch_history_and_resume_state():
     assert set(old.training) == {"optimizer", "scaler", "rng"}
 
 
+def test_a_format_1_config_keeps_its_learning_rate_meaning_lr_per_256_images():
+    old = read_checkpoint(V1 / "classification-v1.pt")
+    assert "lr_batch" not in old.config
+    config = load_model(V1 / "classification-v1.pt").config
+    assert config.base_lr == pytest.approx(old.config["lr"] * old.config["batch_size"] / 256)
+
+
 def test_a_run_loads_back_from_its_checkpoint_and_its_weights_alike(tmp_path):
     config = tiny_config(write_image_folder(tmp_path / "data"), tmp_path / "run", epochs=1)
     result = cbam.fit(config)

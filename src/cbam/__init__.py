@@ -1,6 +1,7 @@
 """cbam: channel and spatial attention for convolutional networks (Woo et al., ECCV 2018)."""
 
 from cbam.detection.detectors import create_detector, list_detectors
+from cbam.engine.run import fit
 from cbam.explain import attention_maps, grad_cam
 from cbam.layers import BAM, CBAM, ChannelAttention, SpatialAttention, SqueezeExcite, create_attention_factory
 from cbam.networks import (
@@ -13,7 +14,7 @@ from cbam.networks import (
     load_pretrained,
     register_model,
 )
-from cbam.tasks import fit, load_model
+from cbam.tasks import load_model
 from cbam.version import __version__
 
 __all__ = [

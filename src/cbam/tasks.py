@@ -18,7 +18,7 @@ from torch import nn
 
 from cbam.checkpoint import TASKS, Checkpoint, checkpoint_file, read_checkpoint
 from cbam.engine.config import RunConfig, config_from_dict, resumable_keys
-from cbam.engine.run import RunResult, run
+from cbam.engine.run import RunResult, fit
 from cbam.engine.run_folder import LAST, SUMMARY_FILE, plan_run
 from cbam.engine.task import Task
 from cbam.errors import CheckpointError, ConfigError, UserError, unknown_name
@@ -40,11 +40,6 @@ def task_class(name: str) -> type[Task]:
 
         return DetectionTask
     raise unknown_name("task", name, TASKS)
-
-
-def fit(config: RunConfig, resume: Path | None = None, *, exist_ok: bool = False) -> RunResult:
-    """Train `config` (a `ClassificationConfig` or `DetectionConfig`) with its task; see `cbam.engine.run.run`."""
-    return run(task_class(config.task), config, resume, exist_ok=exist_ok)
 
 
 def run_plan(config: RunConfig, *, exist_ok: bool = False) -> str:

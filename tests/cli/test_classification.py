@@ -83,7 +83,7 @@ def test_resume_takes_the_command_that_started_the_run_and_refuses_only_real_cha
     code, _, err = run(capsys, *start, "--epochs", "2", "--resume")
     assert code == 0 and "epoch 2/2" in err, err
     code, _, err = run(capsys, *start, "--epochs", "3", "--resume", "--lr", "0.1")
-    assert code == 2 and "lr 0.8 -> 0.1" in err and "Only epochs" in err
+    assert code == 2 and "lr 0.8 -> 0.1" in err and "Only download, epochs" in err
 
 
 def test_a_folder_holding_a_run_is_never_replaced_silently(capsys, image_folder, tmp_path):

@@ -109,7 +109,7 @@ def test_a_killed_run_resumes_to_the_weights_of_an_uninterrupted_one(coco_folder
     expected = [whole.lr * lr_factor(whole, step, 8) for step in (0, 4)]
     assert [h["lr"] for h in a["history"]] == pytest.approx(expected, rel=1e-9)
     assert [h["lr"] for h in resumed.history] == pytest.approx(expected, rel=1e-9)
-    with pytest.raises(ConfigError, match=r"lr 0.001 -> 0.1\. Only epochs"):
+    with pytest.raises(ConfigError, match=r"lr 0.001 -> 0.1\. Only iterations, epochs"):
         resume_config(last, lr=0.1)
     assert resume_config(last, **options).epochs == 2  # the command that started it is accepted
     argv = ["detect", "train", "--recipe", "cluttered-digits", "--detector-arg", "batch_norm='train'", *flags,
@@ -216,6 +216,7 @@ def test_a_format_1_checkpoint_still_loads(tmp_path: Path) -> None:
 
     loaded = load_model(path, task="detection")
     assert loaded.task == "detection" and loaded.config == config
+    assert "lr_batch" not in state["config"] and loaded.config.base_lr == state["config"]["lr"]  # lr as given
     plain = loaded.config.to_dict()
     assert {key: plain[key] for key in state["config"]} == state["config"]
     assert loaded.classes == state["classes"] == ["red", "blue"]

@@ -44,6 +44,22 @@ def test_learning_rate_scales_linearly_with_the_global_batch():
     assert ClassificationConfig(batch_size=256).base_lr == 0.1
     assert ClassificationConfig(batch_size=1024).base_lr == pytest.approx(0.4)
     assert ClassificationConfig(batch_size=64, lr=0.2).base_lr == pytest.approx(0.05)
+    assert ClassificationConfig(batch_size=64, lr=0.2, lr_batch=32).base_lr == pytest.approx(0.4)
+
+
+def test_lr_has_one_declaration_and_meaning_for_every_task_whose_defaults_alone_differ():
+    from cbam.detection.task import DetectionConfig
+    from cbam.engine.config import RunConfig, config_fields
+
+    for name in ("epochs", "batch_size", "lr", "lr_batch"):
+        shared = config_fields(RunConfig)[name].metadata["help"]
+        assert config_fields(ClassificationConfig)[name].metadata["help"] == shared
+        assert config_fields(DetectionConfig)[name].metadata["help"] == shared
+    # A detection recipe gives lr for its own batch (lr_batch 0), as every detection file before lr_batch did.
+    assert DetectionConfig(batch_size=4, lr=0.01).base_lr == 0.01
+    assert DetectionConfig(batch_size=4, lr=0.01, lr_batch=16).base_lr == pytest.approx(0.0025)
+    with pytest.raises(ConfigError, match="lr_batch must be 0"):
+        ClassificationConfig(lr_batch=-1)
 
 
 def test_command_line_beats_recipe_beats_defaults(tmp_path):
@@ -115,7 +131,7 @@ def test_resuming_accepts_equal_values_and_names_each_real_change():
             "data": "cluttered-digits"}  # fmt: skip
     assert resumed_config(saved, same) == saved
     assert resumed_config(saved, {"epochs": 9, "workers": 0}).epochs == 9
-    allowed = "epochs, download, workers, channels_last, compile, device, output"
+    allowed = "download, epochs, workers, channels_last, compile, device, output"
     assert ", ".join(resumable_keys(ClassificationConfig)) == allowed
     with pytest.raises(ConfigError, match=rf"lr 0.01 -> 0.02; batch_size 32 -> 64\. Only {allowed} may change"):
         resumed_config(saved, {"lr": 0.02, "batch_size": 64, "epochs": 9})

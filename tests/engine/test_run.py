@@ -49,7 +49,7 @@ def test_an_interrupted_run_resumed_ends_with_the_same_weights(image_folder, tmp
 
 def test_resume_refuses_to_change_the_recipe(image_folder, tmp_path):
     fit(tiny_config(image_folder, tmp_path / "run", epochs=1))
-    with pytest.raises(ValueError, match=r"changes it: lr 0.8 -> 0.1\. Only epochs"):
+    with pytest.raises(ValueError, match=r"changes it: lr 0.8 -> 0.1\. Only download, epochs"):
         resume_config(tmp_path / "run" / "last.pt", lr=0.1)
     assert resume_config(tmp_path / "run" / "last.pt", lr=0.8, epochs=2).epochs == 2  # equal values are accepted
 
@@ -206,3 +206,38 @@ def test_attention_parameters_get_their_own_learning_rate(image_folder, tmp_path
     plain_config = dataclasses.replace(config, attention_lr_mult=1.0)
     plain = build_optimizer(ClassificationTask.parameter_groups(model, plain_config), plain_config).param_groups
     assert len(plain) == 1, "one group unless attention learns at another rate (checkpoints resume as before)"
+
+
+def test_the_schedule_is_torch_s_lambda_lr_over_the_task_s_factor_and_a_resumed_one_starts_at_its_step(
+    image_folder, tmp_path
+):
+    from cbam.engine.distributed import init_distributed
+    from cbam.engine.run import build_optimizer, lr_schedule
+
+    config = tiny_config(image_folder, tmp_path / "run", attention_lr_mult=10.0, lr=0.4, epochs=4,
+                         warmup_epochs=1, lr_schedule="cosine")  # fmt: skip
+    task = ClassificationTask(config, init_distributed("cpu"))
+    model = ClassificationTask.build_model(config, 3)
+
+    def optimizer():
+        return build_optimizer(ClassificationTask.parameter_groups(model, config), config)
+
+    steps_per_epoch, total = 3, 12
+    whole = optimizer()
+    schedule = lr_schedule(task, whole, 0, steps_per_epoch, total)
+    seen = []
+    for _ in range(total):
+        seen.append([g["lr"] for g in whole.param_groups])
+        whole.step()
+        schedule.step()
+    bases = [config.base_lr, 10 * config.base_lr]
+    assert seen == [pytest.approx([b * lr_factor(config, s // steps_per_epoch) for b in bases]) for s in range(total)]
+    # a run resumed at step 6 from an optimizer state (what every checkpoint format saved) goes on as one never
+    # stopped: the schedule is rebuilt from the step, the groups' initial lr from the optimizer state
+    stopped = optimizer()
+    lr_schedule(task, stopped, 0, steps_per_epoch, total)
+    state = stopped.state_dict()
+    resumed = optimizer()
+    resumed.load_state_dict(state)
+    lr_schedule(task, resumed, 6, steps_per_epoch, total)
+    assert [g["lr"] for g in resumed.param_groups] == pytest.approx(seen[6])

@@ -32,7 +32,6 @@ from cbam.networks.libraries import is_external, library_versions, weights_prepr
 from cbam.networks.request import NetworkRequest
 
 LR_SCHEDULES: tuple[str, ...] = ("step", "cosine")
-REFERENCE_BATCH = 256  # the learning rate is given for this global batch and scaled linearly
 
 
 @dataclass(frozen=True)
@@ -48,9 +47,6 @@ class ClassificationConfig(RunConfig):
     arch: str = option("resnet50", "model name (see `cbam models`)", paper="resnet50")
     attention: Any = attention_option()
     model_kwargs: dict[str, Any] = option({}, "builder option, e.g. width_mult=0.7", flag="--model-arg")
-    epochs: int = option(90, "training epochs", paper=90, resumable=True)
-    batch_size: int = option(256, "global batch over all processes", paper=256)
-    lr: float = option(0.1, "learning rate for a global batch of 256, scaled linearly", paper=0.1)
     lr_schedule: str = option("step", "learning-rate decay", paper="step", choices=LR_SCHEDULES)
     lr_step: int = option(30, "epochs between x lr_gamma steps", paper=30)
     lr_gamma: float = option(0.1, "factor of each step", paper=0.1)
@@ -101,11 +97,6 @@ class ClassificationConfig(RunConfig):
             ),
             (0 <= self.label_smoothing < 1, f"label_smoothing must be in [0, 1), got {self.label_smoothing}"),
         ]
-
-    @property
-    def base_lr(self) -> float:
-        """The learning rate for this global batch: lr x batch_size / 256 (Goyal et al.)."""
-        return self.lr * self.batch_size / REFERENCE_BATCH
 
 
 def implied_by_weights(values: Mapping[str, Any]) -> dict[str, Any]:

@@ -38,7 +38,7 @@ COMPARE_SKIP = ("arch", "attention")  # options each compare row sets itself, so
 
 def cmd_train(args: argparse.Namespace) -> int:
     from cbam.classification.task import ClassificationConfig
-    from cbam.tasks import fit
+    from cbam.engine.run import fit
 
     config, checkpoint = run_config(args, ClassificationConfig)
     if printed_or_checked(args, config):

@@ -41,7 +41,7 @@ COMPARE_SKIP = ("detector", "backbone", "attention")  # options each compare row
 def cmd_train(args: argparse.Namespace) -> int:
     require_extra("detection", "cbam detect")
     from cbam.detection.task import DetectionConfig
-    from cbam.tasks import fit
+    from cbam.engine.run import fit
 
     config, checkpoint = run_config(args, DetectionConfig)
     if printed_or_checked(args, config):

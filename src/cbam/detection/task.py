@@ -31,7 +31,7 @@ from cbam.detection.transforms import (
     ssd_train_transforms,
 )
 from cbam.engine.batches import SkipLog
-from cbam.engine.config import RunConfig, attention_option, option
+from cbam.engine.config import RunConfig, attention_option, option, task_default
 from cbam.engine.distributed import Distributed
 from cbam.engine.task import Headline, Task, TaskData
 from cbam.errors import CheckpointError
@@ -87,10 +87,11 @@ class DetectionConfig(RunConfig):
     )
     train_split: str = option("train", "training split")
     val_split: str = option("val", "validation split")
-    epochs: int = option(12, "training epochs", resumable=True)
+    epochs: int = task_default(RunConfig, "epochs", 12, paper=None)
     iterations: int = option(0, "run length in steps of one global batch (instead of epochs)", resumable=True)
-    batch_size: int = option(8, "global batch over all processes")
-    lr: float = option(0.02, "learning rate for this global batch (no scaling)")
+    batch_size: int = task_default(RunConfig, "batch_size", 8, paper=None)
+    lr: float = task_default(RunConfig, "lr", 0.02, paper=None)
+    lr_batch: int = task_default(RunConfig, "lr_batch", 0, paper=None)  # detection recipes give lr for their batch
     warmup_iterations: int = option(100, "linear warm-up steps")
     lr_milestones: tuple[float, ...] = option((2 / 3, 8 / 9), "fractions of the run where lr drops by lr_gamma")
     lr_gamma: float = option(0.1, "factor of each drop")

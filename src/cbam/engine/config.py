@@ -57,6 +57,13 @@ def option(
     return field(default=default, metadata=metadata)
 
 
+def task_default(cls: type, name: str, default: Any, **metadata: Any) -> Any:
+    """Option `name` of `cls` as declared there (its help, checks and flag), with a task's own default (and
+    `paper` value): the option keeps one declaration and one meaning across tasks."""
+    declared = {f.name: f for f in dataclasses.fields(cls)}[name]
+    return option(default, **{**declared.metadata, **metadata})
+
+
 def parse_key_values(pairs: Sequence[str], flag: str) -> dict[str, Any]:
     """`KEY=VALUE` pairs given to `flag`; values are Python literals (`0.7`, `True`, `[32, 64]`) or else strings."""
     values: dict[str, Any] = {}
@@ -108,6 +115,15 @@ class RunConfig:
         "(default: the dataset's own where it has one, else the defaults)",
         cli=False,
     )
+    epochs: int = option(90, "training epochs", paper=90, resumable=True)
+    batch_size: int = option(256, "global batch over all processes", paper=256)
+    lr: float = option(
+        0.1,
+        "learning rate for a global batch of lr_batch images; the optimizer starts at lr x batch_size / lr_batch "
+        "(linear scaling, Goyal et al.)",
+        paper=0.1,
+    )
+    lr_batch: int = option(256, "the global batch lr is given for (0: lr as given, whatever the batch)", paper=256)
     optimizer: str = option("sgd", "optimizer", paper="sgd", choices=OPTIMIZERS)
     momentum: float = option(0.9, "SGD momentum", paper=0.9)
     weight_decay: float = option(1e-4, "weight decay", paper=1e-4)
@@ -167,6 +183,7 @@ class RunConfig:
             (self.epochs >= 1, f"epochs must be at least 1, got {self.epochs}"),
             (self.batch_size >= 1, f"batch_size must be at least 1, got {self.batch_size}"),
             (self.lr > 0, f"lr must be positive, got {self.lr}"),
+            (self.lr_batch >= 0, f"lr_batch must be 0 (no scaling) or more, got {self.lr_batch}"),
             (self.workers >= 0, f"workers must be 0 or more, got {self.workers}"),
             (self.freeze_epochs >= 0, f"freeze_epochs must be 0 (the whole run) or more, got {self.freeze_epochs}"),
             (self.attention_lr_mult >= 0, f"attention_lr_mult must be 0 or more, got {self.attention_lr_mult}"),
@@ -189,8 +206,8 @@ class RunConfig:
 
     @property
     def base_lr(self) -> float:
-        """The learning rate the optimizer starts from (before warm-up and decay)."""
-        return self.lr
+        """The learning rate the optimizer starts from (before warm-up and decay): lr scaled to this global batch."""
+        return self.lr * self.batch_size / self.lr_batch if self.lr_batch else self.lr
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values (tuples as lists): what config.yaml and checkpoints hold, itself a valid recipe."""

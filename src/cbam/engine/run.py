@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import fnmatch
+import functools
 import io
 import json
 import logging
@@ -25,6 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import DataLoader, DistributedSampler
 
 from cbam.checkpoint import Checkpoint, read_checkpoint, save_checkpoint, save_weights
@@ -32,7 +34,7 @@ from cbam.engine.batches import MIN_TRAIN_BATCH, SkipLog, eval_loader, make_load
 from cbam.engine.config import RunConfig, config_yaml, recipe_line
 from cbam.engine.distributed import Distributed, all_reduce_sum, init_distributed, uneven_steps
 from cbam.engine.run_folder import BEST, CONFIG_FILE, LAST, METRICS_FILE, SUMMARY_FILE, claimed_run_folder
-from cbam.engine.task import Task, TaskData
+from cbam.engine.task import Task, TaskData, task_of
 from cbam.errors import CheckpointError, ConfigError, DataError, TrainingError
 from cbam.outputs import atomic_write
 
@@ -102,6 +104,11 @@ class RunData:
 # The run
 
 
+def fit(config: RunConfig, resume: Path | None = None, *, exist_ok: bool = False) -> RunResult:
+    """Train `config` (a `ClassificationConfig` or `DetectionConfig`) with its task; see `run`."""
+    return run(task_of(config), config, resume, exist_ok=exist_ok)
+
+
 def run(task_class: type[Task], config: RunConfig, resume: Path | None = None, *, exist_ok: bool = False) -> RunResult:
     """Train `config` to the end, checkpointing every epoch; continue from `resume` if given.
 
@@ -140,6 +147,7 @@ def _train(task: Task, checkpoint: Checkpoint | None) -> RunResult:
     steps_per_epoch = len(data.train_loader)
     total_steps = task.total_steps(steps_per_epoch)
     epochs = math.ceil(total_steps / steps_per_epoch)
+    scheduler = lr_schedule(task, optimizer, state.epoch * steps_per_epoch, steps_per_epoch, total_steps)
     params, gflops = task.complexity(model, len(classes))
     if dist.is_main:
         log.info(
@@ -161,8 +169,8 @@ def _train(task: Task, checkpoint: Checkpoint | None) -> RunResult:
         desc = f"epoch {epoch + 1}/{epochs}"
         first, last = epoch * steps_per_epoch, min(total_steps, (epoch + 1) * steps_per_epoch)
         fixed = frozen if config.freeze_epochs == 0 or epoch < config.freeze_epochs else []
-        stats = train_epoch(task, training_model, data.train_loader, optimizer, scaler, skips, (first, last),
-                            steps_per_epoch, total_steps, desc, fixed)  # fmt: skip
+        stats = train_epoch(task, training_model, data.train_loader, optimizer, scheduler, scaler, skips,
+                            (first, last), desc, fixed)  # fmt: skip
         metrics = task.evaluate(training_model, data.val_loader, data.task_data, skips)
         skipped, dropped = all_reduce_sum(torch.tensor([float(skips.count), float(skips.dropped)], device=dist.device))
         row = {
@@ -256,12 +264,13 @@ def wrap_model(model: nn.Module, config: RunConfig, dist: Distributed) -> nn.Mod
     return model
 
 
-def set_lr(optimizer: torch.optim.Optimizer, factor: float) -> float:
-    """Every group's learning rate at `factor` times its initial one; returns the first group's."""
-    for group in optimizer.param_groups:
-        group.setdefault("initial_lr", group["lr"])
-        group["lr"] = group["initial_lr"] * factor
-    return optimizer.param_groups[0]["lr"]
+def lr_schedule(task: Task, optimizer: torch.optim.Optimizer, first_step: int, steps_per_epoch: int,
+                total_steps: int) -> LambdaLR:  # fmt: skip
+    """The task's schedule (`Task.lr_factor` of each group's initial lr) at optimizer step `first_step`. A
+    function of the step alone, so a resumed run rebuilds it from its checkpoint's step (the optimizer state
+    holds each group's `initial_lr`), files of every format alike."""
+    factor = functools.partial(task.lr_factor, steps_per_epoch=steps_per_epoch, total_steps=total_steps)
+    return LambdaLR(optimizer, factor, last_epoch=first_step - 1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -273,11 +282,10 @@ def train_epoch(
     model: nn.Module,
     loader: DataLoader,
     optimizer: torch.optim.Optimizer,
+    scheduler: LambdaLR,
     scaler: torch.amp.GradScaler,
     skips: SkipLog,
     steps: tuple[int, int],
-    steps_per_epoch: int,
-    total_steps: int,
     desc: str = "train",
     fixed: list[nn.Parameter] | None = None,
 ) -> dict[str, float]:
@@ -290,7 +298,7 @@ def train_epoch(
             if isinstance(module, nn.modules.batchnorm._BatchNorm):
                 module.eval()
     step, last = steps
-    first_lr = optimizer.param_groups[0]["lr"]
+    first_lr = scheduler.get_last_lr()[0]
     sums: dict[str, float] = {}
     images = 0
     start = time.perf_counter()
@@ -300,8 +308,6 @@ def train_epoch(
         for inputs, targets in batches:
             if step >= last:
                 break
-            lr = set_lr(optimizer, task.lr_factor(step, steps_per_epoch, total_steps))
-            first_lr = lr if step == steps[0] else first_lr
             with task.autocast():
                 loss, logs = task.train_step(model, inputs, targets)
             if not torch.isfinite(loss.detach()).item():
@@ -315,6 +321,7 @@ def train_epoch(
                 parameter.grad = None  # the optimizer skips a parameter without a gradient (decay included)
             scaler.step(optimizer)
             scaler.update()
+            scheduler.step()
             n = len(inputs)
             for key, value in {"loss": loss, **logs}.items():
                 sums[key] = sums.get(key, 0.0) + float(value.detach()) * n

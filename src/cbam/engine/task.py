@@ -62,6 +62,16 @@ def autocast_dtype(config: RunConfig, device: torch.device) -> torch.dtype | Non
     return getattr(torch, config.amp_dtype)
 
 
+# Each task by its config's class: a task registers itself when its module is imported, which any config of it
+# has already made happen.
+TASK_OF_CONFIG: dict[type[RunConfig], type[Task]] = {}
+
+
+def task_of(config: RunConfig) -> type[Task]:
+    """The task that trains `config`."""
+    return TASK_OF_CONFIG[type(config)]
+
+
 class Task(ABC):
     """One kind of training run. Subclasses set the class attributes and implement the abstract methods."""
 
@@ -70,6 +80,11 @@ class Task(ABC):
     headline: Headline  # a class attribute, or set per run where the config chooses it
     # Stacks a list of samples (unreadable ones are `Skipped`) into (inputs, targets, skipped).
     collate: ClassVar[Callable[[list[Any]], tuple[Any, Any, list[Any]]]]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "config_class" in cls.__dict__:
+            TASK_OF_CONFIG[cls.config_class] = cls
 
     def __init__(self, config: RunConfig, dist: Distributed) -> None:
         self.config = config
