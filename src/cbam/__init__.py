@@ -14,7 +14,7 @@ from cbam.networks import (
     load_pretrained,
     register_model,
 )
-from cbam.tasks import load_model
+from cbam.runs import load_model
 from cbam.version import __version__
 
 __all__ = [

@@ -196,13 +196,13 @@ def test_the_schedulers_local_executor_runs_a_two_run_comparison(image_folder, t
 
 
 def test_the_same_seed_gives_every_network_the_same_data_order_and_augmentation(image_folder, tmp_path):
-    from cbam.classification.compare import attention_rows, run_configs
+    from cbam.classification.compare import attention_rows, row_configs
     from cbam.classification.task import ClassificationTask
     from cbam.engine.distributed import init_distributed
     from cbam.engine.run import open_run_data
 
     base = tiny_config(image_folder, tmp_path / "unused", crop_scale=(0.3, 1.0))
-    configs = run_configs(attention_rows("wide_resnet18", ["none", "cbam"]), base, tmp_path / "cmp", seeds=2)
+    configs = row_configs(attention_rows("wide_resnet18", ["none", "cbam"]), base, tmp_path / "cmp", seeds=2)
     assert [[c.seed for c in row] for row in configs] == [[0, 1], [0, 1]]
     assert configs[1][1].output == str(tmp_path / "cmp" / "wide-resnet18-cbam" / "seed-1")
 

@@ -13,11 +13,11 @@ import torch
 
 from cbam.checkpoint import read_checkpoint
 from cbam.cli import main
-from cbam.detection.compare import DETECTIONS_FILE, backbone_weights, run_configs
+from cbam.detection.compare import DETECTIONS_FILE, backbone_weights, row_configs
 from cbam.detection.tables import table_rows
 from cbam.detection.task import DetectionConfig
 from cbam.engine.config import build_config
-from cbam.tasks import load_model
+from cbam.runs import load_model
 from tests.detection.test_rcnn import cbam_checkpoint
 
 NARROW = {"stem": "cifar", "width_mult": 0.25}  # `make run`'s backbones
@@ -48,7 +48,7 @@ def test_seed_s_of_each_row_starts_from_seed_s_of_its_backbone_run(tmp_path: Pat
             (runs / row / f"seed-{seed}" / "best.pt").write_bytes(b"")
     base = build_config(DetectionConfig, "cluttered-digits-compare")
     rows = table_rows("table7", ["resnet18"])
-    configs, notes = run_configs(rows, base, tmp_path / "out", 3, runs)
+    configs, notes = row_configs(rows, base, tmp_path / "out", 3, runs)
     assert [[c.backbone_weights for c in row] for row in configs] == [
         [str(runs / "resnet18" / f"seed-{s}" / "best.pt") for s in (0, 1, 2)],
         [str(runs / "resnet18-cbam" / "seed-0" / "best.pt"), None, str(runs / "resnet18-cbam" / "seed-2" / "best.pt")],

@@ -32,7 +32,7 @@ from cbam.detection.task import (
 from cbam.engine.config import build_config, config_from_dict, read_recipe, recipe_names
 from cbam.engine.run import build_optimizer
 from cbam.errors import CheckpointError, ConfigError, TrainingError
-from cbam.tasks import fit, load_model, resume_config
+from cbam.runs import fit, load_model, resume_config
 from tests.conftest import kill_after_first_checkpoint
 from tests.detection.conftest import CATEGORIES, write_coco_folder, write_voc_folder
 

@@ -18,7 +18,7 @@ from cbam.engine.config import (
     recipe_line,
     recipe_names,
     resumable_keys,
-    resumed_config,
+    with_resume_changes,
 )
 from cbam.errors import ConfigError
 from cbam.paper import load_tables
@@ -129,12 +129,12 @@ def test_resuming_accepts_equal_values_and_names_each_real_change():
     saved = build_config(ClassificationConfig, "cluttered-digits", data="cluttered-digits", output="o", lr=0.01)
     same = {**read_recipe(ClassificationConfig, "cluttered-digits"), "recipe": "cluttered-digits", "lr": 0.01,
             "data": "cluttered-digits"}  # fmt: skip
-    assert resumed_config(saved, same) == saved
-    assert resumed_config(saved, {"epochs": 9, "workers": 0}).epochs == 9
+    assert with_resume_changes(saved, same) == saved
+    assert with_resume_changes(saved, {"epochs": 9, "workers": 0}).epochs == 9
     allowed = "download, epochs, workers, channels_last, compile, device, output"
     assert ", ".join(resumable_keys(ClassificationConfig)) == allowed
     with pytest.raises(ConfigError, match=rf"lr 0.01 -> 0.02; batch_size 32 -> 64\. Only {allowed} may change"):
-        resumed_config(saved, {"lr": 0.02, "batch_size": 64, "epochs": 9})
+        with_resume_changes(saved, {"lr": 0.02, "batch_size": 64, "epochs": 9})
 
 
 def test_the_run_banner_says_whose_recipe_trains():
@@ -206,7 +206,7 @@ def test_print_config_is_a_recipe_that_rebuilds_the_same_config(tmp_path, capsys
 
 
 def test_a_runs_saved_config_is_a_valid_recipe(tmp_path):
-    from cbam.tasks import fit
+    from cbam.runs import fit
     from tests.conftest import tiny_config, write_image_folder
 
     config = tiny_config(write_image_folder(tmp_path / "data"), tmp_path / "run", epochs=1)

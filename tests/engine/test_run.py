@@ -14,7 +14,7 @@ from cbam.classification.task import ClassificationTask, lr_factor
 from cbam.data.loading import DataError, Skipped
 from cbam.engine.batches import SkipLog, merged_batches
 from cbam.errors import CheckpointError, OutputError, TrainingError
-from cbam.tasks import fit, resume_config
+from cbam.runs import fit, resume_config
 from tests.conftest import kill_after_first_checkpoint, tiny_config, write_image_folder
 
 

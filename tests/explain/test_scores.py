@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from cbam.cli import main
-from cbam.tasks import fit
+from cbam.runs import fit
 from tests.conftest import tiny_config, write_image_folder
 
 

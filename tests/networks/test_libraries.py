@@ -13,7 +13,7 @@ from cbam.cli import main
 from cbam.errors import CheckpointError, ConfigError, DependencyError
 from cbam.networks.classifier import replace_classifier
 from cbam.networks.libraries import cached_file
-from cbam.tasks import load_model
+from cbam.runs import load_model
 from tests.conftest import tiny_config, write_image_folder
 
 

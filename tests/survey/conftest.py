@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import uvicorn
 
+from cbam.runs import fit
 from cbam.survey.app import create_app
 from cbam.survey.study import build_study, load_study
-from cbam.tasks import fit
 from tests.conftest import tiny_config, write_image_folder
 
 QUESTIONS = 4

@@ -123,7 +123,7 @@ class RowRuns:
     failures: list[str]
 
 
-def run_configs(
+def row_configs(
     rows: list[CompareRow], base: ClassificationConfig, output: Path, seeds: int
 ) -> list[list[ClassificationConfig]]:
     """Every run's config: the base recipe with the row's network and one of `seeds` seeds (from the base seed),
@@ -160,7 +160,7 @@ def train_and_predict(payload: tuple[ClassificationConfig, bool]) -> RunResult:
     """One job: the run trained (kept if it finished, continued if it stopped), then its final network's
     per-image validation predictions written beside it (`predictions.csv`)."""
     from cbam.classification.evaluate import evaluate_checkpoint
-    from cbam.tasks import fit_or_reuse
+    from cbam.runs import fit_or_reuse
 
     config, exist_ok = payload
     result = fit_or_reuse(config, exist_ok=exist_ok)
@@ -185,19 +185,19 @@ def run_rows(
     """Train every row over `seeds` seeds, `jobs` at a time (or as jobs of `scheduler`), and read back each
     run's predictions; a run that failed is reported with its log, the rest are kept."""
     from cbam.engine.jobs import run_by_seed
-    from cbam.tasks import run_plan
+    from cbam.engine.run_folder import folder_plan
 
-    configs = run_configs(rows, base, output, seeds)
+    configs = row_configs(rows, base, output, seeds)
     check_networks(rows, base)  # a bad network or a folder of another config stops it all before any training
-    for config in (c for row_configs in configs for c in row_configs):
-        run_plan(config, exist_ok=exist_ok)
+    for config in (c for seed_configs in configs for c in seed_configs):
+        folder_plan(config, exist_ok=exist_ok)
     done = run_by_seed(train_and_predict, configs, [row.description for row in rows], lambda c: (c, exist_ok),
                        output, processes=jobs, scheduler=scheduler, scheduler_options=scheduler_options)  # fmt: skip
     runs = []
-    for row, row_configs, found in zip(rows, configs, done, strict=True):
+    for row, seed_configs, found in zip(rows, configs, done, strict=True):
         predictions = [read_predictions(Path(c.output) / PREDICTIONS_FILE) if r is not None else None
-                       for c, r in zip(row_configs, found.results, strict=True)]  # fmt: skip
-        runs.append(RowRuns(row, [c.seed for c in row_configs], found.results, predictions, found.failures))
+                       for c, r in zip(seed_configs, found.results, strict=True)]  # fmt: skip
+        runs.append(RowRuns(row, [c.seed for c in seed_configs], found.results, predictions, found.failures))
     return runs
 
 

@@ -21,7 +21,7 @@ from cbam.data.transforms import eval_transform
 from cbam.engine.batches import SkipLog, eval_loader
 from cbam.engine.distributed import init_distributed
 from cbam.networks.classifier import classifier
-from cbam.tasks import load_model
+from cbam.runs import load_model
 
 
 def evaluate_checkpoint(

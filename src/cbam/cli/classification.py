@@ -25,10 +25,10 @@ from cbam.cli.options import (
     add_comparison_arguments,
     add_run_arguments,
     comparison_options,
+    config_from_flags,
     print_comparison,
     printed_or_checked,
     require_comparison_extras,
-    run_config,
 )
 from cbam.errors import ConfigError
 from cbam.outputs import check_output_file
@@ -40,7 +40,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from cbam.classification.task import ClassificationConfig
     from cbam.engine.run import fit
 
-    config, checkpoint = run_config(args, ClassificationConfig)
+    config, checkpoint = config_from_flags(args, ClassificationConfig)
     if printed_or_checked(args, config):
         return 0
     if not config.data:
@@ -115,15 +115,15 @@ def cmd_compare(args: argparse.Namespace) -> int:
     require_comparison_extras(args, "cbam compare")
     from pathlib import Path
 
-    from cbam.classification.compare import baselines, check_networks, run_compare, run_configs
+    from cbam.classification.compare import baselines, check_networks, row_configs, run_compare
     from cbam.classification.task import ClassificationConfig
 
-    config, _ = run_config(args, ClassificationConfig, skip=COMPARE_SKIP)
+    config, _ = config_from_flags(args, ClassificationConfig, skip=COMPARE_SKIP)
     rows = compare_rows(args)
     baselines(rows, args.baseline)
     if args.print_config:  # the first run's config: the recipe with the first row's network and seed
         print(f"# every run: this, with its row's network and its seed (of {args.seeds} from {config.seed})")
-        printed_or_checked(args, run_configs(rows, config, Path(args.output or "."), 1)[0][0])
+        printed_or_checked(args, row_configs(rows, config, Path(args.output or "."), 1)[0][0])
         return 0
     printed_or_checked(args, config)
     if not config.data:

@@ -23,10 +23,10 @@ from cbam.cli.options import (
     add_comparison_arguments,
     add_run_arguments,
     comparison_options,
+    config_from_flags,
     print_comparison,
     printed_or_checked,
     require_comparison_extras,
-    run_config,
 )
 from cbam.engine.config import parse_key_values
 from cbam.errors import ConfigError
@@ -43,7 +43,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from cbam.detection.task import DetectionConfig
     from cbam.engine.run import fit
 
-    config, checkpoint = run_config(args, DetectionConfig)
+    config, checkpoint = config_from_flags(args, DetectionConfig)
     if printed_or_checked(args, config):
         return 0
     result = fit(config, resume=checkpoint, exist_ok=args.exist_ok)
@@ -128,7 +128,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     if not recipe_for(DetectionConfig, args.recipe, args.data or DetectionConfig.data):
         args.recipe = TABLE_RECIPES[args.table]  # other data: the table's own recipe
-    base, _ = run_config(args, DetectionConfig, skip=COMPARE_SKIP)
+    base, _ = config_from_flags(args, DetectionConfig, skip=COMPARE_SKIP)
     if printed_or_checked(args, base):
         return 0
     runs = Path(args.backbone_runs) if args.backbone_runs else None

@@ -163,14 +163,14 @@ def comparison_options(args: Any) -> dict[str, Any]:
             "scheduler_options": scheduler_options, "resolve": args.resolve}  # fmt: skip
 
 
-def run_config(args: Any, cls: Any, *, skip: tuple[str, ...] = (), **fixed: Any) -> tuple[Any, Any]:
+def config_from_flags(args: Any, cls: Any, *, skip: tuple[str, ...] = (), **fixed: Any) -> tuple[Any, Any]:
     """(config, checkpoint to resume or None) from a training command's flags (the `skip` given to
     `add_run_arguments`) and `fixed` values."""
     from pathlib import Path
 
     from cbam.engine.config import build_config, config_arguments, requested_values
     from cbam.engine.run import resolve_resume
-    from cbam.tasks import resume_config
+    from cbam.runs import resume_config
 
     given = {**config_arguments(args, cls, skip), **fixed, "output": args.output}
     if getattr(args, "resume", None) is None:

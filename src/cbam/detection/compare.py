@@ -50,7 +50,7 @@ def backbone_weights(row: DetectRow, seed: int, backbone_runs: Path) -> Path | N
     return None
 
 
-def run_configs(
+def row_configs(
     rows: list[DetectRow], base: DetectionConfig, output: Path, seeds: int, backbone_runs: Path | None
 ) -> tuple[list[list[DetectionConfig]], list[str]]:
     """Every run's config (the recipe with the row's detector and seed `base.seed + k`), and a note for each run
@@ -58,7 +58,7 @@ def run_configs(
     configs, missing = [], []
     for row in rows:
         kwargs = base.detector_kwargs if row.detector == base.detector else {}  # options of another detector
-        row_configs = []
+        seed_configs = []
         for seed in range(base.seed, base.seed + seeds):
             weights = base.backbone_weights
             if backbone_runs is not None:
@@ -66,12 +66,12 @@ def run_configs(
                 if found is None:
                     missing.append(f"{row.name} seed {seed}")
                 weights = str(found) if found is not None else weights
-            row_configs.append(dataclasses.replace(
+            seed_configs.append(dataclasses.replace(
                 base, detector=row.detector, backbone=row.backbone, attention=row.attention, seed=seed,
                 detector_kwargs=dict(kwargs), backbone_weights=weights,
                 output=str(output / row.name / SEED_FOLDER.format(seed)),
             ))  # fmt: skip
-        configs.append(row_configs)
+        configs.append(seed_configs)
     notes = []
     if missing:
         default = base.backbone_weights or "none: a random init"
@@ -84,7 +84,7 @@ def train_and_detect(payload: tuple[DetectionConfig, bool]) -> RunResult:
     """One job: the run trained (kept if it finished, continued if it stopped), then its final network's
     detections on the validation split written beside it (`detections.json`)."""
     from cbam.detection.predict import evaluate_checkpoint
-    from cbam.tasks import fit_or_reuse
+    from cbam.runs import fit_or_reuse
 
     config, exist_ok = payload
     result = fit_or_reuse(config, exist_ok=exist_ok)
@@ -113,14 +113,14 @@ def run_rows(rows: list[DetectRow], configs: list[list[DetectionConfig]], output
              exist_ok: bool = False) -> list[RowRuns]:  # fmt: skip
     """Every run, seed by seed (a comparison stopped early holds whole seeds of every row), `jobs` at a time."""
     from cbam.engine.jobs import run_by_seed
-    from cbam.tasks import run_plan
+    from cbam.engine.run_folder import folder_plan
 
-    for config in (c for row_configs in configs for c in row_configs):
-        run_plan(config, exist_ok=exist_ok)  # a folder of another recipe is refused before anything trains
+    for config in (c for seed_configs in configs for c in seed_configs):
+        folder_plan(config, exist_ok=exist_ok)  # a folder of another recipe is refused before anything trains
     done = run_by_seed(train_and_detect, configs, [row.name for row in rows], lambda c: (c, exist_ok), output,
                        processes=jobs, scheduler=scheduler, scheduler_options=scheduler_options)  # fmt: skip
-    return [RowRuns(row, [c.seed for c in row_configs], found.results, found.failures)
-            for row, row_configs, found in zip(rows, configs, done, strict=True)]  # fmt: skip
+    return [RowRuns(row, [c.seed for c in seed_configs], found.results, found.failures)
+            for row, seed_configs, found in zip(rows, configs, done, strict=True)]  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------
@@ -298,7 +298,7 @@ def compare_detectors(
     output = Path(output)
     check_writable_folder(output)
     rows = table_rows(table, backbones)
-    configs, notes = run_configs(rows, base, output, seeds, backbone_runs)
+    configs, notes = row_configs(rows, base, output, seeds, backbone_runs)
     all_runs = run_rows(rows, configs, output, jobs=jobs, scheduler=scheduler, scheduler_options=scheduler_options,
                         exist_ok=exist_ok)  # fmt: skip
     images = validation_images(base)

@@ -19,7 +19,7 @@ from cbam.detection.task import eval_transforms, to_original
 from cbam.engine.distributed import resolve_device
 from cbam.errors import CheckpointError, OutputError
 from cbam.outputs import atomic_write, check_writable_folder
-from cbam.tasks import LoadedModel, load_model
+from cbam.runs import LoadedModel, load_model
 
 
 @dataclass(frozen=True)

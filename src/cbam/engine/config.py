@@ -318,7 +318,7 @@ def build_config(cls: type[C], recipe: str | None = None, **given: Any) -> C:
     return config_from_dict(cls, requested_values(cls, recipe, given))
 
 
-def resumed_config(saved: C, requested: Mapping[str, Any]) -> C:
+def with_resume_changes(saved: C, requested: Mapping[str, Any]) -> C:
     """`saved` with the values a resumed run asks for: a value equal to the saved one is accepted whatever the
     key (the command that started the run can be repeated); a real change only where the option is resumable."""
     allowed = resumable_keys(type(saved))

@@ -2,7 +2,7 @@
 scheduler through submitit (Slurm; its local executor runs the same path on one machine).
 
 A job is a picklable function of one payload, run in a fresh process that writes its log beside the run
-(`<run>/log.txt`). Each run is resumable on its own (`cbam.tasks.fit_or_reuse`), so a job killed or preempted
+(`<run>/log.txt`). Each run is resumable on its own (`cbam.runs.fit_or_reuse`), so a job killed or preempted
 continues from its last checkpoint when it runs again: submitit requeues a preempted Slurm job by itself
 (`Resubmitting`), and `cbam compare` run again continues whatever did not finish. A job that fails is reported
 with its log, and the others still finish.

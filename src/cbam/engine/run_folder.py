@@ -11,13 +11,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import shutil
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 
 from cbam.checkpoint import BEST, LAST
+from cbam.engine.config import RunConfig, config_from_dict, resumable_keys
 from cbam.errors import OutputError, UserError
 from cbam.outputs import check_writable_folder, missing_folders
 
@@ -88,18 +89,13 @@ def saved_config(folder: Path) -> dict[str, Any] | None:
         return None
 
 
-def plan_run(
-    folder: Path,
-    wanted: Mapping[str, Any],
-    allowed: tuple[str, ...],
-    *,
-    exist_ok: bool,
-    complete: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
-) -> RunPlan:
-    """What a comparison does with one row's folder: train it (`new`), keep it (`finished`), continue it
-    (`resume`: same config but for `allowed` keys such as a longer run), or `replace` it (`exist_ok`); a folder
-    holding a run of another config is refused, naming the differences. `complete` fills a saved config
-    with the defaults of options added since it was written."""
+def folder_plan(config: RunConfig, *, exist_ok: bool = False) -> RunPlan:
+    """What a comparison does with the folder of one of its runs, `config.output`: train it (`new`), keep it
+    (`finished`), continue it (`resume`: same config but for resumable keys such as a longer run), or `replace`
+    it (`exist_ok`); a folder holding a run of another config is refused, naming the differences (so a
+    comparison can check every folder before anything trains)."""
+    kind = type(config)
+    folder, wanted, allowed = Path(config.output), config.to_dict(), resumable_keys(kind)
     folder = Path(folder)
     if not run_files(folder):
         return "new"
@@ -110,9 +106,8 @@ def plan_run(
         raise OutputError(
             f"{folder} holds an incomplete run (no {CONFIG_FILE} or {LAST}); pass --exist-ok to retrain it"
         )
-    if complete is not None:
-        with contextlib.suppress(UserError):
-            saved = complete(saved)
+    with contextlib.suppress(UserError):
+        saved = config_from_dict(kind, saved).to_dict()  # the defaults of options added since it was written
     differences = config_differences(saved, wanted)
     conflicting = [key for key in differences if key not in allowed]
     if not (folder / LAST).is_file() and not conflicting:

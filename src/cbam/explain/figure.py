@@ -37,7 +37,7 @@ class Network:
 
 def load_networks(paths: list[Path]) -> tuple[list[Network], str | None]:
     """Each checkpoint's network (eval mode) and the dataset the first one was trained on."""
-    from cbam.tasks import load_model
+    from cbam.runs import load_model
 
     networks, data = [], None
     for path in paths:

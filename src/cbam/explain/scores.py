@@ -56,7 +56,7 @@ def localize_checkpoint(
     device: str = "auto",
 ) -> LocalizationScores:
     """Grad-CAM of the ground-truth class for every image with a box of that class, scored against it."""
-    from cbam.tasks import load_model
+    from cbam.runs import load_model
 
     loaded = load_model(Path(path), task="classification")
     model, config = loaded.model, loaded.config

@@ -9,7 +9,7 @@ import cbam
 from cbam.checkpoint import read_checkpoint
 from cbam.classification.task import ClassificationConfig
 from cbam.errors import CheckpointError, ConfigError
-from cbam.tasks import load_model, resume_config, task_class
+from cbam.runs import load_model, resume_config, task_class
 from tests.conftest import tiny_config, write_image_folder
 from tests.layers.rounding import outcomes, rounding_bound
 

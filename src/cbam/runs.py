@@ -1,4 +1,5 @@
-"""The tasks by name, training any task's config, and `load_model`: a saved network, whatever its task.
+"""Runs of any task: the tasks by name, a comparison's run kept or continued, a resumed run's config, and
+`load_model`: a saved network, whatever its task.
 
 `load_model(path)` is how every command opens a file cbam wrote (a `.pt` checkpoint or `.safetensors`
 weights, of any format version): the file says its task, config and classes, so no flags are needed.
@@ -17,9 +18,9 @@ import torch
 from torch import nn
 
 from cbam.checkpoint import TASKS, Checkpoint, checkpoint_file, read_checkpoint
-from cbam.engine.config import RunConfig, config_from_dict, resumable_keys
+from cbam.engine.config import RunConfig, config_from_dict
 from cbam.engine.run import RunResult, fit
-from cbam.engine.run_folder import LAST, SUMMARY_FILE, plan_run
+from cbam.engine.run_folder import LAST, SUMMARY_FILE, folder_plan
 from cbam.engine.task import Task
 from cbam.errors import CheckpointError, ConfigError, UserError, unknown_name
 from cbam.extras import require_extra
@@ -42,20 +43,12 @@ def task_class(name: str) -> type[Task]:
     raise unknown_name("task", name, TASKS)
 
 
-def run_plan(config: RunConfig, *, exist_ok: bool = False) -> str:
-    """What `fit_or_reuse` will do with `config`'s folder (`new`, `finished`, `resume`, `replace`); a folder holding
-    another config's run is refused, naming the differences (so a comparison can check every folder first)."""
-    kind = type(config)
-    return plan_run(Path(config.output), config.to_dict(), resumable_keys(kind), exist_ok=exist_ok,
-                    complete=lambda saved: config_from_dict(kind, saved).to_dict())  # fmt: skip
-
-
 def fit_or_reuse(config: RunConfig, *, exist_ok: bool = False) -> RunResult:
     """One row of a comparison: kept if its folder holds a finished run of this config, continued if that run
     stopped (or is to run longer), trained if new; a folder holding another config's run is refused (replaced
     with `exist_ok`)."""
     folder = Path(config.output)
-    plan = run_plan(config, exist_ok=exist_ok)
+    plan = folder_plan(config, exist_ok=exist_ok)
     if plan == "finished":
         log.info("%s: kept the finished run", folder)
         return RunResult.from_dict(json.loads((folder / SUMMARY_FILE).read_text()))
@@ -67,11 +60,11 @@ def fit_or_reuse(config: RunConfig, *, exist_ok: bool = False) -> RunResult:
 def resume_config(checkpoint: Path, **requested: Any) -> RunConfig:
     """The config saved in `checkpoint`, with what a resumed run asks for: values equal to the saved ones are
     accepted (the command that started the run can be repeated), real changes only to resumable options."""
-    from cbam.engine.config import resumed_config
+    from cbam.engine.config import with_resume_changes
 
     saved = read_checkpoint(checkpoint)
     config = config_from_dict(task_class(saved.task).config_class, saved.config)
-    return resumed_config(config, {k: v for k, v in requested.items() if v is not None})
+    return with_resume_changes(config, {k: v for k, v in requested.items() if v is not None})
 
 
 @dataclass
