@@ -414,7 +414,7 @@ def _fc_from_classifier(body: VGG16Body, state: Mapping[str, Tensor], source: st
 def load_backbone(module: nn.Module, state: Mapping[str, Tensor], source: str, ignore: tuple[str, ...] = ()) -> None:
     """Load `state` into a body's `module` strictly (see `cbam.networks.weights.load_state_into`), keys starting
     with an `ignore` prefix left out."""
-    load_state_into(module, state, source, ignore=ignore, target=f"the {type(module).__name__} backbone")
+    load_state_into(module, state, source, ignore=ignore, target=f"the {type(module).__name__} backbone", advice="")
 
 
 def load_backbone_weights(

@@ -132,9 +132,8 @@ def load_pretrained(
                              impl=kwargs.get("impl", "auto"))  # fmt: skip
     model = build_network(request, kwargs.get("num_classes", 1000))
     target = f"{arch} (attention={spec_text(_attention_of(arch, attention))})"
-    advice = "; with strict=False the weights that fit are loaded and the rest is reported"
     model.cbam_load_report = load_state_into(
-        model, weights.state, str(path), strict=strict, target=target, advice=advice, verbose=verbose
+        model, weights.state, str(path), strict=strict, target=target, verbose=verbose
     )
     return model
 

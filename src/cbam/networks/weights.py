@@ -254,6 +254,10 @@ def wrapped_state(model: nn.Module, state: Mapping[str, Tensor]) -> dict[str, Te
     return renamed
 
 
+# What a refused load says the user can do (`cbam.load_pretrained(strict=False)`, `cbam train --partial-weights`).
+PARTIAL_ADVICE = "; strict=False (--partial-weights) loads the weights that fit and reports the rest"
+
+
 def load_state_into(
     model: nn.Module,
     state: Mapping[str, Tensor],
@@ -262,7 +266,7 @@ def load_state_into(
     strict: bool = True,
     ignore: Iterable[str] = (),
     target: str | None = None,
-    advice: str = "",
+    advice: str = PARTIAL_ADVICE,
     verbose: bool = True,
 ) -> LoadReport:
     """Load `state` into `model`: all of it, or with `strict=False` what fits, the rest logged as a WARNING.
@@ -312,6 +316,5 @@ def load_trained(model: nn.Module, weights: StoredWeights, source: str, target: 
             replace_classifier(model, classes)
     else:
         ignore = (f"{classifier_name(model)}.",)
-    advice = "; --partial-weights (strict=False) loads the weights that fit and reports the rest"
-    return load_state_into(model, weights.state, source, strict=strict, ignore=ignore, target=target, advice=advice,
+    return load_state_into(model, weights.state, source, strict=strict, ignore=ignore, target=target,
                            verbose=verbose)  # fmt: skip
