@@ -36,8 +36,8 @@ from cbam.engine.config import build_config
 from cbam.engine.run import RunResult
 from cbam.outputs import atomic_write
 from cbam.report import format_markdown_table, write_csv
+from cbam.runs import fit_or_reuse
 from cbam.stats import format_points, mean_error, paired_difference
-from cbam.tasks import fit_or_reuse
 
 VARIANTS: tuple[tuple[str, str, str], ...] = (
     ("plain", "none", "auto"),
