@@ -33,7 +33,8 @@ def test_callable_spec_is_used_as_is():
 def test_unknown_name_suggests_the_close_match():
     with pytest.raises(
         ValueError,
-        match=r"unknown attention 'cbma'; did you mean cbam, bam\? Valid attentions: bam, cbam, channel, none, se",
+        match=r"unknown attention 'cbma'; did you mean cbam, eca, bam, ceca\? Valid attentions: bam, cbam, ceca, "
+        r"channel, coord, eca, ese, gc, ge, none, se, simam, spatial, triplet$",
     ):
         create_attention_factory("cbma")
 

@@ -19,6 +19,15 @@ LAYERS = {
     "cbam-parallel": functools.partial(cbam.CBAM, arrangement="parallel"),
     "se": cbam.SqueezeExcite,
     "bam": cbam.BAM,
+    "eca": cbam.layers.EfficientChannelAttention,
+    "ceca": functools.partial(cbam.layers.EfficientChannelAttention, circular=True),
+    "ese": cbam.layers.EffectiveSqueezeExcite,
+    "ge": cbam.layers.GatherExcite,
+    "ge-theta": functools.partial(cbam.layers.GatherExcite, extent=4, parametric=True),
+    "gc": functools.partial(cbam.layers.GlobalContext, fusion="scale"),
+    "coord": cbam.layers.CoordinateAttention,
+    "simam": cbam.layers.SimAM,
+    "triplet": cbam.layers.TripletAttention,
 }
 SHAPES = [(1, 1, 1), (1, 7, 7), (3, 1, 9), (2, 5, 8), (4, 14, 14)]
 

@@ -1,7 +1,7 @@
 """Attention by name: the one place that maps a string or spec to an attention layer.
 
 Networks take an *attention spec* and never import a concrete attention class:
-- a name: `"none"`, `"se"`, `"cbam"`, `"bam"`, `"channel"`, `"spatial"`;
+- a name: `"none"`, or one of `ATTENTION_LAYERS` (`"se"`, `"cbam"`, `"bam"`, `"eca"`, `"coord"`, ...);
 - a mapping with a `"name"` and constructor options: `{"name": "cbam", "kernel_size": 3}`;
 - any callable `channels -> nn.Module` (a class, or `functools.partial(cbam.CBAM, ...)`).
 """
@@ -19,19 +19,51 @@ from cbam.errors import ConfigError, OptionError, unknown_name
 from cbam.layers.bam import BAM
 from cbam.layers.cbam import CBAM
 from cbam.layers.channel import ChannelAttention
+from cbam.layers.coord import CoordinateAttention
+from cbam.layers.eca import EfficientChannelAttention
+from cbam.layers.ese import EffectiveSqueezeExcite
+from cbam.layers.gather_excite import GatherExcite
+from cbam.layers.global_context import GlobalContext
 from cbam.layers.se import SqueezeExcite
+from cbam.layers.simam import SimAM
 from cbam.layers.spatial import SpatialAttention
+from cbam.layers.triplet import TripletAttention
 
 AttentionFactory = Callable[[int], nn.Module]
 AttentionSpec = str | Mapping[str, Any] | AttentionFactory | None
 
 NO_ATTENTION = "none"
-ATTENTION_LAYERS: dict[str, type[nn.Module]] = {
+# Every attention by name: a layer class, or a class with fixed options (`ceca`: ECA padded circularly).
+ATTENTION_LAYERS: dict[str, Callable[..., nn.Module]] = {
     "se": SqueezeExcite,
     "cbam": CBAM,
     "bam": BAM,
     "channel": ChannelAttention,
     "spatial": SpatialAttention,
+    "eca": EfficientChannelAttention,
+    "ceca": functools.partial(EfficientChannelAttention, circular=True),
+    "ese": EffectiveSqueezeExcite,
+    "ge": GatherExcite,
+    "gc": GlobalContext,
+    "coord": CoordinateAttention,
+    "simam": SimAM,
+    "triplet": TripletAttention,
+}
+# Where each comes from: the paper that defines it (and so the reference its tests check it against).
+ATTENTION_REFERENCES: dict[str, str] = {
+    "se": "Hu et al., Squeeze-and-Excitation Networks, CVPR 2018",
+    "cbam": "Woo et al., CBAM, ECCV 2018",
+    "bam": "Park et al., BAM, BMVC 2018",
+    "channel": "Woo et al., CBAM, ECCV 2018 (its channel branch)",
+    "spatial": "Woo et al., CBAM, ECCV 2018 (its spatial branch)",
+    "eca": "Wang et al., ECA-Net, CVPR 2020",
+    "ceca": "Wang et al., ECA-Net, CVPR 2020, padded circularly (timm's CECA)",
+    "ese": "Lee & Park, CenterMask (effective SE), CVPR 2020",
+    "ge": "Hu et al., Gather-Excite, NeurIPS 2018 (GE-theta-minus; parametric=True: GE-theta)",
+    "gc": "Cao et al., GCNet, ICCVW 2019",
+    "coord": "Hou et al., Coordinate Attention, CVPR 2021",
+    "simam": "Yang et al., SimAM, ICML 2021",
+    "triplet": "Misra et al., Triplet Attention, WACV 2021",
 }
 PLACEMENTS: tuple[str, ...] = ("block", "stage")
 
@@ -52,21 +84,20 @@ def attention_names() -> list[str]:
     return [NO_ATTENTION, *ATTENTION_LAYERS]
 
 
-def _layer_class(name: str) -> type[nn.Module]:
+def _layer_class(name: str) -> Callable[..., nn.Module]:
     if name not in ATTENTION_LAYERS:
         raise unknown_name("attention", name, attention_names())
     return ATTENTION_LAYERS[name]
 
 
-def _check_options(cls: type[nn.Module], options: Mapping[str, Any]) -> None:
+def _check_options(cls: Callable[..., nn.Module], options: Mapping[str, Any]) -> None:
     """Reject options the layer does not take now, not deep inside a network build."""
     try:
         inspect.signature(cls).bind(1, **options)
     except TypeError as err:
         valid = [p for p in inspect.signature(cls).parameters if p != "channels"]
-        raise OptionError(
-            f"{cls.__name__} does not accept {dict(options)}: {err}. Options: {', '.join(valid)}"
-        ) from None
+        name = getattr(cls, "__name__", None) or cls.func.__name__
+        raise OptionError(f"{name} does not accept {dict(options)}: {err}. Options: {', '.join(valid)}") from None
 
 
 def create_attention_factory(spec: AttentionSpec) -> AttentionFactory | None:

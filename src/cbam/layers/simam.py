@@ -1,0 +1,37 @@
+"""SimAM (Yang et al., ICML 2021): a parameter-free weight for every neuron from its energy."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from cbam.errors import ConfigError
+from cbam.layers.maps import check_feature_map
+
+
+class SimAM(nn.Module):
+    """out = sigmoid(1 / E) * F with 1 / E = (t - mu)^2 / (4 (sigma^2 + lambda)) + 1/2 (eq. 5): mu is the mean of
+    the neuron's channel and sigma^2 its sum of squared deviations over n = H W - 1, as the authors compute it.
+    No parameters; `e_lambda` is the paper's regulariser (1e-4). On a 1 x 1 map (n = 0, where the authors' code
+    divides 0 by 0) every weight is sigmoid(1/2)."""
+
+    def __init__(self, channels: int, e_lambda: float = 1e-4) -> None:
+        super().__init__()
+        if e_lambda <= 0:
+            raise ConfigError(f"SimAM's e_lambda must be positive (it keeps the energy finite), got {e_lambda}")
+        self.channels, self.e_lambda = channels, e_lambda
+
+    def attention_map(self, x: Tensor) -> Tensor:
+        """The neurons' weights, the input's shape."""
+        n = x.shape[2] * x.shape[3] - 1
+        squared = (x - x.mean(dim=(2, 3), keepdim=True)).pow(2)
+        variance = squared.sum(dim=(2, 3), keepdim=True) / max(n, 1)
+        return (squared / (4 * (variance + self.e_lambda)) + 0.5).sigmoid()
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not torch.jit.is_scripting():
+            check_feature_map(x, "SimAM")
+        return x * self.attention_map(x)
+
+    def extra_repr(self) -> str:
+        return f"e_lambda={self.e_lambda}"
