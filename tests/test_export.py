@@ -26,6 +26,19 @@ def test_onnx_export_of_zoo_models_matches_onnxruntime(tmp_path, name):
     assert check.max_rel < 1e-5 and check.max_abs < 1e-3
 
 
+def test_every_attention_exports_to_onnx_and_matches_onnxruntime(tmp_path):
+    """One ResNet-18 whose 8 blocks each hold another of the 8 newer attentions: one export checks them all."""
+    from cbam.layers.create import create_attention_factory
+
+    names = iter(["eca", "ceca", "ese", "ge", "gc", "coord", "simam", "triplet"])
+    model = cbam.create_model("resnet18", attention=lambda c: create_attention_factory(next(names))(c),
+                              width_mult=0.25, num_classes=10).eval()  # fmt: skip
+    assert next(names, None) is None, "every attention is in a block"
+    path = export_model(model, tmp_path / "attentions.onnx", "onnx", (3, 64, 64))
+    check = onnx_max_difference(model, path, SHAPES)
+    assert check.max_rel < 1e-4 and check.max_abs < 1e-3
+
+
 def test_onnx_export_of_an_attached_torchvision_network(tmp_path):
     model = attach(torchvision.models.mobilenet_v2(num_classes=10), "cbam", input_size=(3, 64, 64), verbose=False)
     path = export_model(model, tmp_path / "mnv2.onnx", "onnx", (3, 64, 64))

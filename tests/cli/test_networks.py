@@ -88,3 +88,13 @@ def test_models_lists_registered_names(capsys):
     assert out.split() == ["resnet18", "resnet18_bam", "resnet18_cbam", "resnet18_se"]
     _, out, _ = run(capsys, "models", "--base-only")
     assert "resnet50" in out.split() and "resnet50_cbam" not in out.split()
+
+
+def test_models_attentions_lists_every_attention_name_with_its_paper(capsys):
+    from cbam.layers.create import ATTENTION_LAYERS
+
+    _, out, _ = run(capsys, "models", "--attentions")
+    listed = {line.split()[0]: line for line in out.splitlines()}
+    assert set(listed) == set(ATTENTION_LAYERS)
+    assert "Misra et al., Triplet Attention, WACV 2021" in listed["triplet"]
+    assert "Hou et al., Coordinate Attention, CVPR 2021" in listed["coord"]

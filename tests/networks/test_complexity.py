@@ -132,3 +132,21 @@ def test_count_macs_at_224_is_the_same_with_auto_as_eager(arch: str, options: di
     assert sum(auto.values()) == sum(flops_by_op(set_attention_impl(model, "eager"), x, train=False).values())
     assert ("cbam.attention_gate" in auto) == (options.get("attention", "cbam") == "cbam")
     assert round(count_macs(set_attention_impl(model, "auto")) / 1e9, 4) == gmacs
+
+
+@pytest.mark.parametrize(
+    ("arch", "attention", "printed", "added"),
+    [
+        ("resnet18", "triplet", 11.69, 8 * 3 * (2 * 49 + 2)),  # Misra et al., Table 1: 11.69M
+        ("resnet50", "triplet", 25.56, 16 * 3 * (2 * 49 + 2)),  # Misra et al., Table 1: 25.56M
+        ("resnet50", "simam", 25.56, 0),  # Yang et al.: SimAM adds no parameter
+        ("resnet50", "ge", 25.56, 0),  # GE-theta-minus is parameter-free (Hu et al., 2018)
+        ("resnet50", "eca", 25.56, 3 * 5 + 4 * 5 + 6 * 5 + 3 * 7),  # ECA-Net: k = 5, 5, 5, 7 by stage
+    ],
+)
+def test_attention_parameters_on_resnets_equal_the_authors_printed_figures(arch, attention, printed, added):
+    with torch.device("meta"):
+        plain = count_parameters(cbam.create_model(arch))
+        total = count_parameters(cbam.create_model(arch, attention=attention))
+    assert total - plain == added
+    assert round(total / 1e6, 2) == printed

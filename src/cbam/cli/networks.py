@@ -104,6 +104,12 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
+    if args.attentions:
+        from cbam.layers.create import ATTENTION_REFERENCES
+
+        width = max(map(len, ATTENTION_REFERENCES))
+        print("\n".join(f"{name:<{width}}  {reference}" for name, reference in ATTENTION_REFERENCES.items()))
+        return 0
     names = list_models(args.pattern, include_shortcuts=not args.base_only)
     if not names:
         raise ConfigError(f"no model matches {args.pattern!r}")
@@ -136,4 +142,7 @@ def add_network_commands(commands: argparse._SubParsersAction) -> None:
     models = commands.add_parser("models", help="list the registered model names")
     models.add_argument("pattern", nargs="?", default="*", help="shell-style filter, e.g. 'resnet*'")
     models.add_argument("--base-only", action="store_true", help="leave out the _se/_cbam/_bam shortcut names")
+    models.add_argument(
+        "--attentions", action="store_true", help="list the attention names --attention takes, each with its paper"
+    )
     models.set_defaults(func=cmd_models)
