@@ -85,7 +85,9 @@ def test_bad_input_gets_one_readable_line_and_exit_code_2(capsys, argv, message)
 
 def test_models_lists_registered_names(capsys):
     _, out, _ = run(capsys, "models", "resnet18*")
-    assert out.split() == ["resnet18", "resnet18_bam", "resnet18_cbam", "resnet18_se"]
+    assert out.split() == ["resnet18", "resnet18_bam", "resnet18_cbam", "resnet18_coord", "resnet18_eca",
+                           "resnet18_ese", "resnet18_gc", "resnet18_ge", "resnet18_se", "resnet18_simam",
+                           "resnet18_triplet"]  # fmt: skip
     _, out, _ = run(capsys, "models", "--base-only")
     assert "resnet50" in out.split() and "resnet50_cbam" not in out.split()
 

@@ -141,7 +141,9 @@ def add_network_commands(commands: argparse._SubParsersAction) -> None:
 
     models = commands.add_parser("models", help="list the registered model names")
     models.add_argument("pattern", nargs="?", default="*", help="shell-style filter, e.g. 'resnet*'")
-    models.add_argument("--base-only", action="store_true", help="leave out the _se/_cbam/_bam shortcut names")
+    models.add_argument(
+        "--base-only", action="store_true", help="leave out the attention shortcut names (_se, _cbam, _eca, ...)"
+    )
     models.add_argument(
         "--attentions", action="store_true", help="list the attention names --attention takes, each with its paper"
     )

@@ -12,7 +12,8 @@ from typing import Any
 
 from torch import nn
 
-SHORTCUT_ATTENTIONS: tuple[str, ...] = ("se", "cbam", "bam")
+# Each zoo network is also registered as `<name>_<attention>` for these (`resnet50_cbam`, `resnet18_eca`).
+SHORTCUT_ATTENTIONS: tuple[str, ...] = ("se", "cbam", "bam", "eca", "ese", "ge", "gc", "coord", "simam", "triplet")
 
 Builder = Callable[..., nn.Module]
 

@@ -8,8 +8,12 @@ import cbam
 from cbam.errors import ConfigError
 from cbam.networks.zoo.resnet import BasicBlock, Bottleneck
 
-ALL_MODELS = cbam.list_models()
 BASE_MODELS = cbam.list_models(include_shortcuts=False)
+# Every base network with the paper's attentions at full size; the newer attentions' shortcuts are the same
+# builders with another spec, checked below without building each at full size again.
+PAPER_ATTENTIONS = ("se", "cbam", "bam")
+ALL_MODELS = [*BASE_MODELS, *(f"{base}_{a}" for base in BASE_MODELS for a in PAPER_ATTENTIONS)]
+NEWER_SHORTCUTS = [n for n in cbam.list_models() if n not in ALL_MODELS]
 
 
 @pytest.mark.parametrize("name", ALL_MODELS)
@@ -159,8 +163,30 @@ def test_bad_options_are_refused(kwargs, message):
         cbam.create_model("resnet18", **kwargs)
 
 
+@pytest.mark.parametrize("name", NEWER_SHORTCUTS)
+def test_each_newer_attention_shortcut_builds_its_network_with_that_attention(name):
+    base, _, attention = name.rpartition("_")
+    with torch.device("meta"):
+        shortcut, spelled = cbam.create_model(name), cbam.create_model(base, attention=attention)
+    shapes = [(n, p.shape) for n, p in spelled.named_parameters()]
+    assert [(n, p.shape) for n, p in shortcut.named_parameters()] == shapes
+    assert [type(m) for m in shortcut.modules()] == [type(m) for m in spelled.modules()]
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "resnet50", "mobilenet_v1"])
+@pytest.mark.parametrize("attention", ["eca", "ese", "ge", "gc", "coord", "simam", "triplet"])
+def test_every_newer_attention_trains_in_the_zoo_at_full_width(arch, attention):
+    model = cbam.create_model(f"{arch}_{attention}", num_classes=10).train()
+    out = model(torch.randn(2, 3, 64, 64))
+    out.logsumexp(1).sum().backward()
+    assert out.shape == (2, 10) and all(p.grad is not None for p in model.parameters())
+
+
 def test_list_models_filters_by_pattern():
-    assert cbam.list_models("resnet50*") == ["resnet50", "resnet50_bam", "resnet50_cbam", "resnet50_se"]
+    assert cbam.list_models("resnet50*") == [
+        "resnet50", "resnet50_bam", "resnet50_cbam", "resnet50_coord", "resnet50_eca", "resnet50_ese",
+        "resnet50_gc", "resnet50_ge", "resnet50_se", "resnet50_simam", "resnet50_triplet",
+    ]  # fmt: skip
     assert "resnet50_cbam" not in cbam.list_models(include_shortcuts=False)
 
 
