@@ -2,8 +2,9 @@
 
 A "pass" is the time of one `x.clone()` of the same tensor (one read and one write), so the
 numbers compare across machines. For each ResNet50 stage shape: forward and forward+backward
-passes, and saved-for-backward bytes / input bytes, for our eager, compiled and Triton CBAM,
-timm's CbamModule, and SE.
+passes, and saved-for-backward bytes / input bytes, for our eager, compiled and Triton CBAM and SE,
+timm's CbamModule, and every module CBAM is compared with (ECA, CECA, eSE, GE-theta-minus, GC,
+CoordAtt, SimAM, Triplet) beside timm's version where timm has one.
 
     python benchmarks/attention_modules.py [--device cuda] [--dtype bf16] [--batch 8 64] [--cold]
 
@@ -22,9 +23,15 @@ from bench_utils import cache_evictor, interleaved_medians, machine_line, markdo
 from torch import nn
 
 import cbam
+from cbam.layers.create import create_attention_factory
 from cbam.networks.counting import saved_activation_ratio
 
 STAGES: tuple[tuple[int, int], ...] = ((256, 56), (512, 28), (1024, 14), (2048, 7))
+# The modules CBAM is compared with, by attention name and row label.
+NEWER_ATTENTIONS: dict[str, str] = {
+    "eca": "ECA", "ceca": "CECA", "ese": "eSE", "ge": "GE-theta-minus", "gc": "GC", "coord": "CoordAtt",
+    "simam": "SimAM", "triplet": "Triplet",
+}  # fmt: skip
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -39,13 +46,31 @@ def candidates(channels: int, device: torch.device) -> dict[str, Callable[[], nn
     if device.type == "cuda":
         layers["CBAM triton"] = lambda: cbam.CBAM(channels, impl="triton")
         layers["SE triton"] = lambda: cbam.SqueezeExcite(channels, impl="triton")
+    for name, label in NEWER_ATTENTIONS.items():
+        layers[f"{label} eager"] = lambda name=name: create_attention_factory(name)(channels)
     try:
         from timm.layers.cbam import CbamModule
 
         layers["timm CbamModule"] = lambda: CbamModule(channels)
+        layers.update(timm_counterparts(channels))
     except ImportError:
         pass
     return layers
+
+
+def timm_counterparts(channels: int) -> dict[str, Callable[[], nn.Module]]:
+    """timm's version of each newer module that computes the same function (`tests/layers/test_references.py`)."""
+    from timm.layers import CecaModule, EcaModule, EffectiveSEModule, GatherExcite, GlobalContext
+    from timm.layers.coord_attn import CoordAttn
+
+    return {
+        "timm EcaModule": lambda: EcaModule(channels),
+        "timm CecaModule": lambda: CecaModule(channels),
+        "timm EffectiveSEModule": lambda: EffectiveSEModule(channels),
+        "timm GatherExcite": lambda: GatherExcite(channels, use_mlp=False),
+        "timm GlobalContext": lambda: GlobalContext(channels, fuse_add=True, fuse_scale=False, rd_ratio=1 / 16),
+        "timm CoordAttn": lambda: CoordAttn(channels),
+    }
 
 
 def measure(

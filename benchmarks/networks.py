@@ -1,7 +1,8 @@
 """Network level: what attention costs a ResNet50 in wall-clock time, as ratios to the plain one.
 
 Plain ResNet50, SE-ResNet50 and CBAM-ResNet50 (ours, default `impl="auto"`, and ours eager),
-and timm's CBAM ResNet50, measured in one run with the cases interleaved; medians. Inference
+ResNet50 with each module CBAM is compared with (ECA, eSE, GE, GC, CoordAtt, SimAM, Triplet),
+and timm's CBAM, SE and ECA ResNet50s, measured in one run with the cases interleaved; medians. Inference
 (eval, no grad) at batch 1 and 8, and a training step (forward, backward, SGD step).
 
     python benchmarks/networks.py [--device cuda --dtype bf16 --batch 256] [--write benchmarks/RESULTS.md]
@@ -21,6 +22,8 @@ from torch import nn
 import cbam
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+NEWER = [("eca", "ECA"), ("ese", "eSE"), ("ge", "GE"), ("gc", "GC"), ("coord", "CoordAtt"), ("simam", "SimAM"),
+         ("triplet", "Triplet")]  # fmt: skip
 
 
 def networks() -> dict[str, Callable[[], nn.Module]]:
@@ -30,12 +33,14 @@ def networks() -> dict[str, Callable[[], nn.Module]]:
         "SE-ResNet50": lambda: cbam.create_model("resnet50_se"),
         "CBAM-ResNet50": lambda: cbam.create_model("resnet50_cbam"),
         "CBAM-ResNet50 eager": lambda: cbam.create_model("resnet50_cbam", impl="eager"),
+        **{f"{label}-ResNet50": (lambda name=name: cbam.create_model(f"resnet50_{name}")) for name, label in NEWER},
     }
     try:
         import timm
 
         nets["timm CBAM-ResNet50"] = lambda: timm.create_model("resnet50", block_args={"attn_layer": "cbam"})
         nets["timm SE-ResNet50"] = lambda: timm.create_model("resnet50", block_args={"attn_layer": "se"})
+        nets["timm ECA-ResNet50"] = lambda: timm.create_model("resnet50", block_args={"attn_layer": "eca"})
     except ImportError:
         pass
     return nets

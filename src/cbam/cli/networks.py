@@ -105,10 +105,10 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
 def cmd_models(args: argparse.Namespace) -> int:
     if args.attentions:
-        from cbam.layers.create import ATTENTION_REFERENCES
+        from cbam.layers.create import ATTENTION_ABOUT
 
-        width = max(map(len, ATTENTION_REFERENCES))
-        print("\n".join(f"{name:<{width}}  {reference}" for name, reference in ATTENTION_REFERENCES.items()))
+        width = max(map(len, ATTENTION_ABOUT))
+        print("\n".join(f"{name:<{width}}  {about.paper}" for name, about in ATTENTION_ABOUT.items()))
         return 0
     names = list_models(args.pattern, include_shortcuts=not args.base_only)
     if not names:

@@ -5,8 +5,8 @@ from cbam.layers.cbam import CBAM
 from cbam.layers.channel import ChannelAttention, hidden_width
 from cbam.layers.coord import CoordinateAttention
 from cbam.layers.create import (
+    ATTENTION_ABOUT,
     ATTENTION_LAYERS,
-    ATTENTION_REFERENCES,
     AttentionFactory,
     AttentionSpec,
     attention_names,
@@ -23,8 +23,8 @@ from cbam.layers.spatial import SpatialAttention
 from cbam.layers.triplet import TripletAttention
 
 __all__ = [
+    "ATTENTION_ABOUT",
     "ATTENTION_LAYERS",
-    "ATTENTION_REFERENCES",
     "BAM",
     "CBAM",
     "AttentionFactory",

@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 from torch import nn
 
@@ -49,21 +49,29 @@ ATTENTION_LAYERS: dict[str, Callable[..., nn.Module]] = {
     "simam": SimAM,
     "triplet": TripletAttention,
 }
-# Where each comes from: the paper that defines it (and so the reference its tests check it against).
-ATTENTION_REFERENCES: dict[str, str] = {
-    "se": "Hu et al., Squeeze-and-Excitation Networks, CVPR 2018",
-    "cbam": "Woo et al., CBAM, ECCV 2018",
-    "bam": "Park et al., BAM, BMVC 2018",
-    "channel": "Woo et al., CBAM, ECCV 2018 (its channel branch)",
-    "spatial": "Woo et al., CBAM, ECCV 2018 (its spatial branch)",
-    "eca": "Wang et al., ECA-Net, CVPR 2020",
-    "ceca": "Wang et al., ECA-Net, CVPR 2020, padded circularly (timm's CECA)",
-    "ese": "Lee & Park, CenterMask (effective SE), CVPR 2020",
-    "ge": "Hu et al., Gather-Excite, NeurIPS 2018 (GE-theta-minus; parametric=True: GE-theta)",
-    "gc": "Cao et al., GCNet, ICCVW 2019",
-    "coord": "Hou et al., Coordinate Attention, CVPR 2021",
-    "simam": "Yang et al., SimAM, ICML 2021",
-    "triplet": "Misra et al., Triplet Attention, WACV 2021",
+
+
+class About(NamedTuple):
+    """How tables name an attention, and the paper that defines it (the reference its tests check it against)."""
+
+    label: str
+    paper: str
+
+
+ATTENTION_ABOUT: dict[str, About] = {
+    "se": About("SE", "Hu et al., Squeeze-and-Excitation Networks, CVPR 2018"),
+    "cbam": About("CBAM", "Woo et al., CBAM, ECCV 2018"),
+    "bam": About("BAM", "Park et al., BAM, BMVC 2018"),
+    "channel": About("channel", "Woo et al., CBAM, ECCV 2018 (its channel branch)"),
+    "spatial": About("spatial", "Woo et al., CBAM, ECCV 2018 (its spatial branch)"),
+    "eca": About("ECA", "Wang et al., ECA-Net, CVPR 2020"),
+    "ceca": About("CECA", "Wang et al., ECA-Net, CVPR 2020, padded circularly (timm's CECA)"),
+    "ese": About("eSE", "Lee & Park, CenterMask (effective SE), CVPR 2020"),
+    "ge": About("GE", "Hu et al., Gather-Excite, NeurIPS 2018 (GE-theta-minus; parametric=True: GE-theta)"),
+    "gc": About("GC", "Cao et al., GCNet, ICCVW 2019"),
+    "coord": About("CoordAtt", "Hou et al., Coordinate Attention, CVPR 2021"),
+    "simam": About("SimAM", "Yang et al., SimAM, ICML 2021"),
+    "triplet": About("Triplet", "Misra et al., Triplet Attention, WACV 2021"),
 }
 PLACEMENTS: tuple[str, ...] = ("block", "stage")
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cbam.errors import ConfigError, unknown_name
-from cbam.layers.create import AttentionSpec
+from cbam.layers.create import ATTENTION_ABOUT, AttentionSpec
 from cbam.paper import paper_rows
 
 COMPARE_TABLES: tuple[str, ...] = ("table1", "table2", "table3", "table4", "table5")
@@ -67,9 +67,8 @@ def attention_rows(arch: str, attentions: list[str]) -> list[CompareRow]:
         raise ConfigError(f"--attention names an attention twice: {','.join(attentions)}")
     rows = []
     for attention in attentions:
-        described = (
-            arch if attention == "none" else f"{arch} + {attention.upper() if len(attention) <= 4 else attention}"
-        )
+        about = ATTENTION_ABOUT.get(attention)
+        described = arch if attention == "none" else f"{arch} + {about.label if about else attention}"
         rows.append(CompareRow(_slug(described), described, arch, attention, {}, None, None))
     return rows
 
