@@ -77,5 +77,13 @@ class ChannelAttention(FusableAttention, nn.Module):
     def _fused_branches(self) -> tuple[nn.Module | None, nn.Module | None] | None:
         return (self, None) if channel_fusable(self) else None
 
+    def fused_channel_fields(self) -> dict[str, object]:
+        """The fused gate's arguments (`GateArgs` fields) that compute this channel gate."""
+        first, last = self.mlp[0], self.mlp[2]
+        return {
+            "w1": first.weight, "b1": first.bias, "w2": last.weight, "b2": last.bias,
+            "use_avg": "avg" in self.pool_types, "use_max": "max" in self.pool_types,
+        }  # fmt: skip
+
     def extra_repr(self) -> str:
         return f"pool_types={'+'.join(self.pool_types)}, impl={self.impl}"

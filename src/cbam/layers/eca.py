@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from cbam.errors import ConfigError
+from cbam.layers.fused import FusableAttention, check_impl
 from cbam.layers.maps import check_feature_map
 
 
@@ -20,12 +21,15 @@ def adaptive_kernel_size(channels: int, gamma: float = 2, beta: float = 1) -> in
     return t if t % 2 else t + 1
 
 
-class EfficientChannelAttention(nn.Module):
+class EfficientChannelAttention(FusableAttention, nn.Module):
     """ECA: w = sigmoid(conv1d_k(GAP(F))), out = w * F, the k-tap convolution shared by all channels (eq. 9-11).
 
     `kernel_size=None` takes the paper's adaptive size from `gamma` and `beta`; `circular=True` pads the channel
-    axis circularly instead of with zeros (timm's CECA). The convolution has no bias, as in the paper.
+    axis circularly instead of with zeros (timm's CECA). The convolution has no bias, as in the paper. `impl`
+    picks the implementation (`cbam.layers.fused`: the fused gate pools, convolves and scales in its passes).
     """
+
+    pool_types: tuple[str, ...] = ("avg",)
 
     def __init__(
         self,
@@ -34,6 +38,7 @@ class EfficientChannelAttention(nn.Module):
         gamma: float = 2,
         beta: float = 1,
         circular: bool = False,
+        impl: str = "auto",
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -46,7 +51,7 @@ class EfficientChannelAttention(nn.Module):
         size = adaptive_kernel_size(channels, gamma, beta) if kernel_size is None else kernel_size
         if size < 1 or size % 2 == 0:
             raise ConfigError(f"ECA's kernel_size must be odd and positive (a centred window), got {size}")
-        self.kernel_size, self.circular = size, circular
+        self.kernel_size, self.circular, self.impl = size, circular, check_impl(impl)
         self.conv = nn.Conv1d(1, 1, size, padding=0, bias=False, device=device, dtype=dtype)
 
     def logits(self, x: Tensor) -> Tensor:
@@ -63,7 +68,17 @@ class EfficientChannelAttention(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if not torch.jit.is_scripting():
             check_feature_map(x, "ECA")
+            fused = self._fused(x)
+            if fused is not None:
+                return fused
         return x * self.attention_map(x)
 
+    def _fused_branches(self) -> tuple[nn.Module | None, nn.Module | None]:
+        return self, None
+
+    def fused_channel_fields(self) -> dict[str, object]:
+        """The fused gate's arguments (`GateArgs` fields) that compute this gate."""
+        return {"w1": self.conv.weight, "use_avg": True, "channel_fn": "conv1d", "circular": self.circular}
+
     def extra_repr(self) -> str:
-        return f"kernel_size={self.kernel_size}, circular={self.circular}"
+        return f"kernel_size={self.kernel_size}, circular={self.circular}, impl={self.impl}"

@@ -18,7 +18,10 @@ from torch import nn
 import cbam
 from cbam.errors import ConfigError
 from cbam.layers import fused
+from cbam.layers.eca import EfficientChannelAttention
+from cbam.layers.ese import EffectiveSqueezeExcite
 from cbam.layers.fused import cpu_kernels, gate
+from cbam.layers.gather_excite import GatherExcite
 from cbam.layers.pooling import channel_pool
 from cbam.networks.counting import saved_activation_ratio
 from tests.conftest import randomize_
@@ -34,7 +37,13 @@ LAYERS = {
     "se": lambda c, impl: cbam.SqueezeExcite(c, impl=impl),
     "channel": lambda c, impl: cbam.ChannelAttention(c, impl=impl),
     "spatial": lambda c, impl: cbam.SpatialAttention(c, impl=impl),
+    "eca": lambda c, impl: EfficientChannelAttention(c, kernel_size=5, impl=impl),
+    "ceca": lambda c, impl: EfficientChannelAttention(c, kernel_size=5, circular=True, impl=impl),
+    "ese": lambda c, impl: EffectiveSqueezeExcite(c, impl=impl),
+    "ese-sigmoid": lambda c, impl: EffectiveSqueezeExcite(c, gate="sigmoid", impl=impl),
+    "ge": lambda c, impl: GatherExcite(c, impl=impl),
 }
+CHANNEL_ONLY = ("se", "channel", "eca", "ceca", "ese", "ese-sigmoid", "ge")  # the gate's channel branch alone
 CPU_ARCHS = ("native", "x86-64")
 
 
@@ -100,7 +109,7 @@ def test_compiled_matches_eager_in_float32(name: str, layout: str) -> None:
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 def test_compiled_matches_eager_in_half_precision(dtype: torch.dtype, layout: str) -> None:
     x = as_layout(torch.randn(2, 32, 8, 8, dtype=dtype), layout)
-    for name in ("cbam", "se"):
+    for name in ("cbam", "se", "eca", "ese", "ge"):
         compare(name, "compiled", x)
 
 
@@ -122,7 +131,7 @@ def assert_backend_matches_eager(name: str, backend: str) -> None:
     x, upstream = torch.randn(2, 16, 7, 5), torch.randn(2, 16, 7, 5)
 
     def gate_only(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        channel = layer if name == "se" else getattr(layer, "channel", None)
+        channel = layer if name in CHANNEL_ONLY else getattr(layer, "channel", None)
         spatial = layer if name == "spatial" else getattr(layer, "spatial", None)
         return fused.fused_gate(x, channel, spatial, backend)
 
@@ -130,14 +139,14 @@ def assert_backend_matches_eager(name: str, backend: str) -> None:
     rounding_bound(eager, [x], upstream).check(actual, f"{name} on the {backend} kernels")
 
 
-@pytest.mark.parametrize("name", ["cbam", "se", "spatial"])
+@pytest.mark.parametrize("name", ["cbam", "se", "spatial", "eca", "ceca", "ese", "ge"])
 def test_plain_pytorch_kernels_match_eager(name: str) -> None:
     """The fused op on `primitives.py` alone: the fallback where no C compiler exists."""
     assert_backend_matches_eager(name, "reference")
 
 
 @CPU_KERNELS
-@pytest.mark.parametrize("name", ["cbam", "se"])
+@pytest.mark.parametrize("name", ["cbam", "se", "eca", "ese", "ge"])
 def test_fused_layer_saves_no_more_than_its_input(name: str) -> None:
     x = torch.randn(2, 64, 16, 16).contiguous(memory_format=torch.channels_last)
     assert saved_activation_ratio(LAYERS[name](64, "compiled").train(), x) == 1.0
@@ -168,7 +177,23 @@ def test_custom_op_registration_passes_opcheck(with_shortcut: bool, train: bool)
 
 
 @CPU_KERNELS
-@pytest.mark.parametrize("name", ["cbam", "se", "spatial"])
+@pytest.mark.parametrize("name", ["eca", "ceca", "ese", "ese-sigmoid", "ge"])
+def test_every_channel_function_passes_opcheck(name: str) -> None:
+    layer = randomize_(LAYERS[name](8, "compiled")).train()
+    x = torch.randn(2, 8, 5, 6, requires_grad=True)
+    args = gate.GateArgs.of_layers(x, layer, None, "cpu")
+    assert args.channel_fn != "mlp" and args.use_avg and not args.use_max
+    torch.library.opcheck(torch.ops.cbam.attention_gate.default, tuple(args))
+
+
+def test_an_unknown_channel_function_is_named() -> None:
+    args = gate.GateArgs(torch.randn(1, 4, 2, 2), use_avg=True, channel_fn="mystery")
+    with pytest.raises(ValueError, match="unknown channel function 'mystery'; one of mlp, conv1d, linear, none"):
+        gate.gate_forward(args)
+
+
+@CPU_KERNELS
+@pytest.mark.parametrize("name", ["cbam", "se", "spatial", "eca", "ese", "ge"])
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 def test_fused_residual_tail_matches_relu_of_attention_plus_shortcut(name: str, layout: str) -> None:
     eager = randomize_(LAYERS[name](16, "eager")).train()
@@ -244,6 +269,8 @@ def test_impl_is_checked_and_set_through_create_model() -> None:
         cbam.ChannelAttention(8, pool_types="avg+lp", impl="compiled")
     with pytest.raises(ValueError, match="not 'parallel'"):
         cbam.CBAM(8, arrangement="parallel", impl="triton")
+    with pytest.raises(ValueError, match=r"fuses Gather-Excite's global GE-theta-minus only \(extent=0"):
+        GatherExcite(8, extent=2, impl="compiled")
     model = cbam.create_model("resnet18_cbam", impl="eager", num_classes=3)
     impls = {m.impl for m in model.modules() if hasattr(m, "impl")}
     assert impls == {"eager"}

@@ -1,6 +1,7 @@
 """Fused attention gates: which implementation runs a layer, and the call into the fused op.
 
-Every CBAM/SE/channel/spatial layer takes `impl` (and so does `cbam.create_model`):
+Every CBAM/SE/channel/spatial layer takes `impl` (and so does `cbam.create_model`), and so do ECA, effective SE
+and Gather-Excite, whose global GE-theta-minus fuses as a channel gate (`gate.CHANNEL_FUNCTIONS`):
 - `"eager"`: the reference PyTorch modules, op by op;
 - `"compiled"`: the fused gate with natively compiled passes: C kernels built at first use
   on the CPU (for `CBAM_CPU_ARCH`, see `cpu_kernels`), inductor-generated kernels on CUDA;

@@ -28,8 +28,9 @@ AUTO_MIN_ELEMENTS = 1 << 15
 """On the CPU, `auto` fuses maps of at least this many elements: below it Python overhead outweighs the saved passes."""
 
 SE_RESIDUAL_MIN_ELEMENTS = 1 << 20
-"""A float32 squeeze-and-excitation gate in CPU inference fuses only as a residual tail over maps this large:
-its eager ops are already few passes, so fusing pays only where it also saves the residual add and ReLU."""
+"""A float32 gate shaped like squeeze-and-excitation (`eager_squeeze_excite_is_faster`) in CPU inference fuses only
+as a residual tail over maps this large: its eager ops are already few passes, so fusing pays only where it also
+saves the residual add and ReLU."""
 
 
 def _triton_kernels() -> ModuleType:
@@ -125,8 +126,9 @@ def backend_for(
 def eager_squeeze_excite_is_faster(
     channel: nn.Module | None, spatial: nn.Module | None, x: Tensor, shortcut: Tensor | None
 ) -> bool:
-    """Whether `auto` runs a fusable gate eagerly on the CPU anyway: a squeeze-and-excitation gate (one avg pool,
-    no spatial branch) in float32 inference, unless it is a residual tail over a large map."""
+    """Whether `auto` runs a fusable gate eagerly on the CPU anyway: a gate shaped like squeeze-and-excitation (one
+    avg pool, no spatial branch: SE, ECA, eSE, GE-theta-minus) in float32 inference, unless it is a residual tail
+    over a large map. (Eager reads the map twice and writes it once, as the fused passes do.)"""
     squeeze_excite = spatial is None and channel is not None and tuple(channel.pool_types) == ("avg",)
     if not squeeze_excite or x.dtype != torch.float32 or torch.is_grad_enabled():
         return False

@@ -1,9 +1,11 @@
 """One fused attention gate: out = x * Mc * Ms with a backward that recomputes instead of saving.
 
 The gate covers CBAM in the paper's configuration (channel then spatial), its channel-only and
-spatial-only ablations, and squeeze-and-excitation. Work on the full map goes through one of
-the kernel sets (`backends.BACKENDS`); the small graphs (the shared MLP on (N, C), the k x k
-convolution and BatchNorm on (N, 2, H, W)) are written here with their gradients. The forward
+spatial-only ablations, and every channel gate of the same shape (pool, a small function of the
+pooled vector, a sigmoid, scale): squeeze-and-excitation, ECA, effective SE and GE-theta-minus.
+Work on the full map goes through one of the kernel sets (`backends.BACKENDS`); the small graphs
+(the channel function on (N, C), the k x k convolution and BatchNorm on (N, 2, H, W)) are written
+here with their gradients. The forward
 saves only x (and after a fused ReLU its output, as nn.ReLU keeps it): the backward recomputes
 the pooled descriptors, the maps and the max indices in the passes it needs anyway.
 
@@ -34,15 +36,15 @@ from cbam.layers.fused.backends import kernels
 class GateArgs(NamedTuple):
     """Everything the fused gate reads; as a tuple, the custom ops' argument list.
 
-    An absent branch leaves its fields at None: no channel gate, w1 to b2; no spatial gate, conv_w to
+    An absent branch leaves its fields at None: no channel gate, no pool either; no spatial gate, conv_w to
     bn_var; a spatial gate without BatchNorm, bn_w to bn_var. Under the FLOP formulas each tensor is its shape.
     """
 
     x: Tensor
     shortcut: Tensor | None = None  # added before the ReLU: the tail of a residual block
-    w1: Tensor | None = None  # the channel gate's shared MLP: Linear(C, C/r), ReLU, Linear(C/r, C)
-    b1: Tensor | None = None
-    w2: Tensor | None = None
+    w1: Tensor | None = None  # the channel function's weights (`CHANNEL_FUNCTIONS`): for "mlp" Linear(C, C/r),
+    b1: Tensor | None = None  # ReLU, Linear(C/r, C); for "conv1d" w1 is ECA's (1, 1, k) kernel; for "linear"
+    w2: Tensor | None = None  # w1, b1 are eSE's Linear(C, C)
     b2: Tensor | None = None
     conv_w: Tensor | None = None  # the spatial gate's k x k convolution to one channel
     conv_b: Tensor | None = None
@@ -50,8 +52,11 @@ class GateArgs(NamedTuple):
     bn_b: Tensor | None = None
     bn_mean: Tensor | None = None
     bn_var: Tensor | None = None
-    use_avg: bool = False  # the channel gate's pools
+    use_avg: bool = False  # the channel gate's pools (neither: no channel gate)
     use_max: bool = False
+    channel_fn: str = "mlp"  # a name in `CHANNEL_FUNCTIONS`: what maps the pooled vector to the gate's logits
+    channel_gate: str = "sigmoid"  # or "hard_sigmoid" (effective SE)
+    circular: bool = False  # "conv1d" pads the channel axis circularly (timm's CECA) instead of with zeros
     bn_training: bool = False  # normalise by the batch's statistics and report them
     bn_eps: float = 1e-5
     backend: str = "reference"  # a name in `backends.BACKENDS`
@@ -70,9 +75,7 @@ class GateArgs(NamedTuple):
         """The arguments that compute a channel and a spatial attention module (either may be None) on x."""
         fields: dict[str, object] = {}
         if channel is not None:
-            first, last = channel.mlp[0], channel.mlp[2]
-            fields.update(w1=first.weight, b1=first.bias, w2=last.weight, b2=last.bias)
-            fields.update(use_avg="avg" in channel.pool_types, use_max="max" in channel.pool_types)
+            fields.update(channel.fused_channel_fields())
         if spatial is not None:
             fields.update(conv_w=spatial.conv.weight, conv_b=spatial.conv.bias)
         bn = spatial.bn if spatial is not None else None
@@ -87,9 +90,13 @@ class GateArgs(NamedTuple):
         return {name: p for name, p in present.items() if p is not None}
 
     def channel_graph(self) -> ChannelGraph | None:
-        if self.w1 is None:
+        if not (self.use_avg or self.use_max):
             return None
-        return ChannelGraph(self.w1, self.b1, self.w2, self.b2, self.use_avg, self.use_max)
+        if self.channel_fn not in CHANNEL_FUNCTIONS:
+            raise ValueError(f"unknown channel function {self.channel_fn!r}; one of {', '.join(CHANNEL_FUNCTIONS)}")
+        if self.channel_gate not in CHANNEL_GATES:
+            raise ValueError(f"unknown channel gate {self.channel_gate!r}; one of {', '.join(CHANNEL_GATES)}")
+        return CHANNEL_FUNCTIONS[self.channel_fn](self)
 
     def spatial_graph(self, k: ModuleType) -> SpatialGraph | None:
         if self.conv_w is None:
@@ -115,19 +122,20 @@ TENSOR_FIELDS: tuple[str, ...] = tuple(
 )
 
 
+CHANNEL_GATES: tuple[str, ...] = ("sigmoid", "hard_sigmoid")
+
+
 @dataclass(frozen=True)
 class ChannelGraph:
-    """The channel gate's small graph: Mc = sigmoid(sum over pools of MLP(pool)), in float32.
+    """A channel gate's small graph: Mc = gate(f(pooled descriptors)), in float32; subclasses are the functions f.
 
-    The pooled descriptors are stacked: (pools, N, C), so each layer of the MLP is one call.
+    The pooled descriptors are stacked, (pools, N, C), so that each layer of f is one call; f sums its result over
+    the pools (the paper's eq. 2 for two pools; one pool for every other gate).
     """
 
-    w1: Tensor
-    b1: Tensor
-    w2: Tensor
-    b2: Tensor
     use_avg: bool
     use_max: bool
+    gate: str
 
     def stack(self, avg: Tensor, mx: Tensor) -> Tensor:
         """The descriptors this gate pools, stacked: (pools, N, C)."""
@@ -139,14 +147,48 @@ class ChannelGraph:
         """The gradients of the avg and max descriptors from those of `stack`'s result; None for a pool not used."""
         return (dpooled[0] if self.use_avg else None), (dpooled[-1] if self.use_max else None)
 
-    def forward(self, pooled: Tensor) -> tuple[Tensor, Tensor]:
-        """Mc (N, C) and the hidden activations (pools, N, C/r), kept for the backward."""
-        hidden = F.relu(F.linear(pooled, self.w1.float(), self.b1.float()))
-        return torch.sigmoid(F.linear(hidden, self.w2.float(), self.b2.float()).sum(0)), hidden
+    def logits(self, pooled: Tensor) -> tuple[Tensor, object]:
+        """f(pooled), (N, C), and what its backward needs."""
+        raise NotImplementedError
 
-    def backward(self, pooled: Tensor, hidden: Tensor, mc: Tensor, dmc: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        """Gradients of the stacked descriptors and of w1, b1, w2, b2 (by `GateArgs` field)."""
-        dz = dmc * mc * (1 - mc)
+    def logits_backward(self, pooled: Tensor, saved: object, dlogits: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """Gradients of the stacked descriptors and of f's weights (by `GateArgs` field), from those of f's result."""
+        raise NotImplementedError
+
+    def forward(self, pooled: Tensor) -> tuple[Tensor, tuple[Tensor, object]]:
+        """Mc (N, C) and what the backward needs."""
+        logits, saved = self.logits(pooled)
+        if self.gate == "hard_sigmoid":
+            return F.relu6(logits + 3.0) / 6.0, (logits, saved)
+        return torch.sigmoid(logits), (logits, saved)
+
+    def backward(
+        self, pooled: Tensor, cache: tuple[Tensor, object], mc: Tensor, dmc: Tensor
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """Gradients of the stacked descriptors and of the weights, from that of Mc."""
+        logits, saved = cache
+        if self.gate == "hard_sigmoid":  # relu6(z + 3) / 6: slope 1/6 strictly inside (-3, 3), as autograd has it
+            shifted = logits + 3.0
+            dlogits = dmc * ((shifted > 0) & (shifted < 6)) / 6.0
+        else:
+            dlogits = dmc * mc * (1 - mc)
+        return self.logits_backward(pooled, saved, dlogits)
+
+
+@dataclass(frozen=True)
+class SharedMlp(ChannelGraph):
+    """CBAM's and SE's f: one MLP (C -> C/r -> C, ReLU) shared by the pools, summed (paper eq. 2)."""
+
+    w1: Tensor
+    b1: Tensor
+    w2: Tensor
+    b2: Tensor
+
+    def logits(self, pooled: Tensor) -> tuple[Tensor, Tensor]:
+        hidden = F.relu(F.linear(pooled, self.w1.float(), self.b1.float()))
+        return F.linear(hidden, self.w2.float(), self.b2.float()).sum(0), hidden
+
+    def logits_backward(self, pooled: Tensor, hidden: Tensor, dz: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         dhidden = (dz @ self.w2.float()) * (hidden > 0)
         grads = {
             "w1": torch.einsum("pnh,pnc->hc", dhidden, pooled),
@@ -155,6 +197,83 @@ class ChannelGraph:
             "b2": dz.sum(0) * pooled.shape[0],
         }
         return dhidden @ self.w1.float(), grads
+
+
+@dataclass(frozen=True)
+class CrossChannelConv(ChannelGraph):
+    """ECA's f: one k-tap convolution along the channel axis, zero- or circularly padded, no bias (ECA-Net eq. 9).
+
+    Padding is an index into the pooled vector (and a mask for zeros), so the backward folds it back with one
+    `index_add_` whichever padding it is.
+    """
+
+    w1: Tensor  # (1, 1, k)
+    circular: bool
+
+    def _padding(self, c: int, device: torch.device) -> tuple[Tensor, Tensor | None]:
+        pad = (self.w1.shape[-1] - 1) // 2
+        index = torch.arange(-pad, c + pad, device=device)
+        if self.circular:
+            return index % c, None
+        inside = (index >= 0) & (index < c)
+        return index.clamp(0, c - 1), inside
+
+    def _padded(self, pooled: Tensor) -> Tensor:
+        index, inside = self._padding(pooled.shape[-1], pooled.device)
+        padded = pooled[..., index]
+        return padded if inside is None else padded * inside
+
+    def logits(self, pooled: Tensor) -> tuple[Tensor, Tensor]:
+        pools, n, c = pooled.shape
+        padded = self._padded(pooled).reshape(pools * n, 1, -1)
+        return F.conv1d(padded, self.w1.float()).view(pools, n, c).sum(0), padded
+
+    def logits_backward(self, pooled: Tensor, padded: Tensor, dz: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        pools, n, c = pooled.shape
+        dz = dz.unsqueeze(0).expand(pools, n, c).reshape(pools * n, 1, c)
+        dpadded, dw, _ = torch.ops.aten.convolution_backward(
+            dz, padded, self.w1.float(), None, [1], [0], [1], False, [0], 1, [True, True, False]
+        )
+        index, inside = self._padding(c, pooled.device)
+        dpadded = dpadded.view(pools, n, -1)
+        if inside is not None:
+            dpadded = dpadded * inside
+        return torch.zeros_like(pooled).index_add_(-1, index, dpadded), {"w1": dw}
+
+
+@dataclass(frozen=True)
+class FullyConnected(ChannelGraph):
+    """Effective SE's f: one Linear(C, C), no reduction (CenterMask Sect. 3.3)."""
+
+    w1: Tensor  # (C, C)
+    b1: Tensor
+
+    def logits(self, pooled: Tensor) -> tuple[Tensor, None]:
+        return F.linear(pooled, self.w1.float(), self.b1.float()).sum(0), None
+
+    def logits_backward(self, pooled: Tensor, saved: None, dz: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        grads = {"w1": dz.t() @ pooled.sum(0), "b1": dz.sum(0) * pooled.shape[0]}
+        return (dz @ self.w1.float()).unsqueeze(0).expand_as(pooled), grads
+
+
+@dataclass(frozen=True)
+class PooledIdentity(ChannelGraph):
+    """GE-theta-minus with the global extent: the pooled vector itself is the logit (Gather-Excite Sect. 3)."""
+
+    def logits(self, pooled: Tensor) -> tuple[Tensor, None]:
+        return pooled.sum(0), None
+
+    def logits_backward(self, pooled: Tensor, saved: None, dz: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        return dz.unsqueeze(0).expand_as(pooled), {}
+
+
+CHANNEL_FUNCTIONS: dict[str, Callable[[GateArgs], ChannelGraph]] = {
+    "mlp": lambda a: SharedMlp(a.use_avg, a.use_max, a.channel_gate, a.w1, a.b1, a.w2, a.b2),
+    "conv1d": lambda a: CrossChannelConv(a.use_avg, a.use_max, a.channel_gate, a.w1, a.circular),
+    "linear": lambda a: FullyConnected(a.use_avg, a.use_max, a.channel_gate, a.w1, a.b1),
+    "none": lambda a: PooledIdentity(a.use_avg, a.use_max, a.channel_gate),
+}
+"""The functions f a fused channel gate computes, by `GateArgs.channel_fn`."""
 
 
 @dataclass(frozen=True)
@@ -284,11 +403,11 @@ def gate_backward(grad: Tensor, args: GateArgs) -> list[Tensor]:
     k = kernels(args.backend)
     x, x3, g3 = args.x, args.x.flatten(2), grad.flatten(2)
     channel, spatial = args.channel_graph(), args.spatial_graph(k)
-    mc = pooled = hidden = cidx = None
+    mc = pooled = cache = cidx = None
     if channel is not None:
         avg, cmx, cidx = k.channel_stats(x3)
         pooled = channel.stack(avg, cmx)
-        mc, hidden = channel.forward(pooled)
+        mc, cache = channel.forward(pooled)
     ms = dmean = dmax = sidx = None
     grads: dict[str, Tensor | None] = {}
     if spatial is not None:
@@ -301,7 +420,7 @@ def gate_backward(grad: Tensor, args: GateArgs) -> list[Tensor]:
     davg = dcmax = None
     if channel is not None:
         dmc = k.channel_grad(x3, g3, ms, dmean, dmax, sidx)
-        dpooled, channel_grads = channel.backward(pooled, hidden, mc, dmc)
+        dpooled, channel_grads = channel.backward(pooled, cache, mc, dmc)
         grads.update(channel_grads)
         davg, dcmax = channel.unstack(dpooled)
     dx = k.input_grad(g3, mc, ms, dmean, dmax, sidx, davg, dcmax, cidx if args.use_max else None).view(x.shape)
@@ -369,15 +488,18 @@ attention_gate.register_autograd(_backward, setup_context=_setup_context)
 
 def forward_flops(shapes: GateArgs) -> int:
     """FLOPs (2 per multiply-accumulate) of the gate's forward, given each tensor's shape in its place, as
-    FlopCounterMode counts the eager layers: the shared MLP's two matrix products per pooled descriptor and the
-    k x k convolution to one channel; pooling, BatchNorm, sigmoid and the element-wise products count nothing
-    there, and here."""
+    FlopCounterMode counts the eager layers: the channel function's matrix products (or ECA's 1-D convolution)
+    per pooled descriptor and the k x k convolution to one channel; pooling, BatchNorm, the gates and the
+    element-wise products count nothing there, and here."""
     n, c, h, w = shapes.x
     flops = 0
-    if shapes.w1 is not None:
-        descriptors = n * (int(shapes.use_avg) + int(shapes.use_max))
-        # (descriptors, C) @ (C, C/r), then (descriptors, C/r) @ (C/r, C)
+    descriptors = n * (int(shapes.use_avg) + int(shapes.use_max))
+    if descriptors and shapes.channel_fn == "mlp":  # (descriptors, C) @ (C, C/r), then (descriptors, C/r) @ (C/r, C)
         flops += 2 * 2 * descriptors * c * shapes.w1[0]
+    elif descriptors and shapes.channel_fn == "linear":  # (descriptors, C) @ (C, C)
+        flops += 2 * descriptors * c * c
+    elif descriptors and shapes.channel_fn == "conv1d":  # k taps per output channel
+        flops += 2 * descriptors * c * shapes.w1[-1]
     if shapes.conv_w is not None:
         flops += 2 * n * h * w * math.prod(shapes.conv_w)  # conv_w: (1, 2, k, k), one output channel per position
     return flops
