@@ -160,3 +160,54 @@ def test_attention_parameters_on_resnets_equal_the_authors_printed_figures(arch,
         total = count_parameters(cbam.create_model(arch, attention=attention))
     assert total - plain == added
     assert round(total / 1e6, 2) == printed
+
+
+def test_eca_nets_printed_resnet50_row_is_its_units_and_a_kernel_of_5_everywhere() -> None:
+    """ECA-Net (Table 2, abstract): ResNet-50 24.37M parameters and 3.86 GFLOPs, the ECA modules 80 parameters.
+    Its M is 2^20 parameters, its GFLOPs the multiply-adds of the stride-in-1x1 layout (the CBAM paper's convention,
+    `cbam.paper`), and 80 is 16 blocks with k = 5; the adaptive rule on each block's width gives 86 (k = 7 in the
+    last stage), which `test_attention_parameters_...` checks."""
+    with torch.device("meta"):
+        plain = cbam.create_model("resnet50", stride_in_1x1=True)
+        five = cbam.create_model("resnet50", attention={"name": "eca", "kernel_size": 5})
+    assert round(count_parameters(plain) / 2**20, 2) == 24.37
+    assert round(count_macs(plain) / 1e9, 2) == 3.86
+    assert count_parameters(five) - count_parameters(plain) == 80
+
+
+def test_gcnets_printed_resnet50_row_is_gc_in_stages_2_to_4() -> None:
+    """GCNet (Cao et al., ImageNet table): ResNet-50 25.56M, + GC (r = 16) 28.08M: GC in every block of c3-c5, not
+    c2 (our default, every stage, gives 28.11M). Its GFLOPs (4.12, 4.13) count BatchNorm, ReLU and pooling too
+    (mmcv's counter); multiply-adds alone are 4.089 and 4.102 (docs/reproduction.md)."""
+    with torch.device("meta"):
+        plain = count_parameters(cbam.create_model("resnet50"))
+        c3_c5 = count_parameters(cbam.create_model("resnet50", attention="gc", attention_stages=(2, 3, 4)))
+        every = count_parameters(cbam.create_model("resnet50", attention="gc"))
+    assert (round(plain / 1e6, 2), round(c3_c5 / 1e6, 2), round(every / 1e6, 2)) == (25.56, 28.08, 28.11)
+    # c2's three C = 256 blocks: the 1 x 1 mask (with bias), conv 256 -> 16, LayerNorm, conv 16 -> 256, all with biases
+    per_block = (256 + 1) + (256 * 16 + 16) + 2 * 16 + (16 * 256 + 256)
+    assert every - c3_c5 == 3 * per_block
+
+
+@pytest.mark.parametrize(("arch", "printed"), [("resnet18", 1.825), ("resnet50", 4.169)])
+def test_triplet_attentions_printed_gflops_are_ours_plus_its_z_pools(arch: str, printed: float) -> None:
+    """Misra et al. (Table 1): ResNet-18 + Triplet 1.825 GFLOPs, ResNet-50 + Triplet 4.169. Ours count the 7 x 7
+    convolutions' multiply-adds (1.8205, 4.1355); the printed figures add one operation per element for each of
+    the Z-pool's max and mean in each of the three branches: 6 C H W per block."""
+    with torch.device("meta"):
+        model = cbam.create_model(arch, attention="triplet")
+    macs = count_macs(model)
+    shapes: list[torch.Size] = []
+    hooks = [b.register_forward_hook(lambda m, i, o: shapes.append(o.shape)) for b in iter_blocks(model)]
+    with torch.device("meta"):
+        model(torch.empty(1, 3, 224, 224))
+    for hook in hooks:
+        hook.remove()
+    z_pools = sum(6 * shape[1:].numel() for shape in shapes)
+    assert round(macs / 1e9, 4) == {"resnet18": 1.8205, "resnet50": 4.1355}[arch]
+    assert round((macs + z_pools) / 1e9, 3) == printed
+
+
+def iter_blocks(model: nn.Module) -> list[nn.Module]:
+    """A torchvision-layout ResNet's residual blocks, stage by stage."""
+    return [block for stage in (model.layer1, model.layer2, model.layer3, model.layer4) for block in stage]

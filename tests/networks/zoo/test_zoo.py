@@ -6,6 +6,7 @@ from torch import nn
 
 import cbam
 from cbam.errors import ConfigError
+from cbam.layers.global_context import GlobalContext
 from cbam.networks.zoo.resnet import BasicBlock, Bottleneck
 
 BASE_MODELS = cbam.list_models(include_shortcuts=False)
@@ -152,12 +153,27 @@ def test_shortcut_names_fix_their_attention():
         cbam.create_model("resnet18_cbam", attention="se")
 
 
+@pytest.mark.parametrize(("stages", "with_attention"), [((2, 3, 4), [False] + [True] * 3), (4, [False] * 3 + [True])])
+def test_attention_stages_place_block_attention_in_the_named_stages_only(stages, with_attention):
+    """GCNet puts its block in c3-c5 (stages 2-4); one stage may be given as an int, as `--model-arg` parses it."""
+    with torch.device("meta"):
+        model = cbam.create_model("resnet50", attention="gc", attention_stages=stages)
+    layers = (model.layer1, model.layer2, model.layer3, model.layer4)
+    assert [all(isinstance(b.attention, GlobalContext) for b in layer) for layer in layers] == with_attention
+    assert [all(isinstance(b.attention, nn.Identity) for b in layer) for layer in layers] == [
+        not w for w in with_attention
+    ]
+
+
 def test_unknown_builder_option_names_the_model():
     with pytest.raises(TypeError, match=r"resnet18: .*unexpected keyword argument 'widen'"):
         cbam.create_model("resnet18", widen=2)
 
 
-@pytest.mark.parametrize(("kwargs", "message"), [({"num_classes": 0}, "num_classes"), ({"stem": "tiny"}, "stem")])
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [({"num_classes": 0}, "num_classes"), ({"stem": "tiny"}, "stem"), ({"attention_stages": (0, 5)}, "stages 1 to 4")],
+)
 def test_bad_options_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):
         cbam.create_model("resnet18", **kwargs)

@@ -130,7 +130,8 @@ class ResNet(nn.Module):
     `widths` are the four stages' base widths (Wide ResNet multiplies them), `width_mult` scales
     them and the stem's, rounded down (a narrow network for small data), `groups` and
     `width_per_group` make ResNeXt, `stem="cifar"` swaps the 7x7/2 conv and max-pool for a
-    3x3/1 conv for 32-64 px images.
+    3x3/1 conv for 32-64 px images. `attention_stages` names the stages (1 to 4) whose blocks get block
+    attention: every one by default, as CBAM and SE place it; (2, 3, 4) is GCNet's ImageNet placement (c3-c5).
     """
 
     classifier_name: ClassVar[str] = "fc"  # the layer a new task replaces (cbam.networks.classifier)
@@ -150,9 +151,14 @@ class ResNet(nn.Module):
         stride_in_1x1: bool = False,
         stem: str = "imagenet",
         in_channels: int = 3,
+        attention_stages: int | Sequence[int] = (1, 2, 3, 4),
     ) -> None:
         super().__init__()
         check_stem(stem)
+        if isinstance(attention_stages, int):  # one stage, as `--model-arg attention_stages=4` gives it
+            attention_stages = (attention_stages,)
+        if not set(attention_stages) <= {1, 2, 3, 4}:
+            raise ConfigError(f"attention_stages are ResNet's stages 1 to 4, got {list(attention_stages)}")
         if len(layers) != 4 or len(widths) != 4:
             raise ConfigError(f"ResNet takes four stages; got layers={list(layers)}, widths={list(widths)}")
         if not width_mult > 0 or min(int(w * width_mult) for w in (*widths, stem_width)) < 1:
@@ -193,7 +199,7 @@ class ResNet(nn.Module):
                         downsample,
                         groups,
                         width_per_group,
-                        block_attention,
+                        block_attention if index + 1 in attention_stages else None,
                         stride_in_1x1,
                     )
                 )
