@@ -25,6 +25,8 @@ DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 UNIT_ROUNDOFF = torch.finfo(torch.float32).eps / 2  # of the float32 arithmetic every implementation does
 PASSES = ("channel_stats", "spatial_stats", "spatial_grad", "gate_apply", "channel_grad", "input_grad")
 ELEMENTWISE = ("gate_apply", "input_grad")
+# Whole layers checked with impl="triton": the paper's and every channel gate of SE's shape that the fused gate runs
+LAYERS = ("cbam", "se", "spatial", "eca", "ceca", "ese", "ge")
 # (N, C, H, W): odd C and P (several blocks of the kept axis in both layouts), P = 1, C = 1
 SHAPES = ((2, 37, 5, 7), (2, 3, 1, 1), (2, 1, 6, 6))
 # P or C longer than the largest block (512) of a reduction over it, for the passes that reduce over it (those
@@ -228,7 +230,7 @@ def main() -> int:
     cases = [*calls(x, g, ops, PASSES), *residual(x, g, ops), *residual(x, g.contiguous(), ops)]
     run("every other channel", cases)
 
-    for name, tag, layout, dtype in itertools.product(("cbam", "se", "spatial"), ("train", "eval"), (NCHW, CL), DTYPES):
+    for name, tag, layout, dtype in itertools.product(LAYERS, ("train", "eval"), (NCHW, CL), DTYPES):
         count += 1
         error = layer_error(name, tag == "train", layout, dtype)
         if error:
@@ -243,11 +245,23 @@ def layer_error(name: str, train: bool, layout: torch.memory_format, dtype: torc
     """A whole layer with impl='triton' against the same layer run eagerly in `dtype` on the same inputs and weights:
     output, every gradient and the BatchNorm buffers within the eager layer's own rounding (`tests.layers.rounding`)."""
     import copy
+    import functools
 
     import cbam
+    from cbam.layers.eca import EfficientChannelAttention
+    from cbam.layers.ese import EffectiveSqueezeExcite
     from cbam.layers.fused import set_attention_impl
+    from cbam.layers.gather_excite import GatherExcite
 
-    build = {"cbam": cbam.CBAM, "se": cbam.SqueezeExcite, "spatial": cbam.SpatialAttention}[name]
+    build = {
+        "cbam": cbam.CBAM,
+        "se": cbam.SqueezeExcite,
+        "spatial": cbam.SpatialAttention,
+        "eca": EfficientChannelAttention,
+        "ceca": functools.partial(EfficientChannelAttention, circular=True),
+        "ese": EffectiveSqueezeExcite,
+        "ge": GatherExcite,
+    }[name]
     eager = build(12, impl="eager").train(train)
     with torch.no_grad():
         for p in eager.parameters():
