@@ -72,6 +72,12 @@ def test_single_model_options_and_json(capsys):
         (["profile", "resnet50", "--attention", "{bad"], "not valid JSON"),
         (["profile", "resnet50", "--model-arg", "widen"], "KEY=VALUE"),
         (["profile", "resnet18", "--model-arg", "widen=2"], "unexpected keyword argument 'widen'"),
+        (
+            ["profile", "resnet18", "--attention", "eca", "--model-arg", "kernel_size=7"],
+            "kernel_size: an option of the attention 'eca', not of resnet18; give it in the attention spec",
+        ),
+        (["profile", "resnet18", "--attention", '{"name": "eca", "kernel_size": 4}'], "must be odd"),
+        (["profile", "resnet18_coord", "--model-arg", "reduction=8"], "an option of the attention 'coord'"),
         (["profile"], "give a model name"),
         (["profile", "resnet50", "--paper-table", "4"], "not both"),
         (["models", "vgg*"], "no model matches"),

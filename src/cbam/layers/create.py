@@ -108,6 +108,14 @@ def _check_options(cls: Callable[..., nn.Module], options: Mapping[str, Any]) ->
         raise OptionError(f"{name} does not accept {dict(options)}: {err}. Options: {', '.join(valid)}") from None
 
 
+def attention_options(spec: AttentionSpec) -> list[str]:
+    """The options a named spec's layer takes (none for "none" or a callable): to tell a misplaced one apart."""
+    name = spec if isinstance(spec, str) else spec.get("name") if isinstance(spec, Mapping) else None
+    if name not in ATTENTION_LAYERS:
+        return []
+    return [p for p in inspect.signature(ATTENTION_LAYERS[name]).parameters if p != "channels"]
+
+
 def create_attention_factory(spec: AttentionSpec) -> AttentionFactory | None:
     """Resolve a spec to a `channels -> module` factory, or None for no attention."""
     if spec is None:

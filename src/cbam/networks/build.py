@@ -14,7 +14,7 @@ from typing import Any
 from torch import nn
 
 from cbam.errors import ConfigError, OptionError
-from cbam.layers.create import AttentionSpec
+from cbam.layers.create import AttentionSpec, attention_options
 from cbam.layers.fused import check_impl, set_attention_impl
 from cbam.networks.attach import attach, gate_built_in_attention
 from cbam.networks.classifier import replace_classifier
@@ -59,15 +59,28 @@ def _zoo_network(request: NetworkRequest, stored: StoredWeights | None, num_clas
     options = {**recorded_options(stored), **dict(request.options)}
     if num_classes is not None:
         options["num_classes"] = num_classes
+    attention = requested_attention(request)
     try:
-        model = entry.builder(attention=requested_attention(request), **options)
+        model = entry.builder(attention=attention, **options)
     except TypeError as err:
-        if "unexpected keyword argument" in str(err):
-            raise OptionError(f"{request.arch}: {err}") from None
-        raise
+        if "unexpected keyword argument" not in str(err):
+            raise
+        raise _misplaced_option(request.arch, attention, options) or OptionError(f"{request.arch}: {err}") from None
     if request.start == "identity":
         gate_built_in_attention(model)
     return model
+
+
+def _misplaced_option(arch: str, attention: AttentionSpec, options: dict[str, Any]) -> OptionError | None:
+    """A builder option the network refused that is its attention's (`--model-arg kernel_size=7` with ECA)."""
+    misplaced = sorted(set(options) & set(attention_options(attention)))
+    if not misplaced:
+        return None
+    name = attention if isinstance(attention, str) else attention["name"]
+    return OptionError(
+        f"{', '.join(misplaced)}: an option of the attention {name!r}, not of {arch}; give it in the attention "
+        f'spec, e.g. --attention \'{{"name": "{name}", "{misplaced[0]}": ...}}\''
+    )
 
 
 def _library_network(request: NetworkRequest) -> nn.Module:
