@@ -3,7 +3,8 @@
 Run it from the repository's root as `TRITON_INTERPRET=1 python -m tests.layers.fused._triton_parity`: the
 variable must be set before triton itself is imported (its own library functions are decorated then), so this is a
 process of its own. It tries every case, prints each mismatch and exits non-zero if there was one. Its random draws
-are seeded by `CBAM_TEST_SEED` (default 0), as the tests' are.
+are seeded by `CBAM_TEST_SEED` (default 0), as the tests' are. Without `TRITON_INTERPRET=1` it runs the compiled
+kernels on the GPU (`benchmarks/gpu_check.sh`), every tensor made there.
 """
 
 from __future__ import annotations
@@ -274,4 +275,6 @@ def layer_error(name: str, train: bool, layout: torch.memory_format, dtype: torc
 
 
 if __name__ == "__main__":
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        torch.set_default_device("cuda")  # compiled Triton kernels take GPU tensors only
     sys.exit(main())
