@@ -12,6 +12,9 @@ Conventions shared by every implementation:
 - arithmetic is float32; a max pool's index is the *first* maximum along the pooled axis
   (int64), and its gradient goes to that element alone, as `torch.max(dim)` does;
 - an argument given as None is a branch that is absent (no channel gate, no spatial gate).
+
+SimAM (`cbam.layers.simam`) has four passes of its own at the end, two forward and two backward, under the same
+conventions: statistics per channel, then the weighting.
 """
 
 from __future__ import annotations
@@ -125,3 +128,43 @@ def _grad_of_scaled(
         channels = torch.arange(g.shape[1], device=g.device)
         dy = dy + torch.where(channels.unsqueeze(1) == sidx.unsqueeze(1), dmax.unsqueeze(1), 0.0)
     return dy
+
+
+def simam_stats(x: Tensor, e_lambda: float) -> tuple[Tensor, Tensor]:
+    """Per channel, the mean mu and inv = 1 / (4 (v + lambda)), v the squared deviations summed over max(P - 1, 1)."""
+    xf = x.float()
+    mean = xf.mean(dim=2)
+    variance = (xf - mean.unsqueeze(2)).pow(2).sum(dim=2) / max(x.shape[2] - 1, 1)
+    return mean, 1 / (4 * (variance + e_lambda))
+
+
+def simam_apply(x: Tensor, mean: Tensor, inv: Tensor) -> Tensor:
+    """out = x * sigmoid(inv (x - mu)^2 + 1/2), SimAM's eq. 5."""
+    xf = x.float()
+    return (xf * _simam_weight(xf, mean, inv)).to(x.dtype)
+
+
+def simam_grad_stats(x: Tensor, g: Tensor, mean: Tensor, inv: Tensor) -> tuple[Tensor, Tensor]:
+    """Per channel, A = sum h d and B = sum h d^2 with d = x - mu and h = g x s (1 - s), s the weight."""
+    xf = x.float()
+    d = xf - mean.unsqueeze(2)
+    s = _simam_weight(xf, mean, inv)
+    h = g.float() * xf * s * (1 - s)
+    return (h * d).sum(dim=2), (h * d * d).sum(dim=2)
+
+
+def simam_input_grad(x: Tensor, g: Tensor, mean: Tensor, inv: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    """dx = g s + 2 inv (h d - A / P) - 8 inv^2 d B / max(P - 1, 1): the weight's own term, then the mean's and the
+    variance's, which reach every element of the channel through A and B."""
+    xf = x.float()
+    d = xf - mean.unsqueeze(2)
+    s = _simam_weight(xf, mean, inv)
+    gf = g.float()
+    h = gf * xf * s * (1 - s)
+    inv_, p = inv.unsqueeze(2), x.shape[2]
+    dx = gf * s + 2 * inv_ * (h * d - a.unsqueeze(2) / p) - 8 * inv_ * inv_ * d * b.unsqueeze(2) / max(p - 1, 1)
+    return dx.to(g.dtype)
+
+
+def _simam_weight(xf: Tensor, mean: Tensor, inv: Tensor) -> Tensor:
+    return torch.sigmoid(inv.unsqueeze(2) * (xf - mean.unsqueeze(2)).pow(2) + 0.5)
