@@ -188,3 +188,30 @@ def test_layers_serve_as_timm_attn_layer():
     assert sum(isinstance(m, cbam.CBAM) for m in model.modules()) == 8
     assert model(torch.randn(1, *SIZE)).shape == (1, 5)
     assert known_targets(tv.resnet18())[:2] == ["layer1.0.bn2", "layer1.1.bn2"]
+
+
+def test_coordinate_attention_goes_after_the_depthwise_convolution_of_each_expanding_block():
+    """Hou et al.'s placement in MobileNetV2, its layer's default; a spec's site overrides it for any attention."""
+    coord = attach(tv.mobilenet_v2(), "coord", input_size=SIZE, verbose=False)
+    names = [i.name for i in coord.cbam_report.insertions]
+    assert len(names) == 16 and names[0] == "features.2.conv.1"  # features.1 does not expand: left bare
+    assert [i.channels for i in coord.cbam_report.insertions][:3] == [96, 144, 144]  # the expanded widths
+    se = attach(tv.mobilenet_v2(), {"name": "se", "site": "depthwise"}, input_size=SIZE, verbose=False)
+    assert [i.name for i in se.cbam_report.insertions] == names
+    output = attach(tv.mobilenet_v2(), {"name": "coord", "site": "output"}, input_size=SIZE, verbose=False)
+    assert output.cbam_report.insertions[0].name == "features.1.conv.2"
+    timm_v2 = attach(timm.create_model("mobilenetv2_100"), "coord", input_size=SIZE, verbose=False)
+    assert len(timm_v2.cbam_report.insertions) == 16
+    assert timm_v2.cbam_report.insertions[0].name == "blocks.1.0.bn2"
+    # a network without inverted residuals: Coordinate Attention's own preference falls back to each block's output
+    resnet = attach(tv.resnet18(), "coord", input_size=SIZE, verbose=False)
+    assert resnet.cbam_report.insertions[0].name == "layer1.0.bn2"
+
+
+def test_a_depthwise_site_where_there_is_none_or_an_unknown_site_is_one_clear_error():
+    with pytest.raises(cbam.errors.ConfigError, match="site 'depthwise' is inside inverted residuals"):
+        attach(tv.resnet18(), {"name": "se", "site": "depthwise"}, input_size=SIZE, verbose=False)
+    with pytest.raises(cbam.errors.ConfigError, match="site 'depthwise' is inside inverted residuals"):
+        cbam.create_model("resnet18", attention={"name": "cbam", "site": "depthwise"})
+    with pytest.raises(cbam.errors.ConfigError, match="one of output, depthwise"):
+        attach(tv.mobilenet_v2(), "cbam", site="middle", input_size=SIZE, verbose=False)

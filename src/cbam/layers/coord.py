@@ -26,7 +26,10 @@ class CoordinateAttention(nn.Module):
 
     `variant="authors"` is the authors' code (biased convolutions, width max(8, C // 32)); `"timm"` is timm's
     `CoordAttn` (unbiased, make_divisible(C / 16 x 2/3, 8)). `reduction` defaults to the variant's own.
+    In an inverted residual it goes after the depthwise convolution, where its paper puts it in MobileNetV2.
     """
+
+    inverted_residual_site = "depthwise"
 
     def __init__(
         self,

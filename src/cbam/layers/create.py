@@ -2,7 +2,8 @@
 
 Networks take an *attention spec* and never import a concrete attention class:
 - a name: `"none"`, or one of `ATTENTION_LAYERS` (`"se"`, `"cbam"`, `"bam"`, `"eca"`, `"coord"`, ...);
-- a mapping with a `"name"` and constructor options: `{"name": "cbam", "kernel_size": 3}`;
+- a mapping with a `"name"` and constructor options: `{"name": "cbam", "kernel_size": 3}`, and optionally a
+  `"site"` (`SITES`): where in an inverted residual it goes, after the block's output or its depthwise convolution;
 - any callable `channels -> nn.Module` (a class, or `functools.partial(cbam.CBAM, ...)`).
 """
 
@@ -74,6 +75,13 @@ ATTENTION_ABOUT: dict[str, About] = {
     "triplet": About("Triplet", "Misra et al., Triplet Attention, WACV 2021"),
 }
 PLACEMENTS: tuple[str, ...] = ("block", "stage")
+SITES: tuple[str, ...] = ("output", "depthwise")
+"""Where in an inverted residual (MobileNetV2, EfficientNet) attention goes: on the block's output before the skip
+addition (CBAM's placement in every block), or after the depthwise convolution, on the expanded channels
+(Coordinate Attention's, and where MobileNetV3 and EfficientNet keep their SE). A layer class names its own paper's
+choice as `inverted_residual_site`; a spec's `"site"` overrides it."""
+SPEC_KEYS: frozenset[str] = frozenset({"name", "site"})
+"""The keys of a spec mapping that are not the layer's constructor options."""
 
 
 ATTENTION_MODULE_NAMES: tuple[str, ...] = ("attention", "stage_attention")
@@ -127,7 +135,7 @@ def create_attention_factory(spec: AttentionSpec) -> AttentionFactory | None:
     if isinstance(spec, Mapping):
         if "name" not in spec:
             raise ConfigError(f"an attention spec mapping needs a 'name' key, got {dict(spec)}")
-        options = {k: v for k, v in spec.items() if k != "name"}
+        options = {k: v for k, v in spec.items() if k not in SPEC_KEYS}
         if spec["name"] == NO_ATTENTION:
             if options:
                 raise ConfigError(f"attention 'none' takes no options, got {options}")
@@ -147,3 +155,22 @@ def attention_placement(factory: AttentionFactory) -> str:
     if placement not in PLACEMENTS:
         raise ConfigError(f"attention placement must be one of {', '.join(PLACEMENTS)}, got {placement!r}")
     return placement
+
+
+def attention_site(spec: AttentionSpec) -> str:
+    """Where this attention goes in an inverted residual (`SITES`): the spec's `"site"`, else its layer's own
+    (`inverted_residual_site`), else the block's output."""
+    if isinstance(spec, Mapping) and "site" in spec:
+        site = spec["site"]
+    else:
+        factory = create_attention_factory(spec)
+        target = factory.func if isinstance(factory, functools.partial) else factory
+        site = getattr(target, "inverted_residual_site", "output")
+    if site not in SITES:
+        raise ConfigError(f"attention site must be one of {', '.join(SITES)}, got {site!r}")
+    return site
+
+
+def explicit_site(spec: AttentionSpec) -> str | None:
+    """The `"site"` a spec mapping gives, None where it gives none (the layer's own then applies)."""
+    return spec.get("site") if isinstance(spec, Mapping) else None

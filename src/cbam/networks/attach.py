@@ -2,7 +2,9 @@
 
 `attach` finds the blocks of a known architecture (torchvision's and timm's) and wraps the
 last layer of each residual branch, so the attention acts on the branch's output before the
-skip addition (paper Fig. 3); for plain stacks it wraps the end of each convolution stage. The
+skip addition (paper Fig. 3); for plain stacks it wraps the end of each convolution stage. In an inverted residual
+an attention may go after the depthwise convolution instead (`cbam.layers.create.SITES`), as Coordinate Attention's
+paper puts it in MobileNetV2 and as its layer asks by default. The
 wrapped layer keeps its weights untouched, as `<name>.module`; the attention is `<name>.attention`.
 """
 
@@ -21,7 +23,14 @@ from torch import Tensor, nn
 from cbam.errors import ConfigError, OptionError
 from cbam.layers.bam import BAM
 from cbam.layers.channel import ChannelAttention
-from cbam.layers.create import AttentionSpec, create_attention_factory, is_attention_parameter
+from cbam.layers.create import (
+    SITES,
+    AttentionSpec,
+    attention_site,
+    create_attention_factory,
+    explicit_site,
+    is_attention_parameter,
+)
 from cbam.layers.spatial import SpatialAttention
 from cbam.networks.counting import count_macs, count_parameters, forward_zeros
 from cbam.report import format_markdown_table
@@ -107,6 +116,36 @@ BLOCK_RULES: dict[str, Callable[[nn.Module], list[str]]] = {
     "timm.models._efficientnet_blocks.CondConvResidual": _fixed("bn3"),
     "timm.models._efficientnet_blocks.EdgeResidual": _fixed("bn2"),
 }
+
+
+def _is_depthwise(module: nn.Module) -> bool:
+    return any(
+        isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels == m.out_channels
+        for m in module.modules()
+    )
+
+
+def _after_depthwise(sequential_name: str) -> Callable[[nn.Module], list[str]]:
+    """The depthwise convolution (with its norm and activation) of a block that expands first; none in a block
+    without expansion, as the Coordinate Attention authors' MobileNetV2 leaves its first block bare."""
+
+    def find(block: nn.Module) -> list[str]:
+        children = list(getattr(block, sequential_name).named_children())
+        return [
+            f"{sequential_name}.{name}" for i, (name, child) in enumerate(children) if i > 0 and _is_depthwise(child)
+        ]
+
+    return find
+
+
+# The "depthwise" site (`SITES`) of inverted residuals: block class -> the layer that ends its depthwise convolution
+DEPTHWISE_RULES: dict[str, Callable[[nn.Module], list[str]]] = {
+    "torchvision.models.mobilenetv2.InvertedResidual": _after_depthwise("conv"),
+    "torchvision.models.mobilenetv3.InvertedResidual": _after_depthwise("block"),
+    "torchvision.models.efficientnet.MBConv": _after_depthwise("block"),
+    "timm.models._efficientnet_blocks.InvertedResidual": _fixed("bn2"),  # BatchNormAct2d: conv_dw's norm and act
+    "timm.models._efficientnet_blocks.DepthwiseSeparableConv": lambda block: [],  # no expansion
+}
 # Networks whose stages are not blocks: network class -> (container, stage ends inside it)
 STACK_RULES: dict[str, tuple[str, Callable[[nn.Module], list[str]]]] = {
     "torchvision.models.vgg.VGG": ("features", _vgg_stage_ends),
@@ -122,11 +161,18 @@ def _join(*parts: str) -> str:
     return ".".join(p for p in parts if p)
 
 
-def known_targets(model: nn.Module) -> list[str]:
-    """Names of the layers `attach` wraps in a network it knows; empty if it knows none."""
+def has_depthwise_site(model: nn.Module) -> bool:
+    """Whether the network has inverted residuals, where attention may go after the depthwise convolution."""
+    return any(_class_key(module) in DEPTHWISE_RULES for module in model.modules())
+
+
+def known_targets(model: nn.Module, site: str = "output") -> list[str]:
+    """Names of the layers `attach` wraps in a network it knows, at `site` in its inverted residuals; empty if it
+    knows none."""
     targets: list[str] = []
     for name, module in model.named_modules():
-        rule = BLOCK_RULES.get(_class_key(module))
+        key = _class_key(module)
+        rule = DEPTHWISE_RULES[key] if site == "depthwise" and key in DEPTHWISE_RULES else BLOCK_RULES.get(key)
         if rule is not None:
             targets += [_join(name, inner) for inner in rule(module)]
         stack = STACK_RULES.get(_class_key(module))
@@ -224,6 +270,7 @@ def attach(
     attention: AttentionSpec = "cbam",
     *,
     targets: Sequence[str | type[nn.Module]] | None = None,
+    site: str | None = None,
     init: str = "paper",
     input_size: Sequence[int] = (3, 224, 224),
     verbose: bool = True,
@@ -231,7 +278,9 @@ def attach(
     """Insert `attention` where the paper puts it, in place; returns the model.
 
     `targets` (module-name patterns such as `"layer*.conv2"`, or module classes) overrides the
-    known placements. `init="identity"` gates each insertion with a zero scalar so the network's
+    known placements. `site` (`"output"` or `"depthwise"`) is where it goes in inverted residuals: by default the
+    spec's `"site"`, else the layer's own (Coordinate Attention: after the depthwise convolution), else the block's
+    output. `init="identity"` gates each insertion with a zero scalar so the network's
     output is unchanged at step 0 (for fine-tuning); `"paper"` keeps the layers' own init. The
     report (also `model.cbam_report`) gives every insertion and the added parameters and GFLOPs; it is
     logged at INFO (DEBUG with `verbose=False`).
@@ -249,7 +298,16 @@ def attach(
     factory = create_attention_factory(attention)
     if factory is None:
         raise ConfigError("attention='none' attaches nothing; name an attention such as 'cbam' or 'se'")
-    names = _matching_targets(model, targets) if targets else known_targets(model)
+    chosen = site or explicit_site(attention)
+    site = chosen or attention_site(attention)
+    if site not in SITES:
+        raise ConfigError(f"attention site must be one of {', '.join(SITES)}, got {site!r}")
+    if chosen == "depthwise" and not targets and not has_depthwise_site(model):
+        raise ConfigError(
+            f"site 'depthwise' is inside inverted residuals (MobileNetV2/V3, EfficientNet); {type(model).__name__} "
+            "has none: leave the site out (attention then goes on each block's output)"
+        )
+    names = _matching_targets(model, targets) if targets else known_targets(model, site)
     if not names:
         hint = "no module matched the given targets" if targets else f"cbam does not know {type(model).__name__}"
         raise ConfigError(
