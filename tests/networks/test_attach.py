@@ -200,6 +200,11 @@ def test_coordinate_attention_goes_after_the_depthwise_convolution_of_each_expan
     assert [i.name for i in se.cbam_report.insertions] == names
     output = attach(tv.mobilenet_v2(), {"name": "coord", "site": "output"}, input_size=SIZE, verbose=False)
     assert output.cbam_report.insertions[0].name == "features.1.conv.2"
+    # the other inverted residuals: every block that expands, on its expanded width
+    v3 = attach(tv.mobilenet_v3_small(), "coord", input_size=SIZE, verbose=False).cbam_report.insertions
+    assert (len(v3), v3[0].name, v3[0].channels) == (10, "features.2.block.1", 72)  # 11 blocks, the first bare
+    b0 = attach(tv.efficientnet_b0(), "coord", input_size=SIZE, verbose=False).cbam_report.insertions
+    assert (len(b0), b0[0].name, b0[0].channels) == (15, "features.2.0.block.1", 96)  # 16 blocks, the first bare
     timm_v2 = attach(timm.create_model("mobilenetv2_100"), "coord", input_size=SIZE, verbose=False)
     assert len(timm_v2.cbam_report.insertions) == 16
     assert timm_v2.cbam_report.insertions[0].name == "blocks.1.0.bn2"
@@ -215,3 +220,5 @@ def test_a_depthwise_site_where_there_is_none_or_an_unknown_site_is_one_clear_er
         cbam.create_model("resnet18", attention={"name": "cbam", "site": "depthwise"})
     with pytest.raises(cbam.errors.ConfigError, match="one of output, depthwise"):
         attach(tv.mobilenet_v2(), "cbam", site="middle", input_size=SIZE, verbose=False)
+    with pytest.raises(cbam.errors.ConfigError, match="one of output, depthwise"):
+        attach(tv.mobilenet_v2(), {"name": "se", "site": "middle"}, input_size=SIZE, verbose=False)

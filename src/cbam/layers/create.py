@@ -157,20 +157,21 @@ def attention_placement(factory: AttentionFactory) -> str:
     return placement
 
 
-def attention_site(spec: AttentionSpec) -> str:
-    """Where this attention goes in an inverted residual (`SITES`): the spec's `"site"`, else its layer's own
-    (`inverted_residual_site`), else the block's output."""
-    if isinstance(spec, Mapping) and "site" in spec:
-        site = spec["site"]
-    else:
-        factory = create_attention_factory(spec)
-        target = factory.func if isinstance(factory, functools.partial) else factory
-        site = getattr(target, "inverted_residual_site", "output")
+def check_site(site: object) -> str:
+    """`site` itself if it names one of `SITES`, else one line listing them."""
     if site not in SITES:
         raise ConfigError(f"attention site must be one of {', '.join(SITES)}, got {site!r}")
     return site
 
 
 def explicit_site(spec: AttentionSpec) -> str | None:
-    """The `"site"` a spec mapping gives, None where it gives none (the layer's own then applies)."""
-    return spec.get("site") if isinstance(spec, Mapping) else None
+    """The `"site"` a spec mapping gives, checked; None where it gives none (the layer's own then applies)."""
+    return check_site(spec["site"]) if isinstance(spec, Mapping) and "site" in spec else None
+
+
+def attention_site(spec: AttentionSpec) -> str:
+    """Where this attention goes in an inverted residual (`SITES`): the spec's `"site"`, else its layer's own
+    (`inverted_residual_site`), else the block's output."""
+    factory = create_attention_factory(spec)
+    target = factory.func if isinstance(factory, functools.partial) else factory
+    return explicit_site(spec) or check_site(getattr(target, "inverted_residual_site", "output"))

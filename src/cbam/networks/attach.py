@@ -24,9 +24,9 @@ from cbam.errors import ConfigError, OptionError
 from cbam.layers.bam import BAM
 from cbam.layers.channel import ChannelAttention
 from cbam.layers.create import (
-    SITES,
     AttentionSpec,
     attention_site,
+    check_site,
     create_attention_factory,
     explicit_site,
     is_attention_parameter,
@@ -166,6 +166,14 @@ def has_depthwise_site(model: nn.Module) -> bool:
     return any(_class_key(module) in DEPTHWISE_RULES for module in model.modules())
 
 
+def no_depthwise_site(network: str) -> ConfigError:
+    """The one error for a depthwise site asked of a network without inverted residuals."""
+    return ConfigError(
+        f"site 'depthwise' is inside inverted residuals (MobileNetV2/V3, EfficientNet); {network} has none: leave "
+        "the site out (attention then goes on each block's output), or use e.g. torchvision:mobilenet_v2"
+    )
+
+
 def known_targets(model: nn.Module, site: str = "output") -> list[str]:
     """Names of the layers `attach` wraps in a network it knows, at `site` in its inverted residuals; empty if it
     knows none."""
@@ -175,7 +183,7 @@ def known_targets(model: nn.Module, site: str = "output") -> list[str]:
         rule = DEPTHWISE_RULES[key] if site == "depthwise" and key in DEPTHWISE_RULES else BLOCK_RULES.get(key)
         if rule is not None:
             targets += [_join(name, inner) for inner in rule(module)]
-        stack = STACK_RULES.get(_class_key(module))
+        stack = STACK_RULES.get(key)
         if stack is not None:
             container, find = stack
             targets += [_join(name, container, inner) for inner in find(module.get_submodule(container))]
@@ -298,15 +306,10 @@ def attach(
     factory = create_attention_factory(attention)
     if factory is None:
         raise ConfigError("attention='none' attaches nothing; name an attention such as 'cbam' or 'se'")
-    chosen = site or explicit_site(attention)
+    chosen = check_site(site) if site is not None else explicit_site(attention)
     site = chosen or attention_site(attention)
-    if site not in SITES:
-        raise ConfigError(f"attention site must be one of {', '.join(SITES)}, got {site!r}")
     if chosen == "depthwise" and not targets and not has_depthwise_site(model):
-        raise ConfigError(
-            f"site 'depthwise' is inside inverted residuals (MobileNetV2/V3, EfficientNet); {type(model).__name__} "
-            "has none: leave the site out (attention then goes on each block's output)"
-        )
+        raise no_depthwise_site(type(model).__name__)
     names = _matching_targets(model, targets) if targets else known_targets(model, site)
     if not names:
         hint = "no module matched the given targets" if targets else f"cbam does not know {type(model).__name__}"
