@@ -26,8 +26,8 @@ DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 UNIT_ROUNDOFF = torch.finfo(torch.float32).eps / 2  # of the float32 arithmetic every implementation does
 PASSES = ("channel_stats", "spatial_stats", "spatial_grad", "gate_apply", "channel_grad", "input_grad")
 ELEMENTWISE = ("gate_apply", "input_grad")
-# Whole layers checked with impl="triton": the paper's and every channel gate of SE's shape that the fused gate runs
-LAYERS = ("cbam", "se", "spatial", "eca", "ceca", "ese", "ge")
+# Whole layers checked with impl="triton": the paper's, every channel gate of SE's shape that the fused gate runs, SimAM
+LAYERS = ("cbam", "se", "spatial", "eca", "ceca", "ese", "ge", "simam")
 # (N, C, H, W): odd C and P (several blocks of the kept axis in both layouts), P = 1, C = 1
 SHAPES = ((2, 37, 5, 7), (2, 3, 1, 1), (2, 1, 6, 6))
 # P or C longer than the largest block (512) of a reduction over it, for the passes that reduce over it (those
@@ -35,6 +35,14 @@ SHAPES = ((2, 37, 5, 7), (2, 3, 1, 1), (2, 1, 6, 6))
 LONG_SHAPES = {(1, 3, 24, 25): ("channel_stats", "channel_grad"), (1, 600, 1, 3): ("spatial_stats", "spatial_grad")}
 SMALL_SHAPE = (2, 5, 3, 4)
 PAIRS = (("dmax", "sidx"), ("dcmax", "cidx"))  # a max's gradient needs the max's index
+SIMAM = ("simam_stats", "simam_apply", "simam_grad_stats", "simam_input_grad")
+FULL_SIZE = (*ELEMENTWISE, "simam_apply", "simam_input_grad")  # the passes whose result's layout is checked
+SIMAM_SHAPES = (*SHAPES, (1, 3, 24, 25))  # and P longer than the largest block of a reduction over it
+E_LAMBDA = 1e-4
+WEIGHT_ROUNDINGS = 10
+"""A bound on SimAM's weight s = sigmoid(z), z = inv d^2 + 1/2, in units of u x (s + s (1 - s) z), on a GPU too: z
+has at most 6 roundings (4 of inv d^2, one of z, one of exp's argument), each moving s by s (1 - s) z u, and the
+sigmoid's own at most 9 u s (exp's 2 ulps, 1 + e, 1 / (1 + e) in 2 ulps)."""
 
 
 def maps(shape: tuple[int, ...], dtype: torch.dtype, fmt: torch.memory_format, values: str = "normal") -> Tensor:
@@ -124,14 +132,55 @@ def absent(x: Tensor, g: Tensor, ops: dict[str, Tensor]) -> Iterator[tuple[str, 
         yield "input_grad", (g, *s.values())
 
 
+def simam(x: Tensor, g: Tensor) -> Iterator[tuple[str, tuple]]:
+    """SimAM's four passes on x and g, each given the statistics primitives computes from them."""
+    mean, inv = ref.simam_stats(x, E_LAMBDA)
+    a, b = ref.simam_grad_stats(x, g, mean, inv)
+    yield "simam_stats", (x, E_LAMBDA)
+    yield "simam_apply", (x, mean, inv)
+    yield "simam_grad_stats", (x, g, mean, inv)
+    yield "simam_input_grad", (x, g, mean, inv, a, b)
+
+
 def rounding_scale(name: str, args: tuple) -> tuple[object, int]:
     """What bounds the rounding of a pass, whatever order an implementation computes it in: the pass on the
     operands' magnitudes (non-finite ones as 0: a finite result has no such term), which for each result is the sum
     of its terms' magnitudes, and the most roundings in a chain (the length summed over, plus one per operand)."""
+    if name in SIMAM:
+        return simam_rounding_scale(name, args)
     magnitudes = [torch.nan_to_num(a.abs(), nan=0.0, posinf=0.0) if _is_float(a) else a for a in args]
     _, c, p = args[0].shape
     summed = {"channel_stats": p, "channel_grad": p, "spatial_stats": c, "spatial_grad": c}.get(name, 0)
     return getattr(ref, name)(*magnitudes), summed + len(args)
+
+
+def simam_rounding_scale(name: str, args: tuple) -> tuple[object, int]:
+    """`rounding_scale` for SimAM, where a difference and a sigmoid make the pass on magnitudes no bound: each term's
+    magnitude weighted by how far a relative error in it moves the result, from primitives' chain of operations.
+
+    With d = x - mean exact and s's bound m_s = s + s (1 - s) z (`WEIGHT_ROUNDINGS`), h = g x s (1 - s) is bounded by
+    m_h = |g x| (|1 - 2s| m_s + s (1 - s)) (1 - s is exact, s > 1/2). The mean's own error enters v only at second
+    order: the mean makes the sum of squared deviations stationary, which is why the statistics take two loops.
+    """
+    xf = args[0].double()
+    p = xf.shape[2]
+    if name == "simam_stats":
+        return (xf.abs().mean(dim=2), ref.simam_stats(*args)[1]), p + 5
+    at = 1 if name == "simam_apply" else 2  # after x, or after x and g
+    mean, inv = (t.double().unsqueeze(2) for t in args[at : at + 2])
+    d = xf - mean
+    z = inv * d * d + 0.5
+    s = torch.sigmoid(z)
+    m_s = s + s * (1 - s) * z
+    if name == "simam_apply":
+        return xf.abs() * m_s, WEIGHT_ROUNDINGS + 1
+    gf = args[1].double()
+    m_h = (gf * xf).abs() * ((1 - 2 * s).abs() * m_s + s * (1 - s))
+    if name == "simam_grad_stats":
+        return ((m_h * d.abs()).sum(dim=2), (m_h * d * d).sum(dim=2)), p + WEIGHT_ROUNDINGS + 3
+    a, b = (t.double().unsqueeze(2) for t in args[4:])
+    m_dx = gf.abs() * m_s + 2 * inv * (m_h * d.abs() + a.abs() / p) + 8 * inv * inv * d.abs() * b.abs() / max(p - 1, 1)
+    return m_dx, WEIGHT_ROUNDINGS + 6
 
 
 def _is_float(a: object) -> bool:
@@ -190,7 +239,7 @@ def main() -> int:
             try:
                 got = getattr(tk, name)(*args)
                 error = compare(got, getattr(ref, name)(*args), *rounding_scale(name, args))
-                if error is None and name in ELEMENTWISE:
+                if error is None and name in FULL_SIZE:
                     error = check_layout(got, args[0])
             except Exception as e:  # a crash is one more failure to report
                 error = f"{type(e).__name__}: {e}"
@@ -213,6 +262,8 @@ def main() -> int:
         run(f"ties {dtype} {shape} x {fx} g {fg}", calls(x, g, operands(x, ties=True), reductions))
         if "spatial_stats" in names:
             run(f"ties, no mc {dtype} {shape} {fx}", [("spatial_stats", (x, None))])
+    for dtype, shape, fx, fg in itertools.product(DTYPES, SIMAM_SHAPES, (NCHW, CL), (NCHW, CL)):
+        run(f"SimAM {dtype} {shape} x {fx} g {fg}", simam(maps(shape, dtype, fx), maps(shape, dtype, fg)))
     for fx, fg in ((NCHW, CL), (CL, NCHW)):
         x, g = maps(SMALL_SHAPE, torch.float32, fx), maps(SMALL_SHAPE, torch.float32, fg)
         run(f"absent operands, x {fx} g {fg}", absent(x, g, operands(x)))
@@ -224,11 +275,11 @@ def main() -> int:
             run(f"-inf and NaN {dtype} {shape} {fmt}", [c for c in cases if c[0] in names])
     # neither C nor P of unit stride: the kernels work on a contiguous copy
     x, g = (torch.randn(2, 5, 4 * 3)[..., ::3] for _ in range(2))
-    run("strided views", calls(x, g, operands(x), PASSES))
+    run("strided views", [*calls(x, g, operands(x), PASSES), *simam(x, g)])
     # P of unit stride, C strided (every other channel of a wider map): the kernels take such views as they are
     x, g = (torch.randn(2, 10, 12)[:, ::2] for _ in range(2))
     ops = operands(x)
-    cases = [*calls(x, g, ops, PASSES), *residual(x, g, ops), *residual(x, g.contiguous(), ops)]
+    cases = [*calls(x, g, ops, PASSES), *residual(x, g, ops), *residual(x, g.contiguous(), ops), *simam(x, g)]
     run("every other channel", cases)
 
     for name, tag, layout, dtype in itertools.product(LAYERS, ("train", "eval"), (NCHW, CL), DTYPES):
@@ -253,6 +304,7 @@ def layer_error(name: str, train: bool, layout: torch.memory_format, dtype: torc
     from cbam.layers.ese import EffectiveSqueezeExcite
     from cbam.layers.fused import set_attention_impl
     from cbam.layers.gather_excite import GatherExcite
+    from cbam.layers.simam import SimAM
 
     build = {
         "cbam": cbam.CBAM,
@@ -262,6 +314,7 @@ def layer_error(name: str, train: bool, layout: torch.memory_format, dtype: torc
         "ceca": functools.partial(EfficientChannelAttention, circular=True),
         "ese": EffectiveSqueezeExcite,
         "ge": GatherExcite,
+        "simam": SimAM,
     }[name]
     eager = build(12, impl="eager").train(train)
     with torch.no_grad():

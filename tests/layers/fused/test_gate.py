@@ -449,7 +449,8 @@ def test_cbam_cpu_arch_picks_the_kernels_target_and_each_target_has_a_build_of_i
 
 
 def test_every_backend_in_the_table_provides_the_passes_and_unknown_names_are_refused() -> None:
-    passes = ("channel_stats", "spatial_stats", "spatial_grad", "gate_apply", "channel_grad", "input_grad")
+    passes = ("channel_stats", "spatial_stats", "spatial_grad", "gate_apply", "channel_grad", "input_grad",
+              "simam_stats", "simam_apply", "simam_grad_stats", "simam_input_grad")  # fmt: skip
     for backend in fused.BACKENDS.values():
         if backend.name != "triton":  # importing triton here would fix TRITON_INTERPRET for this process
             assert all(callable(getattr(backend.kernels(), name)) for name in passes), backend.name

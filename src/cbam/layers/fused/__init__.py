@@ -1,7 +1,8 @@
 """Fused attention gates: which implementation runs a layer, and the call into the fused op.
 
 Every CBAM/SE/channel/spatial layer takes `impl` (and so does `cbam.create_model`), and so do ECA, effective SE
-and Gather-Excite, whose global GE-theta-minus fuses as a channel gate (`gate.CHANNEL_FUNCTIONS`):
+and Gather-Excite, whose global GE-theta-minus fuses as a channel gate (`gate.CHANNEL_FUNCTIONS`), and SimAM,
+which has passes of its own (`simam`):
 - `"eager"`: the reference PyTorch modules, op by op;
 - `"compiled"`: the fused gate with natively compiled passes: C kernels built at first use
   on the CPU (for `CBAM_CPU_ARCH`, see `cpu_kernels`), inductor-generated kernels on CUDA;
@@ -10,7 +11,7 @@ and Gather-Excite, whose global GE-theta-minus fuses as a channel gate (`gate.CH
 - `"auto"` (default): the fused gate where it is expected to be faster, else eager.
 
 Reading order: `backends` (which kernels run an `impl`: the table and `backend_for`), `gate` (the
-custom op over `GateArgs`), `primitives` (what each kernel pass computes). Measurements:
+custom op over `GateArgs`), `simam` (SimAM's op), `primitives` (what each kernel pass computes). Measurements:
 docs/performance.md.
 """
 
@@ -25,7 +26,7 @@ from torch import Tensor, nn
 from cbam.errors import ConfigError
 
 # The custom ops and their FLOP formulas, registered at import: FlopCounterMode copies the formulas as it starts.
-from cbam.layers.fused import backends, gate
+from cbam.layers.fused import backends, gate, simam
 from cbam.layers.fused.backends import (
     AUTO_MIN_ELEMENTS,
     BACKENDS,
@@ -170,6 +171,7 @@ __all__ = [
     "fused_gate",
     "residual_tail",
     "set_attention_impl",
+    "simam",
     "triton_available",
     "triton_interpreted",
 ]

@@ -506,3 +506,250 @@ void conv_backward(const float *s, const float *w, const float *dz, float *ds, f
     for (I t = 0; t < N * H * W; t++) total += dz[t];
     *db = total;
 }
+
+/* SimAM (primitives.simam_*): per channel the mean and inv = 1 / (4 (v + lambda)), then the weighting
+ * s = sigmoid(inv d^2 + 1/2), d = x - mean; backward, A = sum h d and B = sum h d^2 (h = g x s (1 - s)),
+ * then dx. Rows run along P (NCHW, or P == 1) or along C (channels_last); every element of a row goes
+ * through the same vector code, its tail lanes padded, so a result does not depend on its position. */
+
+#define EXP_FLOOR -87.f /* exp below it is under float's smallest normal: the weight is 1 either way */
+
+static inline vf vselect(vi mask, vf a, vf b) { return (vf)((mask & (vi)a) | (~mask & (vi)b)); }
+
+/* exp(t) lane by lane for t <= 0, NaN kept: t = n ln2 + r, Cephes' degree-6 polynomial in r, times 2^n. */
+static inline vf vexp_nonpositive(vf t) {
+    t = vselect((vi)(t < EXP_FLOOR), vbroadcast(EXP_FLOOR), t);
+    vf fx = t * 1.44269504088896341f + 0.5f;
+    vi n = __builtin_convertvector(fx, vi);
+    n += (vi)(__builtin_convertvector(n, vf) > fx); /* truncation rounded a negative up: floor is one less */
+    vf fn = __builtin_convertvector(n, vf);
+    vf r = t - fn * 0.693359375f - fn * -2.12194440e-4f;
+    vf p = r * 1.9875691500e-4f + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * (r * r) + r + 1.f;
+    return p * (vf)((n + 127) << 23);
+}
+
+static inline vf simam_weight(vf d, vf inv) { return 1.f / (1.f + vexp_nonpositive(-(inv * d * d + 0.5f))); }
+
+static inline vf vload_part(const T *restrict p, I len) {
+    if (len == VL) return vload(p);
+    vf v = vbroadcast(0.f);
+    for (I j = 0; j < len; j++) v[j] = LD(p[j]);
+    return v;
+}
+static inline vf vloadf_part(const float *restrict p, I len) {
+    if (len == VL) return vloadf(p);
+    vf v = vbroadcast(0.f);
+    for (I j = 0; j < len; j++) v[j] = p[j];
+    return v;
+}
+static inline void vstore_part(T *restrict p, vf v, I len) {
+    if (len == VL)
+        for (int j = 0; j < VL; j++) p[j] = ST(v[j]);
+    else
+        for (I j = 0; j < len; j++) p[j] = ST(v[j]);
+}
+static inline void vstoref_part(float *restrict p, vf v, I len) {
+    if (len == VL) {
+        memcpy(p, &v, sizeof v);
+        return;
+    }
+    for (I j = 0; j < len; j++) p[j] = v[j];
+}
+static inline float vsum(vf v) {
+    float total = 0.f;
+    for (int j = 0; j < VL; j++) total += v[j];
+    return total;
+}
+
+static inline float simam_inv(float squares, I P, float e_lambda) {
+    return 1.f / (4.f * (squares / (float)(P > 1 ? P - 1 : 1) + e_lambda));
+}
+
+/* Channels per task for a channels-inner SimAM pass that sweeps its block twice: small enough to stay in cache. */
+static I simam_channel_block(I N, I C, I P, int threads) {
+    I block = channel_block(N, C, threads);
+    while (block > CHUNK && block * P * (I)sizeof(T) > (1 << 18)) block /= 2;
+    return block;
+}
+
+/* simam_stats: mean over P, then the squared deviations about it, for every (n, c). */
+void simam_stats(const T *x, I N, I C, I P, I sn, I sc, I sp, float e_lambda, float *mean, float *inv, int threads) {
+    if (sp == 1 || P == 1) {
+#pragma omp parallel for collapse(2) schedule(static) num_threads(threads)
+        for (I n = 0; n < N; n++)
+            for (I c = 0; c < C; c++) {
+                const T *restrict row = x + n * sn + c * sc;
+                vf s0 = vbroadcast(0.f), s1 = s0;
+                I p = 0;
+                for (; p + 2 * VL <= P; p += 2 * VL) s0 += vload(row + p), s1 += vload(row + p + VL);
+                float total = vsum(s0) + vsum(s1);
+                for (; p < P; p++) total += LD(row[p]);
+                float m = total / (float)P;
+                vf q0 = vbroadcast(0.f), q1 = q0;
+                for (p = 0; p + 2 * VL <= P; p += 2 * VL) {
+                    vf d0 = vload(row + p) - m, d1 = vload(row + p + VL) - m;
+                    q0 += d0 * d0, q1 += d1 * d1;
+                }
+                float squares = vsum(q0) + vsum(q1);
+                for (; p < P; p++) {
+                    float d = LD(row[p]) - m;
+                    squares += d * d;
+                }
+                mean[n * C + c] = m;
+                inv[n * C + c] = simam_inv(squares, P, e_lambda);
+            }
+        return;
+    }
+    I cbs = simam_channel_block(N, C, P, threads), nb = (C + cbs - 1) / cbs;
+#pragma omp parallel for collapse(2) schedule(static) num_threads(threads)
+    for (I n = 0; n < N; n++)
+        for (I b = 0; b < nb; b++) {
+            I c0 = b * cbs, cb = C - c0 < cbs ? C - c0 : cbs;
+            float s[CBLOCK], q[CBLOCK];
+            for (I j = 0; j < cb; j++) s[j] = 0.f, q[j] = 0.f;
+            for (I p = 0; p < P; p++) {
+                const T *restrict row = x + n * sn + p * sp + c0;
+                for (I j = 0; j < cb; j++) s[j] += LD(row[j]);
+            }
+            for (I j = 0; j < cb; j++) s[j] /= (float)P;
+            for (I p = 0; p < P; p++) {
+                const T *restrict row = x + n * sn + p * sp + c0;
+                for (I j = 0; j < cb; j++) {
+                    float d = LD(row[j]) - s[j];
+                    q[j] += d * d;
+                }
+            }
+            for (I j = 0; j < cb; j++) {
+                mean[n * C + c0 + j] = s[j];
+                inv[n * C + c0 + j] = simam_inv(q[j], P, e_lambda);
+            }
+        }
+}
+
+/* simam_apply: out = x * s; out is laid out like x. */
+void simam_apply(const T *x, const float *mean, const float *inv, T *out, I N, I C, I P, I sn, I sc, I sp,
+                 int threads) {
+    if (sp == 1 || P == 1) {
+#pragma omp parallel for collapse(2) schedule(static) num_threads(threads)
+        for (I n = 0; n < N; n++)
+            for (I c = 0; c < C; c++) {
+                const T *restrict row = x + n * sn + c * sc;
+                T *restrict orow = out + n * sn + c * sc;
+                vf m = vbroadcast(mean[n * C + c]), k = vbroadcast(inv[n * C + c]);
+                for (I p = 0; p < P; p += VL) {
+                    I len = P - p < VL ? P - p : VL;
+                    vf v = vload_part(row + p, len);
+                    vstore_part(orow + p, v * simam_weight(v - m, k), len);
+                }
+            }
+        return;
+    }
+#pragma omp parallel for collapse(2) schedule(static) num_threads(threads)
+    for (I n = 0; n < N; n++)
+        for (I p = 0; p < P; p++) {
+            const T *restrict row = x + n * sn + p * sp;
+            T *restrict orow = out + n * sn + p * sp;
+            const float *m = mean + n * C, *k = inv + n * C;
+            for (I c = 0; c < C; c += VL) {
+                I len = C - c < VL ? C - c : VL;
+                vf v = vload_part(row + c, len);
+                vstore_part(orow + c, v * simam_weight(v - vloadf_part(m + c, len), vloadf_part(k + c, len)), len);
+            }
+        }
+}
+
+/* h d and h d^2 of one vector of elements (zero where g is). */
+static inline void simam_moments(vf v, vf gv, vf m, vf k, vf *hd, vf *hd2) {
+    vf d = v - m, s = simam_weight(d, k), h = gv * v * s * (1.f - s);
+    *hd = h * d, *hd2 = h * d * d;
+}
+
+/* simam_grad_stats: A = sum over P of h d, B = sum of h d^2; g is laid out like x. */
+void simam_grad_stats(const T *x, const T *g, const float *mean, const float *inv, float *a, float *b, I N, I C, I P,
+                      I sn, I sc, I sp, int threads) {
+    if (sp == 1 || P == 1) {
+#pragma omp parallel for collapse(2) schedule(static) num_threads(threads)
+        for (I n = 0; n < N; n++)
+            for (I c = 0; c < C; c++) {
+                const T *restrict row = x + n * sn + c * sc, *restrict grow = g + n * sn + c * sc;
+                vf m = vbroadcast(mean[n * C + c]), k = vbroadcast(inv[n * C + c]);
+                vf sa = vbroadcast(0.f), sb = sa;
+                for (I p = 0; p < P; p += VL) {
+                    I len = P - p < VL ? P - p : VL;
+                    vf hd, hd2;
+                    simam_moments(vload_part(row + p, len), vload_part(grow + p, len), m, k, &hd, &hd2);
+                    sa += hd, sb += hd2;
+                }
+                a[n * C + c] = vsum(sa), b[n * C + c] = vsum(sb);
+            }
+        return;
+    }
+    I cbs = channel_block(N, C, threads), nb = (C + cbs - 1) / cbs;
+#pragma omp parallel for collapse(2) schedule(static) num_threads(threads)
+    for (I n = 0; n < N; n++)
+        for (I bk = 0; bk < nb; bk++) {
+            I c0 = bk * cbs, cb = C - c0 < cbs ? C - c0 : cbs;
+            float sa[CBLOCK + VL], sb[CBLOCK + VL];
+            for (I j = 0; j < cb + VL; j++) sa[j] = 0.f, sb[j] = 0.f;
+            const float *m = mean + n * C + c0, *k = inv + n * C + c0;
+            for (I p = 0; p < P; p++) {
+                const T *restrict row = x + n * sn + p * sp + c0, *restrict grow = g + n * sn + p * sp + c0;
+                for (I j = 0; j < cb; j += VL) {
+                    I len = cb - j < VL ? cb - j : VL;
+                    vf hd, hd2;
+                    simam_moments(vload_part(row + j, len), vload_part(grow + j, len), vloadf_part(m + j, len),
+                                  vloadf_part(k + j, len), &hd, &hd2);
+                    vstoref_part(sa + j, vloadf_part(sa + j, len) + hd, len);
+                    vstoref_part(sb + j, vloadf_part(sb + j, len) + hd2, len);
+                }
+            }
+            for (I j = 0; j < cb; j++) a[n * C + c0 + j] = sa[j], b[n * C + c0 + j] = sb[j];
+        }
+}
+
+/* One vector of dx = g s + 2 inv (h d - A / P) - d (8 inv^2 B / max(P - 1, 1)), the brackets per channel. */
+static inline vf simam_dx(vf v, vf gv, vf m, vf k, vf a_mean, vf b_term) {
+    vf d = v - m, s = simam_weight(d, k), h = gv * v * s * (1.f - s);
+    return gv * s + 2.f * k * (h * d - a_mean) - d * b_term;
+}
+
+/* simam_input_grad: dx laid out like x (and g). */
+void simam_input_grad(const T *x, const T *g, const float *mean, const float *inv, const float *a, const float *b,
+                      T *dx, I N, I C, I P, I sn, I sc, I sp, int threads) {
+    const float inv_p = 1.f / (float)P, inv_n = 1.f / (float)(P > 1 ? P - 1 : 1);
+    if (sp == 1 || P == 1) {
+#pragma omp parallel for collapse(2) schedule(static) num_threads(threads)
+        for (I n = 0; n < N; n++)
+            for (I c = 0; c < C; c++) {
+                I base = n * sn + c * sc, at = n * C + c;
+                float kv = inv[at];
+                vf m = vbroadcast(mean[at]), k = vbroadcast(kv), am = vbroadcast(a[at] * inv_p),
+                   bt = vbroadcast(8.f * kv * kv * b[at] * inv_n);
+                for (I p = 0; p < P; p += VL) {
+                    I len = P - p < VL ? P - p : VL;
+                    vf r = simam_dx(vload_part(x + base + p, len), vload_part(g + base + p, len), m, k, am, bt);
+                    vstore_part(dx + base + p, r, len);
+                }
+            }
+        return;
+    }
+#pragma omp parallel for collapse(2) schedule(static) num_threads(threads)
+    for (I n = 0; n < N; n++)
+        for (I p = 0; p < P; p++) {
+            I base = n * sn + p * sp;
+            const float *m = mean + n * C, *k = inv + n * C, *av = a + n * C, *bv = b + n * C;
+            for (I c = 0; c < C; c += VL) {
+                I len = C - c < VL ? C - c : VL;
+                vf kk = vloadf_part(k + c, len);
+                vf r = simam_dx(vload_part(x + base + c, len), vload_part(g + base + c, len), vloadf_part(m + c, len),
+                                kk, vloadf_part(av + c, len) * inv_p,
+                                8.f * kk * kk * vloadf_part(bv + c, len) * inv_n);
+                vstore_part(dx + base + c, r, len);
+            }
+        }
+}

@@ -1,8 +1,8 @@
 """The fused passes on the CPU: `cpu_kernels.c`, built with the system C compiler at first use.
 
-Same functions and semantics as `primitives.py`. Each element type gets its own shared library,
-compiled once per machine (`-O3 -march=$CBAM_CPU_ARCH -fopenmp`) into the cache folder and loaded
-with ctypes; the build is atomic, so concurrent processes never load half a file.
+Same functions and semantics as `primitives.py` (the gate's six passes and SimAM's four). Each element type
+gets its own shared library, compiled once per machine (`-O3 -march=$CBAM_CPU_ARCH -fopenmp`) into the cache
+folder and loaded with ctypes; the build is atomic, so concurrent processes never load half a file.
 
 `CBAM_CPU_ARCH` is the compiler's `-march` target: `native` (the default: every extension of this
 CPU), or any other `-march` value, such as `x86-64` (baseline SSE2: code every x86-64 CPU runs),
@@ -272,3 +272,52 @@ def conv_same_backward(s: Tensor, weight: Tensor, dz: Tensor) -> tuple[Tensor, T
         _ptr(s), _ptr(w), _ptr(dz), _ptr(ds), _ptr(dw), _ptr(db), *_ints(n, ci, h, wd, w.shape[-1]), _threads()
     )
     return ds, dw, db
+
+
+def _like(g: Tensor, x: Tensor) -> Tensor:
+    """g in x's dtype and strides, which the SimAM loops walk both maps with (a copy only where they differ)."""
+    g = g.to(x.dtype)
+    return g if g.stride() == x.stride() else torch.empty_like(x).copy_(g)
+
+
+def simam_stats(x: Tensor, e_lambda: float) -> tuple[Tensor, Tensor]:
+    x = _map(x)
+    n, c, p = x.shape
+    mean, inv = (x.new_empty((n, c), dtype=torch.float32) for _ in range(2))
+    _library(x.dtype).simam_stats(
+        _ptr(x), *_ints(n, c, p, *x.stride()), ctypes.c_float(e_lambda), _ptr(mean), _ptr(inv), _threads()
+    )
+    return mean, inv
+
+
+def simam_apply(x: Tensor, mean: Tensor, inv: Tensor) -> Tensor:
+    x = _map(x)
+    n, c, p = x.shape
+    out = torch.empty_like(x)
+    mean, inv = _small(mean, n, c), _small(inv, n, c)
+    _library(x.dtype).simam_apply(_ptr(x), _ptr(mean), _ptr(inv), _ptr(out), *_ints(n, c, p, *x.stride()), _threads())
+    return out
+
+
+def simam_grad_stats(x: Tensor, g: Tensor, mean: Tensor, inv: Tensor) -> tuple[Tensor, Tensor]:
+    x = _map(x)
+    g = _like(g, x)
+    n, c, p = x.shape
+    a, b = (x.new_empty((n, c), dtype=torch.float32) for _ in range(2))
+    mean, inv = _small(mean, n, c), _small(inv, n, c)
+    _library(x.dtype).simam_grad_stats(
+        _ptr(x), _ptr(g), _ptr(mean), _ptr(inv), _ptr(a), _ptr(b), *_ints(n, c, p, *x.stride()), _threads()
+    )
+    return a, b
+
+
+def simam_input_grad(x: Tensor, g: Tensor, mean: Tensor, inv: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    x = _map(x)
+    g = _like(g, x)
+    n, c, p = x.shape
+    dx = torch.empty_like(x)
+    small = tuple(_small(t, n, c) for t in (mean, inv, a, b))  # kept alive until the call returns
+    _library(x.dtype).simam_input_grad(
+        _ptr(x), _ptr(g), *(_ptr(t) for t in small), _ptr(dx), *_ints(n, c, p, *x.stride()), _threads()
+    )
+    return dx

@@ -41,3 +41,19 @@ def channel_grad(x, g, ms, dmean, dmax, sidx):
 
 def input_grad(g, mc, ms, dmean, dmax, sidx, davg, dcmax, cidx):
     return _compiled("input_grad")(g, mc, ms, dmean, dmax, sidx, davg, dcmax, cidx)
+
+
+def simam_stats(x, e_lambda):
+    return _compiled("simam_stats")(x, e_lambda)
+
+
+def simam_apply(x, mean, inv):
+    return _compiled("simam_apply")(x, mean, inv)
+
+
+def simam_grad_stats(x, g, mean, inv):
+    return _compiled("simam_grad_stats")(x, g, mean, inv)
+
+
+def simam_input_grad(x, g, mean, inv, a, b):
+    return _compiled("simam_input_grad")(x, g, mean, inv, a, b)

@@ -1,7 +1,8 @@
-"""The six memory-bound passes of a fused attention gate, as Triton kernels.
+"""The six memory-bound passes of a fused attention gate, and SimAM's four, as Triton kernels.
 
 Same names, signatures and results as `primitives.py` (see its docstring); each pass reads every full-size map
-once and writes every full-size result once. Maps are (N, C, P) views, NCHW or channels_last, and the kernels
+once and writes every full-size result once, but SimAM's statistics, which read x twice: the mean first, then the
+squared deviations about it. Maps are (N, C, P) views, NCHW or channels_last, and the kernels
 take their strides, so neither layout is copied. A reduction gives each program one sample and a block of the
 kept axis, and loops over the reduced axis in [BLOCK_C, BLOCK_P] tiles that load coalesced along whichever axis
 has unit stride. Index results are int64, like `torch.max(dim)`; index operands may be int32 or int64.
@@ -125,6 +126,61 @@ def input_grad(
         g, _small(mc, n, c), _small(ms, n, p), _small(dmean, n, p), _small(dmax, n, p), _small(sidx, n, p),
         _small(davg, n, c), _small(dcmax, n, c), _small(cidx, n, c), dx,
         c, p, *g.stride(), *dx.stride(), BLOCK_C=bc, BLOCK_P=bp, num_warps=_WARPS,
+    )  # fmt: skip
+    return dx
+
+
+def simam_stats(x: Tensor, e_lambda: float) -> tuple[Tensor, Tensor]:
+    """Per (n, c), the mean over P and inv = 1 / (4 (v + e_lambda)), v the squared deviations about the mean summed
+    over max(P - 1, 1): two (N, C) tensors."""
+    x, p_unit = _layout(x)
+    n, c, p = x.shape
+    mean, inv = (x.new_empty((n, c), dtype=torch.float32) for _ in range(2))
+    bc, bp = _reduction_tile(n, c, p, p_unit, over_p=True)
+    _simam_stats_kernel[(triton.cdiv(c, bc), n)](
+        x, mean, inv, e_lambda, c, p, max(p - 1, 1), *x.stride(), BLOCK_C=bc, BLOCK_P=bp, num_warps=_WARPS
+    )
+    return mean, inv
+
+
+def simam_apply(x: Tensor, mean: Tensor, inv: Tensor) -> Tensor:
+    """out = x * sigmoid(inv (x - mean)^2 + 1/2), in x's dtype and memory layout."""
+    x, p_unit = _layout(x)
+    n, c, p = x.shape
+    out = torch.empty_like(x)
+    bc, bp = _tile(c, p, p_unit)
+    _simam_apply_kernel[(triton.cdiv(p, bp), triton.cdiv(c, bc), n)](
+        x, _small(mean, n, c), _small(inv, n, c), out, c, p, *x.stride(), *out.stride(),
+        BLOCK_C=bc, BLOCK_P=bp, num_warps=_WARPS,
+    )  # fmt: skip
+    return out
+
+
+def simam_grad_stats(x: Tensor, g: Tensor, mean: Tensor, inv: Tensor) -> tuple[Tensor, Tensor]:
+    """Per (n, c), A = sum over P of h d and B = sum of h d^2, d = x - mean, h = g x s (1 - s), s the weight."""
+    x, p_unit = _layout(x)
+    g, _ = _layout(g)
+    n, c, p = x.shape
+    a, b = (x.new_empty((n, c), dtype=torch.float32) for _ in range(2))
+    bc, bp = _reduction_tile(n, c, p, p_unit, over_p=True)
+    _simam_grad_stats_kernel[(triton.cdiv(c, bc), n)](
+        x, g, _small(mean, n, c), _small(inv, n, c), a, b, c, p, *x.stride(), *g.stride(),
+        BLOCK_C=bc, BLOCK_P=bp, num_warps=_WARPS,
+    )  # fmt: skip
+    return a, b
+
+
+def simam_input_grad(x: Tensor, g: Tensor, mean: Tensor, inv: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    """dx = g s + 2 inv (h d - A / P) - 8 inv^2 d B / max(P - 1, 1), in g's dtype and x's memory layout."""
+    x, p_unit = _layout(x)
+    g, _ = _layout(g)
+    n, c, p = x.shape
+    dx = torch.empty_like(x, dtype=g.dtype)
+    bc, bp = _tile(c, p, p_unit)
+    _simam_input_grad_kernel[(triton.cdiv(p, bp), triton.cdiv(c, bc), n)](
+        x, g, *(_small(t, n, c) for t in (mean, inv, a, b)), dx, c, p, max(p - 1, 1),
+        *x.stride(), *g.stride(), *dx.stride(),
+        BLOCK_C=bc, BLOCK_P=bp, num_warps=_WARPS,
     )  # fmt: skip
     return dx
 
@@ -358,4 +414,108 @@ def _input_grad_kernel(
     if dcmax_ptr is not None:
         dcmax = tl.load(dcmax_ptr + at, mask=c < C, other=0.0).to(tl.float32)
         dx += tl.where(p == tl.load(cidx_ptr + at, mask=c < C, other=-1), dcmax, 0.0)
+    tl.store(dx_ptr + n * sdn + c * sdc + p * sdp, dx.to(dx_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _simam_weight(x, mean, inv):
+    """d = x - mean and SimAM's weight s = sigmoid(inv d^2 + 1/2), both float32."""
+    d = x - mean
+    return d, tl.sigmoid(inv * (d * d) + 0.5)
+
+
+@triton.jit
+def _simam_stats_kernel(
+    x_ptr, mean_ptr, inv_ptr, e_lambda, C, P, DOF, sxn, sxc, sxp, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr
+):
+    """Per (n, c): the mean over P, then in a second loop the squared deviations about it, for inv; DOF is
+    max(P - 1, 1), from the host (Triton makes an argument equal to 1 a constant)."""
+    n = tl.program_id(1).to(tl.int64)
+    cs = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
+    c = cs[:, None]
+    x_ptr += n * sxn + c * sxc
+    total = tl.zeros([BLOCK_C, BLOCK_P], tl.float32)
+    for p0 in range(0, P, BLOCK_P):
+        p = p0 + tl.arange(0, BLOCK_P)[None, :]
+        total += tl.load(x_ptr + p * sxp, mask=(c < C) & (p < P), other=0.0).to(tl.float32)
+    mean = tl.sum(total, 1) / P
+    squares = tl.zeros([BLOCK_C, BLOCK_P], tl.float32)
+    for p0 in range(0, P, BLOCK_P):
+        p = p0 + tl.arange(0, BLOCK_P)[None, :]
+        mask = (c < C) & (p < P)
+        x = tl.load(x_ptr + p * sxp, mask=mask, other=0.0).to(tl.float32)
+        d = tl.where(mask, x - mean[:, None], 0.0)
+        squares += d * d
+    variance = tl.sum(squares, 1) / DOF
+    out = n * C + cs
+    tl.store(mean_ptr + out, mean, mask=cs < C)
+    tl.store(inv_ptr + out, 1 / (4 * (variance + e_lambda)), mask=cs < C)
+
+
+@triton.jit
+def _simam_apply_kernel(
+    x_ptr, mean_ptr, inv_ptr, out_ptr, C, P, sxn, sxc, sxp, son, soc, sop,
+    BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
+):  # fmt: skip
+    """out = x * s on one [BLOCK_C, BLOCK_P] tile of one sample."""
+    n = tl.program_id(2).to(tl.int64)
+    c = (tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C))[:, None]
+    p = (tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P))[None, :]
+    mask = (c < C) & (p < P)
+    x = tl.load(x_ptr + n * sxn + c * sxc + p * sxp, mask=mask, other=0.0).to(tl.float32)
+    mean = tl.load(mean_ptr + n * C + c, mask=c < C, other=0.0).to(tl.float32)
+    inv = tl.load(inv_ptr + n * C + c, mask=c < C, other=0.0).to(tl.float32)
+    _, s = _simam_weight(x, mean, inv)
+    tl.store(out_ptr + n * son + c * soc + p * sop, (x * s).to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _simam_grad_stats_kernel(
+    x_ptr, g_ptr, mean_ptr, inv_ptr, a_ptr, b_ptr, C, P, sxn, sxc, sxp, sgn, sgc, sgp,
+    BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
+):  # fmt: skip
+    """Per (n, c): sums over P of h d and h d^2 (a masked element has x = g = 0, so h = 0)."""
+    n = tl.program_id(1).to(tl.int64)
+    cs = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
+    c = cs[:, None]
+    x_ptr += n * sxn + c * sxc
+    g_ptr += n * sgn + c * sgc
+    mean = tl.load(mean_ptr + n * C + c, mask=c < C, other=0.0).to(tl.float32)
+    inv = tl.load(inv_ptr + n * C + c, mask=c < C, other=0.0).to(tl.float32)
+    a = tl.zeros([BLOCK_C, BLOCK_P], tl.float32)
+    b = tl.zeros([BLOCK_C, BLOCK_P], tl.float32)
+    for p0 in range(0, P, BLOCK_P):
+        p = p0 + tl.arange(0, BLOCK_P)[None, :]
+        mask = (c < C) & (p < P)
+        x = tl.load(x_ptr + p * sxp, mask=mask, other=0.0).to(tl.float32)
+        g = tl.load(g_ptr + p * sgp, mask=mask, other=0.0).to(tl.float32)
+        d, s = _simam_weight(x, mean, inv)
+        hd = g * x * s * (1 - s) * d
+        a += hd
+        b += hd * d
+    out = n * C + cs
+    tl.store(a_ptr + out, tl.sum(a, 1), mask=cs < C)
+    tl.store(b_ptr + out, tl.sum(b, 1), mask=cs < C)
+
+
+@triton.jit
+def _simam_input_grad_kernel(
+    x_ptr, g_ptr, mean_ptr, inv_ptr, a_ptr, b_ptr, dx_ptr, C, P, DOF, sxn, sxc, sxp, sgn, sgc, sgp, sdn, sdc, sdp,
+    BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
+):  # fmt: skip
+    """dx = g s + 2 inv (h d - A / P) - 8 inv^2 d B / max(P - 1, 1) on one [BLOCK_C, BLOCK_P] tile of one sample."""
+    n = tl.program_id(2).to(tl.int64)
+    c = (tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C))[:, None]
+    p = (tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P))[None, :]
+    mask = (c < C) & (p < P)
+    x = tl.load(x_ptr + n * sxn + c * sxc + p * sxp, mask=mask, other=0.0).to(tl.float32)
+    g = tl.load(g_ptr + n * sgn + c * sgc + p * sgp, mask=mask, other=0.0).to(tl.float32)
+    at = n * C + c
+    mean = tl.load(mean_ptr + at, mask=c < C, other=0.0).to(tl.float32)
+    inv = tl.load(inv_ptr + at, mask=c < C, other=0.0).to(tl.float32)
+    a = tl.load(a_ptr + at, mask=c < C, other=0.0).to(tl.float32)
+    b = tl.load(b_ptr + at, mask=c < C, other=0.0).to(tl.float32)
+    d, s = _simam_weight(x, mean, inv)
+    h = g * x * s * (1 - s)
+    dx = g * s + 2 * inv * (h * d - a / P) - 8 * inv * inv * d * b / DOF
     tl.store(dx_ptr + n * sdn + c * sdc + p * sdp, dx.to(dx_ptr.dtype.element_ty), mask=mask)
