@@ -32,6 +32,7 @@ NEWER_ATTENTIONS: dict[str, str] = {
     "eca": "ECA", "ceca": "CECA", "ese": "eSE", "ge": "GE-theta-minus", "gc": "GC", "coord": "CoordAtt",
     "simam": "SimAM", "triplet": "Triplet",
 }  # fmt: skip
+FUSED_ATTENTIONS = frozenset({"eca", "ceca", "ese", "ge", "simam"})  # the ones with an `impl`: eager and fused rows
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -46,8 +47,12 @@ def candidates(channels: int, device: torch.device) -> dict[str, Callable[[], nn
     if device.type == "cuda":
         layers["CBAM triton"] = lambda: cbam.CBAM(channels, impl="triton")
         layers["SE triton"] = lambda: cbam.SqueezeExcite(channels, impl="triton")
+    impls = ("eager", "compiled", "triton") if device.type == "cuda" else ("eager", "compiled")
     for name, label in NEWER_ATTENTIONS.items():
-        layers[f"{label} eager"] = lambda name=name: create_attention_factory(name)(channels)
+        build = create_attention_factory(name)
+        for impl in impls if name in FUSED_ATTENTIONS else ("eager",):
+            options = {"impl": impl} if name in FUSED_ATTENTIONS else {}
+            layers[f"{label} {impl}"] = lambda build=build, options=options: build(channels, **options)
     try:
         from timm.layers.cbam import CbamModule
 

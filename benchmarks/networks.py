@@ -2,8 +2,9 @@
 
 Plain ResNet50, SE-ResNet50 and CBAM-ResNet50 (ours, default `impl="auto"`, and ours eager),
 ResNet50 with each module CBAM is compared with (ECA, eSE, GE, GC, CoordAtt, SimAM, Triplet),
-and timm's CBAM, SE and ECA ResNet50s, measured in one run with the cases interleaved; medians. Inference
-(eval, no grad) at batch 1 and 8, and a training step (forward, backward, SGD step).
+and timm's CBAM, SE, ECA, eSE, GC and CoordAtt ResNet50s (timm's defaults), measured in one run with the cases
+interleaved; medians. Inference (eval, no grad) at batch 1 and 8, and a training step (forward, backward, SGD
+step).
 
     python benchmarks/networks.py [--device cuda --dtype bf16 --batch 256] [--write benchmarks/RESULTS.md]
 """
@@ -24,6 +25,7 @@ import cbam
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 NEWER = [("eca", "ECA"), ("ese", "eSE"), ("ge", "GE"), ("gc", "GC"), ("coord", "CoordAtt"), ("simam", "SimAM"),
          ("triplet", "Triplet")]  # fmt: skip
+TIMM_NEWER = [("eca", "ECA"), ("ese", "eSE"), ("gc", "GC"), ("coord", "CoordAtt")]  # timm's layers, at their defaults
 
 
 def networks() -> dict[str, Callable[[], nn.Module]]:
@@ -40,7 +42,10 @@ def networks() -> dict[str, Callable[[], nn.Module]]:
 
         nets["timm CBAM-ResNet50"] = lambda: timm.create_model("resnet50", block_args={"attn_layer": "cbam"})
         nets["timm SE-ResNet50"] = lambda: timm.create_model("resnet50", block_args={"attn_layer": "se"})
-        nets["timm ECA-ResNet50"] = lambda: timm.create_model("resnet50", block_args={"attn_layer": "eca"})
+        for name, label in TIMM_NEWER:
+            nets[f"timm {label}-ResNet50"] = lambda name=name: timm.create_model(
+                "resnet50", block_args={"attn_layer": name}
+            )
     except ImportError:
         pass
     return nets
