@@ -32,7 +32,8 @@ NEWER_ATTENTIONS: dict[str, str] = {
     "eca": "ECA", "ceca": "CECA", "ese": "eSE", "ge": "GE-theta-minus", "gc": "GC", "coord": "CoordAtt",
     "simam": "SimAM", "triplet": "Triplet",
 }  # fmt: skip
-FUSED_ATTENTIONS = frozenset({"eca", "ceca", "ese", "ge", "simam"})  # the ones with an `impl`: eager and fused rows
+# the ones with an `impl`: eager and fused rows
+FUSED_ATTENTIONS = frozenset({"eca", "ceca", "ese", "ge", "simam", "triplet"})
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 

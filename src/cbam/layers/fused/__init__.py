@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from cbam.errors import ConfigError
 
 # The custom ops and their FLOP formulas, registered at import: FlopCounterMode copies the formulas as it starts.
-from cbam.layers.fused import backends, gate, simam
+from cbam.layers.fused import backends, gate, plane_conv, simam, triplet
 from cbam.layers.fused.backends import (
     AUTO_MIN_ELEMENTS,
     BACKENDS,
@@ -169,9 +169,11 @@ __all__ = [
     "check_impl",
     "eager_squeeze_excite_is_faster",
     "fused_gate",
+    "plane_conv",
     "residual_tail",
     "set_attention_impl",
     "simam",
+    "triplet",
     "triton_available",
     "triton_interpreted",
 ]

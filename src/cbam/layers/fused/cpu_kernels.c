@@ -7,6 +7,7 @@
  * Absent branches are passed as neutral tensors (ones, zeros), never as NULL.
  */
 #include <math.h>
+#include <stdlib.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -752,4 +753,204 @@ void simam_input_grad(const T *x, const T *g, const float *mean, const float *in
                 vstore_part(dx + base + c, r, len);
             }
         }
+}
+
+/* Triplet Attention's passes over the map (N, C, H, W), dense NCHW or channels_last (cl = 1): every
+ * Z-pool in one read (max, its tie count and mean over C, over H and over W), the weighting
+ * out = x (a + b + s) / k by the three gates, and the gradients of both. Sums are kept in double,
+ * so a mean and a gate's gradient round once. Work is split by sample: the pools over C and the
+ * gradient of s gather across channels. A max's gradient is split among its ties, as torch.amax's is. */
+
+static inline void max_count(float v, float *m, float *cnt) {
+    if (v > *m || (v != v && *m == *m)) *m = v, *cnt = 1.f; /* NaN wins and stays */
+    else if (v == *m) *cnt += 1.f;
+}
+
+static void *scratch(size_t bytes) { return malloc(bytes > 0 ? bytes : 1); }
+
+/* pc (N, 2, H, W), ph (N, 2, C, W), pw (N, 2, C, H): [max; mean] over C, over H and over W, and the
+ * number of elements equal to each max, cc (N, H, W), ch (N, C, W), cw (N, C, H). */
+void triplet_pool(const T *x, I N, I C, I H, I W, int cl, T *pc, T *ph, T *pw, float *cc, float *ch, float *cw,
+                  int threads) {
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (I n = 0; n < N; n++) {
+        const T *xn = x + n * C * H * W;
+        T *pcn = pc + n * 2 * H * W, *phn = ph + n * 2 * C * W, *pwn = pw + n * 2 * C * H;
+        float *ccn = cc + n * H * W, *chn = ch + n * C * W, *cwn = cw + n * C * H;
+        I big = H * W > C * W ? H * W : C * W;
+        float *m1 = scratch(big * sizeof(float)), *k1 = scratch(big * sizeof(float));
+        double *s1 = scratch(big * sizeof(double));
+        float *m2 = scratch((C > W ? C : W) * sizeof(float)), *k2 = scratch((C > W ? C : W) * sizeof(float));
+        double *s2 = scratch((C > W ? C : W) * sizeof(double));
+        if (!cl) { /* rows along W; m1 pools over C at (h, w), m2 over H at w for the current channel */
+            for (I p = 0; p < H * W; p++) m1[p] = -INFINITY, k1[p] = 0.f, s1[p] = 0.0;
+            for (I c = 0; c < C; c++) {
+                for (I w = 0; w < W; w++) m2[w] = -INFINITY, k2[w] = 0.f, s2[w] = 0.0;
+                for (I h = 0; h < H; h++) {
+                    const T *restrict row = xn + (c * H + h) * W;
+                    float mw = -INFINITY, kw = 0.f;
+                    double sw = 0.0;
+                    for (I w = 0; w < W; w++) {
+                        float v = LD(row[w]);
+                        max_count(v, &mw, &kw), sw += v;
+                        max_count(v, &m2[w], &k2[w]), s2[w] += v;
+                        max_count(v, &m1[h * W + w], &k1[h * W + w]), s1[h * W + w] += v;
+                    }
+                    pwn[c * H + h] = ST(mw), pwn[(C + c) * H + h] = ST((float)(sw / (double)W)), cwn[c * H + h] = kw;
+                }
+                for (I w = 0; w < W; w++)
+                    phn[c * W + w] = ST(m2[w]), phn[(C + c) * W + w] = ST((float)(s2[w] / (double)H)),
+                    chn[c * W + w] = k2[w];
+            }
+            for (I p = 0; p < H * W; p++)
+                pcn[p] = ST(m1[p]), pcn[H * W + p] = ST((float)(s1[p] / (double)C)), ccn[p] = k1[p];
+        } else { /* rows along C; m1 pools over H at (w, c), m2 over W at c for the current h */
+            for (I p = 0; p < W * C; p++) m1[p] = -INFINITY, k1[p] = 0.f, s1[p] = 0.0;
+            for (I h = 0; h < H; h++) {
+                for (I c = 0; c < C; c++) m2[c] = -INFINITY, k2[c] = 0.f, s2[c] = 0.0;
+                for (I w = 0; w < W; w++) {
+                    const T *restrict row = xn + (h * W + w) * C;
+                    float mc = -INFINITY, kc = 0.f;
+                    double sc = 0.0;
+                    for (I c = 0; c < C; c++) {
+                        float v = LD(row[c]);
+                        max_count(v, &mc, &kc), sc += v;
+                        max_count(v, &m2[c], &k2[c]), s2[c] += v;
+                        max_count(v, &m1[w * C + c], &k1[w * C + c]), s1[w * C + c] += v;
+                    }
+                    I p = h * W + w;
+                    pcn[p] = ST(mc), pcn[H * W + p] = ST((float)(sc / (double)C)), ccn[p] = kc;
+                }
+                for (I c = 0; c < C; c++)
+                    pwn[c * H + h] = ST(m2[c]), pwn[(C + c) * H + h] = ST((float)(s2[c] / (double)W)),
+                    cwn[c * H + h] = k2[c];
+            }
+            for (I w = 0; w < W; w++)
+                for (I c = 0; c < C; c++)
+                    phn[c * W + w] = ST(m1[w * C + c]), phn[(C + c) * W + w] = ST((float)(s1[w * C + c] / (double)H)),
+                    chn[c * W + w] = k1[w * C + c];
+        }
+        free(m1), free(k1), free(s1), free(m2), free(k2), free(s2);
+    }
+}
+
+/* The gradient of x through the pools: for each of the three, dmax / count where x equals its max, plus
+ * dmean / length. Each plane comes as (max, dmax / count, dmean / length), float32, laid out as the loops
+ * read it: NCHW (H, W), (C, W), (C, H); channels_last (H, W), (W, C), (H, C). */
+void triplet_pool_backward(const T *x, const float *mc, const float *wc, const float *ec, const float *mh,
+                           const float *wh, const float *eh, const float *mw, const float *ww, const float *ew, T *dx,
+                           I N, I C, I H, I W, int cl, int threads) {
+    if (!cl) {
+#pragma omp parallel for collapse(2) schedule(static) num_threads(threads)
+        for (I n = 0; n < N; n++)
+            for (I c = 0; c < C; c++)
+                for (I h = 0; h < H; h++) {
+                    I at = ((n * C + c) * H + h) * W, pw = (n * C + c) * H + h;
+                    const float *mcr = mc + (n * H + h) * W, *wcr = wc + (n * H + h) * W, *ecr = ec + (n * H + h) * W;
+                    const float *mhr = mh + (n * C + c) * W, *whr = wh + (n * C + c) * W, *ehr = eh + (n * C + c) * W;
+                    for (I w = 0; w < W; w++) {
+                        float v = LD(x[at + w]);
+                        float d = (v == mcr[w] ? wcr[w] : 0.f) + ecr[w];
+                        d += (v == mhr[w] ? whr[w] : 0.f) + ehr[w];
+                        d += (v == mw[pw] ? ww[pw] : 0.f) + ew[pw];
+                        dx[at + w] = ST(d);
+                    }
+                }
+        return;
+    }
+#pragma omp parallel for collapse(2) schedule(static) num_threads(threads)
+    for (I n = 0; n < N; n++)
+        for (I h = 0; h < H; h++)
+            for (I w = 0; w < W; w++) {
+                I at = ((n * H + h) * W + w) * C, pc = (n * H + h) * W + w;
+                const float *mhr = mh + (n * W + w) * C, *whr = wh + (n * W + w) * C, *ehr = eh + (n * W + w) * C;
+                const float *mwr = mw + (n * H + h) * C, *wwr = ww + (n * H + h) * C, *ewr = ew + (n * H + h) * C;
+                for (I c = 0; c < C; c++) {
+                    float v = LD(x[at + c]);
+                    float d = (v == mc[pc] ? wc[pc] : 0.f) + ec[pc];
+                    d += (v == mhr[c] ? whr[c] : 0.f) + ehr[c];
+                    d += (v == mwr[c] ? wwr[c] : 0.f) + ewr[c];
+                    dx[at + c] = ST(d);
+                }
+            }
+}
+
+/* out = x ((a + b) + s) / k with a (N, C, W), b (N, C, H), s (N, H, W) for NCHW; channels_last reads a as
+ * (N, W, C) and b as (N, H, C). k is the number of branches (s is zeros without the spatial one). */
+void triplet_apply(const T *x, const float *a, const float *b, const float *s, float k, T *out, I N, I C, I H, I W,
+                   int cl, int threads) {
+    if (!cl) {
+#pragma omp parallel for collapse(2) schedule(static) num_threads(threads)
+        for (I n = 0; n < N; n++)
+            for (I c = 0; c < C; c++)
+                for (I h = 0; h < H; h++) {
+                    I at = ((n * C + c) * H + h) * W;
+                    const float *ar = a + (n * C + c) * W, *sr = s + (n * H + h) * W;
+                    float bv = b[(n * C + c) * H + h];
+                    for (I w = 0; w < W; w++) out[at + w] = ST(LD(x[at + w]) * (((ar[w] + bv) + sr[w]) / k));
+                }
+        return;
+    }
+#pragma omp parallel for collapse(2) schedule(static) num_threads(threads)
+    for (I n = 0; n < N; n++)
+        for (I h = 0; h < H; h++)
+            for (I w = 0; w < W; w++) {
+                I at = ((n * H + h) * W + w) * C;
+                const float *ar = a + (n * W + w) * C, *br = b + (n * H + h) * C;
+                float sv = s[(n * H + h) * W + w];
+                for (I c = 0; c < C; c++) out[at + c] = ST(LD(x[at + c]) * (((ar[c] + br[c]) + sv) / k));
+            }
+}
+
+/* dx = g ((a + b) + s) / k, and the gates' gradients, the sums of g x / k over H (da, (N, C, W)), over W
+ * (db, (N, C, H)) and over C (ds, (N, H, W)); a and b are read as in triplet_apply, g is laid out like x. */
+void triplet_apply_backward(const T *x, const T *g, const float *a, const float *b, const float *s, float k, T *dx,
+                            float *da, float *db, float *ds, I N, I C, I H, I W, int cl, int threads) {
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (I n = 0; n < N; n++) {
+        if (!cl) {
+            double *sacc = scratch(H * W * sizeof(double)), *aacc = scratch(W * sizeof(double));
+            for (I p = 0; p < H * W; p++) sacc[p] = 0.0;
+            for (I c = 0; c < C; c++) {
+                for (I w = 0; w < W; w++) aacc[w] = 0.0;
+                for (I h = 0; h < H; h++) {
+                    I at = ((n * C + c) * H + h) * W;
+                    const float *ar = a + (n * C + c) * W, *sr = s + (n * H + h) * W;
+                    float bv = b[(n * C + c) * H + h];
+                    double bacc = 0.0;
+                    for (I w = 0; w < W; w++) {
+                        float gv = LD(g[at + w]), gx = gv * LD(x[at + w]);
+                        dx[at + w] = ST(gv * (((ar[w] + bv) + sr[w]) / k));
+                        aacc[w] += gx, bacc += gx, sacc[h * W + w] += gx;
+                    }
+                    db[(n * C + c) * H + h] = (float)(bacc / k);
+                }
+                for (I w = 0; w < W; w++) da[(n * C + c) * W + w] = (float)(aacc[w] / k);
+            }
+            for (I p = 0; p < H * W; p++) ds[n * H * W + p] = (float)(sacc[p] / k);
+            free(sacc), free(aacc);
+        } else {
+            double *aacc = scratch(W * C * sizeof(double)), *bacc = scratch(C * sizeof(double));
+            for (I p = 0; p < W * C; p++) aacc[p] = 0.0;
+            for (I h = 0; h < H; h++) {
+                for (I c = 0; c < C; c++) bacc[c] = 0.0;
+                for (I w = 0; w < W; w++) {
+                    I at = ((n * H + h) * W + w) * C;
+                    const float *ar = a + (n * W + w) * C, *br = b + (n * H + h) * C;
+                    float sv = s[(n * H + h) * W + w];
+                    double sacc = 0.0;
+                    for (I c = 0; c < C; c++) {
+                        float gv = LD(g[at + c]), gx = gv * LD(x[at + c]);
+                        dx[at + c] = ST(gv * (((ar[c] + br[c]) + sv) / k));
+                        aacc[w * C + c] += gx, bacc[c] += gx, sacc += gx;
+                    }
+                    ds[(n * H + h) * W + w] = (float)(sacc / k);
+                }
+                for (I c = 0; c < C; c++) db[(n * C + c) * H + h] = (float)(bacc[c] / k);
+            }
+            for (I w = 0; w < W; w++)
+                for (I c = 0; c < C; c++) da[(n * C + c) * W + w] = (float)(aacc[w * C + c] / k);
+            free(aacc), free(bacc);
+        }
+    }
 }

@@ -321,3 +321,75 @@ def simam_input_grad(x: Tensor, g: Tensor, mean: Tensor, inv: Tensor, a: Tensor,
         _ptr(x), _ptr(g), *(_ptr(t) for t in small), _ptr(dx), *_ints(n, c, p, *x.stride()), _threads()
     )
     return dx
+
+
+def _dense(x: Tensor) -> tuple[Tensor, int]:
+    """x as a dense NCHW (0) or channels_last (1) map, which the Triplet loops walk; any other layout is copied."""
+    if x.is_contiguous():
+        return x, 0
+    if x.is_contiguous(memory_format=torch.channels_last):
+        return x, 1
+    return x.contiguous(), 0
+
+
+def _plane(t: Tensor, turned: bool) -> Tensor:
+    """An (N, A, B) plane as float32 the loops read: contiguous, or (N, B, A) where the map is channels_last."""
+    t = t.float()
+    return (t.transpose(1, 2) if turned else t).contiguous()
+
+
+def triplet_pool(x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    x, cl = _dense(x)
+    n, c, h, w = x.shape
+    pc, ph, pw = x.new_empty((n, 2, h, w)), x.new_empty((n, 2, c, w)), x.new_empty((n, 2, c, h))
+    cc, ch, cw = (x.new_empty(shape, dtype=torch.float32) for shape in ((n, h, w), (n, c, w), (n, c, h)))
+    _library(x.dtype).triplet_pool(
+        _ptr(x), *_ints(n, c, h, w), ctypes.c_int(cl), *(_ptr(t) for t in (pc, ph, pw, cc, ch, cw)), _threads()
+    )
+    return pc, ph, pw, cc, ch, cw
+
+
+def triplet_pool_backward(
+    grads: tuple[Tensor | None, Tensor | None, Tensor | None], x: Tensor, pooled: tuple[Tensor, ...],
+    counts: tuple[Tensor, ...],
+) -> Tensor:  # fmt: skip
+    x, cl = _dense(x)
+    n, c, h, w = x.shape
+    operands = []
+    for grad, p, count, length, turned in zip(grads, pooled, counts, (c, h, w), (False, cl, cl), strict=True):
+        grad = torch.zeros_like(p, dtype=torch.float32) if grad is None else grad.float()
+        operands += [_plane(p[:, 0], turned), _plane(grad[:, 0] / count, turned), _plane(grad[:, 1] / length, turned)]
+    dx = torch.empty_like(x)
+    _library(x.dtype).triplet_pool_backward(
+        _ptr(x), *(_ptr(t) for t in operands), _ptr(dx), *_ints(n, c, h, w), ctypes.c_int(cl), _threads()
+    )
+    return dx
+
+
+def triplet_apply(x: Tensor, a: Tensor, b: Tensor, s: Tensor | None) -> Tensor:
+    x, cl = _dense(x)
+    n, c, h, w = x.shape
+    k = 2.0 if s is None else 3.0
+    a, b, s = _plane(a, cl), _plane(b, cl), torch.zeros((n, h, w)) if s is None else s.float().contiguous()
+    out = torch.empty_like(x)
+    _library(x.dtype).triplet_apply(
+        _ptr(x), _ptr(a), _ptr(b), _ptr(s), ctypes.c_float(k), _ptr(out),
+        *_ints(n, c, h, w), ctypes.c_int(cl), _threads(),
+    )  # fmt: skip
+    return out
+
+
+def triplet_apply_backward(
+    grad: Tensor, x: Tensor, a: Tensor, b: Tensor, s: Tensor | None
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    x, cl = _dense(x)
+    n, c, h, w = x.shape
+    k = 2.0 if s is None else 3.0
+    a, b, s = _plane(a, cl), _plane(b, cl), torch.zeros((n, h, w)) if s is None else s.float().contiguous()
+    g, dx = _like(grad, x), torch.empty_like(x)
+    da, db, ds = (x.new_empty(shape, dtype=torch.float32) for shape in ((n, c, w), (n, c, h), (n, h, w)))
+    _library(x.dtype).triplet_apply_backward(
+        _ptr(x), _ptr(g), _ptr(a), _ptr(b), _ptr(s), ctypes.c_float(k), _ptr(dx),
+        _ptr(da), _ptr(db), _ptr(ds), *_ints(n, c, h, w), ctypes.c_int(cl), _threads(),
+    )  # fmt: skip
+    return dx, da, db, ds

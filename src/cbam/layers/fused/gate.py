@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.flop_counter import register_flop_formula
 
+from cbam.layers.fused import plane_conv
 from cbam.layers.fused.backends import kernels
 
 
@@ -280,8 +281,7 @@ CHANNEL_FUNCTIONS: dict[str, Callable[[GateArgs], ChannelGraph]] = {
 class SpatialGraph:
     """The spatial gate's small graph: Ms = sigmoid(BN(conv_kxk([mean; max]))), in float32.
 
-    The convolution runs in the kernel set's own `conv_same` where it has one (the CPU kernels:
-    direct loops beat a general convolution on one 7 x 7 output channel), else in PyTorch.
+    The convolution runs in the kernel set's own loops where it has them (`plane_conv`), else in PyTorch.
     """
 
     conv_w: Tensor
@@ -295,21 +295,10 @@ class SpatialGraph:
     kernels: ModuleType | None = None
 
     def _conv(self, s: Tensor) -> Tensor:
-        if hasattr(self.kernels, "conv_same"):
-            return self.kernels.conv_same(s, self.conv_w, self.conv_b)
-        b = self.conv_b.float() if self.conv_b is not None else None
-        return F.conv2d(s, self.conv_w.float(), b, padding=self.conv_w.shape[-1] // 2)
+        return plane_conv.conv_same(self.kernels, s, self.conv_w, self.conv_b)
 
     def _conv_backward(self, s: Tensor, dz: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
-        if hasattr(self.kernels, "conv_same_backward"):
-            ds, dw, db = self.kernels.conv_same_backward(s, self.conv_w, dz)
-            return ds, dw, db if self.conv_b is not None else None
-        k = self.conv_w.shape[-1]
-        bias_sizes = [1] if self.conv_b is not None else None
-        return torch.ops.aten.convolution_backward(
-            dz, s, self.conv_w.float(), bias_sizes, [1, 1], [k // 2, k // 2], [1, 1], False, [0, 0], 1,
-            [True, True, self.conv_b is not None],
-        )  # fmt: skip
+        return plane_conv.conv_same_backward(self.kernels, s, self.conv_w, dz, self.conv_b is not None)
 
     def _eval_affine(self) -> tuple[float, float]:
         """BatchNorm in eval mode (or none) as z * scale + shift, in Python floats for the C loops."""
@@ -329,7 +318,7 @@ class SpatialGraph:
 
     def forward(self, s: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Ms (N, 1, H, W) and the batch mean and variance of the conv output (for running stats)."""
-        if not self.bn_training and hasattr(self.kernels, "conv_same"):
+        if not self.bn_training and plane_conv.has_loops(self.kernels):
             none = s.new_zeros(())
             return self.kernels.conv_same(s, self.conv_w, self.conv_b, self._eval_affine()), none, none
         z = self._conv(s)
