@@ -1,8 +1,9 @@
 """Fused attention gates: which implementation runs a layer, and the call into the fused op.
 
 Every CBAM/SE/channel/spatial layer takes `impl` (and so does `cbam.create_model`), and so do ECA, effective SE
-and Gather-Excite, whose global GE-theta-minus fuses as a channel gate (`gate.CHANNEL_FUNCTIONS`), and SimAM,
-which has passes of its own (`simam`):
+and Gather-Excite, whose global GE-theta-minus fuses as a channel gate (`gate.CHANNEL_FUNCTIONS`), SimAM,
+which has passes of its own (`simam`), and Triplet Attention, whose passes (`triplet`) and convolutions
+(`plane_conv`) have C loops only, so it runs eagerly on CUDA:
 - `"eager"`: the reference PyTorch modules, op by op;
 - `"compiled"`: the fused gate with natively compiled passes: C kernels built at first use
   on the CPU (for `CBAM_CPU_ARCH`, see `cpu_kernels`), inductor-generated kernels on CUDA;
@@ -11,7 +12,8 @@ which has passes of its own (`simam`):
 - `"auto"` (default): the fused gate where it is expected to be faster, else eager.
 
 Reading order: `backends` (which kernels run an `impl`: the table and `backend_for`), `gate` (the
-custom op over `GateArgs`), `simam` (SimAM's op), `primitives` (what each kernel pass computes). Measurements:
+custom op over `GateArgs`), `plane_conv` (the k x k convolution of a pooled plane), `simam` (SimAM's op),
+`triplet` (Triplet Attention's ops), `primitives` (what each kernel pass computes). Measurements:
 docs/performance.md.
 """
 

@@ -761,9 +761,39 @@ void simam_input_grad(const T *x, const T *g, const float *mean, const float *in
  * so a mean and a gate's gradient round once. Work is split by sample: the pools over C and the
  * gradient of s gather across channels. A max's gradient is split among its ties, as torch.amax's is. */
 
+/* Branch-free, so the loops over a row vectorise: a larger value (or a first NaN, which then stays) restarts
+ * the count, an equal one adds to it. */
 static inline void max_count(float v, float *m, float *cnt) {
-    if (v > *m || (v != v && *m == *m)) *m = v, *cnt = 1.f; /* NaN wins and stays */
-    else if (v == *m) *cnt += 1.f;
+    float mv = *m, kv = *cnt;
+    int greater = v > mv || (v != v && mv == mv), equal = v == mv;
+    *m = greater ? v : mv;
+    *cnt = greater ? 1.f : (equal ? kv + 1.f : kv);
+}
+
+/* The max, its count and the sum of one contiguous run, VL lanes at a time, then the lanes merged. */
+static inline void run_max_count(const T *restrict run, I len, float *m, float *cnt, double *sum) {
+    vf mv = vbroadcast(-INFINITY), kv = vbroadcast(0.f), sv = vbroadcast(0.f), one = vbroadcast(1.f);
+    I p = 0;
+    for (; p + VL <= len; p += VL) {
+        vf v = vload(run + p);
+        vi greater = (vi)(v > mv) | ((vi)(v != v) & (vi)(mv == mv)), equal = (vi)(v == mv);
+        mv = vselect(greater, v, mv);
+        kv = vselect(greater, one, vselect(equal, kv + one, kv));
+        sv += v;
+    }
+    float mm = -INFINITY, kk = 0.f;
+    double ss = 0.0;
+    for (int l = 0; l < VL; l++) {
+        int greater = mv[l] > mm || (mv[l] != mv[l] && mm == mm);
+        kk = greater ? kv[l] : (mv[l] == mm ? kk + kv[l] : kk);
+        mm = greater ? mv[l] : mm;
+        ss += sv[l];
+    }
+    for (; p < len; p++) {
+        float v = LD(run[p]);
+        max_count(v, &mm, &kk), ss += v;
+    }
+    *m = mm, *cnt = kk, *sum = ss;
 }
 
 static void *scratch(size_t bytes) { return malloc(bytes > 0 ? bytes : 1); }
@@ -788,14 +818,16 @@ void triplet_pool(const T *x, I N, I C, I H, I W, int cl, T *pc, T *ph, T *pw, f
                 for (I w = 0; w < W; w++) m2[w] = -INFINITY, k2[w] = 0.f, s2[w] = 0.0;
                 for (I h = 0; h < H; h++) {
                     const T *restrict row = xn + (c * H + h) * W;
-                    float mw = -INFINITY, kw = 0.f;
-                    double sw = 0.0;
+                    float *restrict mh = m2, *restrict kh = k2, *restrict mc = m1 + h * W, *restrict kc = k1 + h * W;
+                    double *restrict sh = s2, *restrict sc = s1 + h * W;
                     for (I w = 0; w < W; w++) {
                         float v = LD(row[w]);
-                        max_count(v, &mw, &kw), sw += v;
-                        max_count(v, &m2[w], &k2[w]), s2[w] += v;
-                        max_count(v, &m1[h * W + w], &k1[h * W + w]), s1[h * W + w] += v;
+                        max_count(v, &mh[w], &kh[w]), sh[w] += v;
+                        max_count(v, &mc[w], &kc[w]), sc[w] += v;
                     }
+                    float mw, kw;
+                    double sw;
+                    run_max_count(row, W, &mw, &kw, &sw);
                     pwn[c * H + h] = ST(mw), pwn[(C + c) * H + h] = ST((float)(sw / (double)W)), cwn[c * H + h] = kw;
                 }
                 for (I w = 0; w < W; w++)
@@ -810,14 +842,16 @@ void triplet_pool(const T *x, I N, I C, I H, I W, int cl, T *pc, T *ph, T *pw, f
                 for (I c = 0; c < C; c++) m2[c] = -INFINITY, k2[c] = 0.f, s2[c] = 0.0;
                 for (I w = 0; w < W; w++) {
                     const T *restrict row = xn + (h * W + w) * C;
-                    float mc = -INFINITY, kc = 0.f;
-                    double sc = 0.0;
+                    float *restrict mw = m2, *restrict kw = k2, *restrict mh = m1 + w * C, *restrict kh = k1 + w * C;
+                    double *restrict sw = s2, *restrict sh = s1 + w * C;
                     for (I c = 0; c < C; c++) {
                         float v = LD(row[c]);
-                        max_count(v, &mc, &kc), sc += v;
-                        max_count(v, &m2[c], &k2[c]), s2[c] += v;
-                        max_count(v, &m1[w * C + c], &k1[w * C + c]), s1[w * C + c] += v;
+                        max_count(v, &mw[c], &kw[c]), sw[c] += v;
+                        max_count(v, &mh[c], &kh[c]), sh[c] += v;
                     }
+                    float mc, kc;
+                    double sc;
+                    run_max_count(row, C, &mc, &kc, &sc);
                     I p = h * W + w;
                     pcn[p] = ST(mc), pcn[H * W + p] = ST((float)(sc / (double)C)), ccn[p] = kc;
                 }
@@ -846,14 +880,18 @@ void triplet_pool_backward(const T *x, const float *mc, const float *wc, const f
             for (I c = 0; c < C; c++)
                 for (I h = 0; h < H; h++) {
                     I at = ((n * C + c) * H + h) * W, pw = (n * C + c) * H + h;
-                    const float *mcr = mc + (n * H + h) * W, *wcr = wc + (n * H + h) * W, *ecr = ec + (n * H + h) * W;
-                    const float *mhr = mh + (n * C + c) * W, *whr = wh + (n * C + c) * W, *ehr = eh + (n * C + c) * W;
+                    const float *restrict mcr = mc + (n * H + h) * W, *restrict wcr = wc + (n * H + h) * W,
+                                          *restrict ecr = ec + (n * H + h) * W, *restrict mhr = mh + (n * C + c) * W,
+                                          *restrict whr = wh + (n * C + c) * W, *restrict ehr = eh + (n * C + c) * W;
+                    const T *restrict xr = x + at;
+                    T *restrict dr = dx + at;
+                    float mwv = mw[pw], wwv = ww[pw], ewv = ew[pw];
                     for (I w = 0; w < W; w++) {
-                        float v = LD(x[at + w]);
+                        float v = LD(xr[w]);
                         float d = (v == mcr[w] ? wcr[w] : 0.f) + ecr[w];
                         d += (v == mhr[w] ? whr[w] : 0.f) + ehr[w];
-                        d += (v == mw[pw] ? ww[pw] : 0.f) + ew[pw];
-                        dx[at + w] = ST(d);
+                        d += (v == mwv ? wwv : 0.f) + ewv;
+                        dr[w] = ST(d);
                     }
                 }
         return;
@@ -863,14 +901,18 @@ void triplet_pool_backward(const T *x, const float *mc, const float *wc, const f
         for (I h = 0; h < H; h++)
             for (I w = 0; w < W; w++) {
                 I at = ((n * H + h) * W + w) * C, pc = (n * H + h) * W + w;
-                const float *mhr = mh + (n * W + w) * C, *whr = wh + (n * W + w) * C, *ehr = eh + (n * W + w) * C;
-                const float *mwr = mw + (n * H + h) * C, *wwr = ww + (n * H + h) * C, *ewr = ew + (n * H + h) * C;
+                const float *restrict mhr = mh + (n * W + w) * C, *restrict whr = wh + (n * W + w) * C,
+                                      *restrict ehr = eh + (n * W + w) * C, *restrict mwr = mw + (n * H + h) * C,
+                                      *restrict wwr = ww + (n * H + h) * C, *restrict ewr = ew + (n * H + h) * C;
+                const T *restrict xr = x + at;
+                T *restrict dr = dx + at;
+                float mcv = mc[pc], wcv = wc[pc], ecv = ec[pc];
                 for (I c = 0; c < C; c++) {
-                    float v = LD(x[at + c]);
-                    float d = (v == mc[pc] ? wc[pc] : 0.f) + ec[pc];
+                    float v = LD(xr[c]);
+                    float d = (v == mcv ? wcv : 0.f) + ecv;
                     d += (v == mhr[c] ? whr[c] : 0.f) + ehr[c];
                     d += (v == mwr[c] ? wwr[c] : 0.f) + ewr[c];
-                    dx[at + c] = ST(d);
+                    dr[c] = ST(d);
                 }
             }
 }
@@ -885,9 +927,11 @@ void triplet_apply(const T *x, const float *a, const float *b, const float *s, f
             for (I c = 0; c < C; c++)
                 for (I h = 0; h < H; h++) {
                     I at = ((n * C + c) * H + h) * W;
-                    const float *ar = a + (n * C + c) * W, *sr = s + (n * H + h) * W;
+                    const float *restrict ar = a + (n * C + c) * W, *restrict sr = s + (n * H + h) * W;
+                    const T *restrict xr = x + at;
+                    T *restrict orow = out + at;
                     float bv = b[(n * C + c) * H + h];
-                    for (I w = 0; w < W; w++) out[at + w] = ST(LD(x[at + w]) * (((ar[w] + bv) + sr[w]) / k));
+                    for (I w = 0; w < W; w++) orow[w] = ST(LD(xr[w]) * (((ar[w] + bv) + sr[w]) / k));
                 }
         return;
     }
@@ -896,9 +940,11 @@ void triplet_apply(const T *x, const float *a, const float *b, const float *s, f
         for (I h = 0; h < H; h++)
             for (I w = 0; w < W; w++) {
                 I at = ((n * H + h) * W + w) * C;
-                const float *ar = a + (n * W + w) * C, *br = b + (n * H + h) * C;
+                const float *restrict ar = a + (n * W + w) * C, *restrict br = b + (n * H + h) * C;
+                const T *restrict xr = x + at;
+                T *restrict orow = out + at;
                 float sv = s[(n * H + h) * W + w];
-                for (I c = 0; c < C; c++) out[at + c] = ST(LD(x[at + c]) * (((ar[c] + br[c]) + sv) / k));
+                for (I c = 0; c < C; c++) orow[c] = ST(LD(xr[c]) * (((ar[c] + br[c]) + sv) / k));
             }
 }
 
@@ -915,13 +961,16 @@ void triplet_apply_backward(const T *x, const T *g, const float *a, const float 
                 for (I w = 0; w < W; w++) aacc[w] = 0.0;
                 for (I h = 0; h < H; h++) {
                     I at = ((n * C + c) * H + h) * W;
-                    const float *ar = a + (n * C + c) * W, *sr = s + (n * H + h) * W;
+                    const float *restrict ar = a + (n * C + c) * W, *restrict sr = s + (n * H + h) * W;
+                    const T *restrict xr = x + at, *restrict gr = g + at;
+                    T *restrict dr = dx + at;
+                    double *restrict aa = aacc, *restrict sa = sacc + h * W;
                     float bv = b[(n * C + c) * H + h];
                     double bacc = 0.0;
                     for (I w = 0; w < W; w++) {
-                        float gv = LD(g[at + w]), gx = gv * LD(x[at + w]);
-                        dx[at + w] = ST(gv * (((ar[w] + bv) + sr[w]) / k));
-                        aacc[w] += gx, bacc += gx, sacc[h * W + w] += gx;
+                        float gv = LD(gr[w]), gx = gv * LD(xr[w]);
+                        dr[w] = ST(gv * (((ar[w] + bv) + sr[w]) / k));
+                        aa[w] += gx, bacc += gx, sa[w] += gx;
                     }
                     db[(n * C + c) * H + h] = (float)(bacc / k);
                 }
@@ -936,13 +985,16 @@ void triplet_apply_backward(const T *x, const T *g, const float *a, const float 
                 for (I c = 0; c < C; c++) bacc[c] = 0.0;
                 for (I w = 0; w < W; w++) {
                     I at = ((n * H + h) * W + w) * C;
-                    const float *ar = a + (n * W + w) * C, *br = b + (n * H + h) * C;
+                    const float *restrict ar = a + (n * W + w) * C, *restrict br = b + (n * H + h) * C;
+                    const T *restrict xr = x + at, *restrict gr = g + at;
+                    T *restrict dr = dx + at;
+                    double *restrict aa = aacc + w * C, *restrict ba = bacc;
                     float sv = s[(n * H + h) * W + w];
                     double sacc = 0.0;
                     for (I c = 0; c < C; c++) {
-                        float gv = LD(g[at + c]), gx = gv * LD(x[at + c]);
-                        dx[at + c] = ST(gv * (((ar[c] + br[c]) + sv) / k));
-                        aacc[w * C + c] += gx, bacc[c] += gx, sacc += gx;
+                        float gv = LD(gr[c]), gx = gv * LD(xr[c]);
+                        dr[c] = ST(gv * (((ar[c] + br[c]) + sv) / k));
+                        aa[c] += gx, ba[c] += gx, sacc += gx;
                     }
                     ds[(n * H + h) * W + w] = (float)(sacc / k);
                 }
