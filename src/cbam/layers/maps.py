@@ -16,6 +16,12 @@ def check_feature_map(x: Tensor, layer: str) -> None:
         raise ConfigError(f"{layer} takes an (N, C, H, W) feature map, got a {x.dim()}-D input {tuple(x.shape)}")
 
 
+def dense_layout(x: Tensor) -> Tensor:
+    """x if it is dense NCHW or channels_last, the two layouts the fused kernels walk; else an NCHW copy."""
+    dense = x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)
+    return x if dense else x.contiguous()
+
+
 def hard_sigmoid(x: Tensor) -> Tensor:
     """relu6(x + 3) / 6: the piecewise-linear sigmoid of MobileNetV3, which Effective SE gates with."""
     return torch.nn.functional.relu6(x + 3.0) / 6.0

@@ -14,8 +14,8 @@ from cbam.layers.maps import check_feature_map
 
 
 class ZPoolGate(nn.Module):
-    """One branch: Z-pool (max and mean over the first axis) -> k x k convolution -> BatchNorm -> sigmoid,
-    applied to its input, as the authors' `AttentionGate` (BatchNorm with eps 1e-5, momentum 0.01)."""
+    """One branch's gate: k x k convolution -> BatchNorm -> sigmoid of its Z-pooled plane, as the authors'
+    `AttentionGate` computes it (BatchNorm with eps 1e-5, momentum 0.01) before scaling its input."""
 
     def __init__(self, kernel_size: int, device: torch.device | str | None = None,
                  dtype: torch.dtype | None = None) -> None:  # fmt: skip
@@ -24,14 +24,11 @@ class ZPoolGate(nn.Module):
         self.conv = nn.Conv2d(2, 1, kernel_size, padding=(kernel_size - 1) // 2, bias=False, **factory)
         self.bn = nn.BatchNorm2d(1, eps=1e-5, momentum=0.01, **factory)
 
-    def gate(self, pooled: Tensor, backend: str = "") -> Tensor:
-        """The (N, 1, A, B) sigmoid map of an (N, 2, A, B) Z-pooled plane ([max, mean] along dim 1), its
-        convolution in `backend`'s loops (`cbam.layers.fused.plane_conv`) where one is named, else PyTorch's."""
+    def forward(self, pooled: Tensor, backend: str = "") -> Tensor:
+        """The (N, 1, A, B) sigmoid map of an (N, 2, A, B) Z-pooled plane (`z_pool`), its convolution in
+        `backend`'s loops (`cbam.layers.fused.plane_conv`) where one is named, else PyTorch's."""
         z = self.conv(pooled) if backend == "" else torch.ops.cbam.plane_conv(pooled, self.conv.weight, backend)
         return torch.sigmoid(self.bn(z))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return x * self.gate(z_pool(x, dim=1))
 
 
 def z_pool(x: Tensor, dim: int) -> Tensor:
@@ -74,11 +71,11 @@ class TripletAttention(nn.Module):
         # map twice each way); only the small pooled planes are turned so each convolution sees its plane as
         # the authors' does: (C, W) for the channel-height branch, (H, C) for the channel-width one.
         n, c, h, w = x.shape
-        gate = self.cw.gate(z_pool(x, dim=2)).view(n, c, 1, w)
-        gate = gate + self.hc.gate(z_pool(x, dim=3).transpose(2, 3)).transpose(2, 3).reshape(n, c, h, 1)
+        gate = self.cw(z_pool(x, dim=2)).view(n, c, 1, w)
+        gate = gate + self.hc(z_pool(x, dim=3).transpose(2, 3)).transpose(2, 3).reshape(n, c, h, 1)
         if self.hw is None:
             return x * (gate / 2)
-        return x * ((gate + self.hw.gate(z_pool(x, dim=1))) / 3)
+        return x * ((gate + self.hw(z_pool(x, dim=1))) / 3)
 
     @torch.jit.unused
     def _backend(self, x: Tensor) -> str:
@@ -91,9 +88,9 @@ class TripletAttention(nn.Module):
         """The eager forward's computation with the map's passes fused: pools, gates on the planes, weighting."""
         n, c, h, w = x.shape
         pc, ph, pw = torch.ops.cbam.triplet_pool(x, backend)[:3]
-        a = self.cw.gate(ph, backend).view(n, c, w)
-        b = self.hc.gate(pw.transpose(2, 3), backend).transpose(2, 3).reshape(n, c, h)
-        s = None if self.hw is None else self.hw.gate(pc, backend).view(n, h, w)
+        a = self.cw(ph, backend).view(n, c, w)
+        b = self.hc(pw.transpose(2, 3), backend).transpose(2, 3).reshape(n, c, h)
+        s = None if self.hw is None else self.hw(pc, backend).view(n, h, w)
         return torch.ops.cbam.triplet_apply(x, a, b, s, backend)
 
     def extra_repr(self) -> str:

@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 
 from cbam.errors import ConfigError
+from cbam.layers.maps import dense_layout
 
 SOURCE = Path(__file__).with_name("cpu_kernels.c")
 TYPE_FLAGS: dict[torch.dtype, str] = {torch.float32: "CBAM_F32", torch.float16: "CBAM_F16", torch.bfloat16: "CBAM_BF16"}
@@ -324,12 +325,9 @@ def simam_input_grad(x: Tensor, g: Tensor, mean: Tensor, inv: Tensor, a: Tensor,
 
 
 def _dense(x: Tensor) -> tuple[Tensor, int]:
-    """x as a dense NCHW (0) or channels_last (1) map, which the Triplet loops walk; any other layout is copied."""
-    if x.is_contiguous():
-        return x, 0
-    if x.is_contiguous(memory_format=torch.channels_last):
-        return x, 1
-    return x.contiguous(), 0
+    """x as the Triplet loops walk it (`dense_layout`) and whether that is channels_last (1) or NCHW (0)."""
+    x = dense_layout(x)
+    return x, int(not x.is_contiguous())
 
 
 def _plane(t: Tensor, turned: bool) -> Tensor:
@@ -350,14 +348,13 @@ def triplet_pool(x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Ten
 
 
 def triplet_pool_backward(
-    grads: tuple[Tensor | None, Tensor | None, Tensor | None], x: Tensor, pooled: tuple[Tensor, ...],
-    counts: tuple[Tensor, ...],
-) -> Tensor:  # fmt: skip
+    grads: tuple[Tensor, ...], x: Tensor, pooled: tuple[Tensor, ...], counts: tuple[Tensor, ...]
+) -> Tensor:
     x, cl = _dense(x)
     n, c, h, w = x.shape
     operands = []
     for grad, p, count, length, turned in zip(grads, pooled, counts, (c, h, w), (False, cl, cl), strict=True):
-        grad = torch.zeros_like(p, dtype=torch.float32) if grad is None else grad.float()
+        grad = grad.float()
         operands += [_plane(p[:, 0], turned), _plane(grad[:, 0] / count, turned), _plane(grad[:, 1] / length, turned)]
     dx = torch.empty_like(x)
     _library(x.dtype).triplet_pool_backward(
@@ -366,11 +363,17 @@ def triplet_pool_backward(
     return dx
 
 
+def _gates(x: Tensor, a: Tensor, b: Tensor, s: Tensor | None, cl: int) -> tuple[Tensor, Tensor, Tensor, float]:
+    """The three gates as the loops read them (`_plane`; zeros for an absent s) and the branch count k."""
+    n, _, h, w = x.shape
+    s3 = torch.zeros((n, h, w)) if s is None else s.float().contiguous()
+    return _plane(a, cl), _plane(b, cl), s3, 2.0 if s is None else 3.0
+
+
 def triplet_apply(x: Tensor, a: Tensor, b: Tensor, s: Tensor | None) -> Tensor:
     x, cl = _dense(x)
     n, c, h, w = x.shape
-    k = 2.0 if s is None else 3.0
-    a, b, s = _plane(a, cl), _plane(b, cl), torch.zeros((n, h, w)) if s is None else s.float().contiguous()
+    a, b, s, k = _gates(x, a, b, s, cl)
     out = torch.empty_like(x)
     _library(x.dtype).triplet_apply(
         _ptr(x), _ptr(a), _ptr(b), _ptr(s), ctypes.c_float(k), _ptr(out),
@@ -384,8 +387,7 @@ def triplet_apply_backward(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     x, cl = _dense(x)
     n, c, h, w = x.shape
-    k = 2.0 if s is None else 3.0
-    a, b, s = _plane(a, cl), _plane(b, cl), torch.zeros((n, h, w)) if s is None else s.float().contiguous()
+    a, b, s, k = _gates(x, a, b, s, cl)
     g, dx = _like(grad, x), torch.empty_like(x)
     da, db, ds = (x.new_empty(shape, dtype=torch.float32) for shape in ((n, c, w), (n, c, h), (n, h, w)))
     _library(x.dtype).triplet_apply_backward(

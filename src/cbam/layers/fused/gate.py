@@ -490,7 +490,7 @@ def forward_flops(shapes: GateArgs) -> int:
     elif descriptors and shapes.channel_fn == "conv1d":  # k taps per output channel
         flops += 2 * descriptors * c * shapes.w1[-1]
     if shapes.conv_w is not None:
-        flops += 2 * n * h * w * math.prod(shapes.conv_w)  # conv_w: (1, 2, k, k), one output channel per position
+        flops += plane_conv.forward_flops((n, 2, h, w), shapes.conv_w)
     return flops
 
 

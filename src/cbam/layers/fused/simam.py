@@ -14,26 +14,21 @@ import torch
 from torch import Tensor
 
 from cbam.layers.fused.backends import kernels
+from cbam.layers.maps import dense_layout
 
 
 def simam_forward(x: Tensor, e_lambda: float, backend: str) -> tuple[Tensor, Tensor, Tensor]:
     """(out, mean, inv): SimAM's output in x's dtype and layout, and its per-channel statistics, (N, C) float32."""
-    k, x3 = kernels(backend), _standard(x).flatten(2)
+    k, x3 = kernels(backend), dense_layout(x).flatten(2)
     mean, inv = k.simam_stats(x3, e_lambda)
     return _own(k.simam_apply(x3, mean, inv).view(x.shape)), mean, inv
 
 
 def simam_backward(grad: Tensor, x: Tensor, mean: Tensor, inv: Tensor, backend: str) -> Tensor:
     """The gradient of x, from that of the output and the forward's statistics."""
-    k, x3, g3 = kernels(backend), _standard(x).flatten(2), grad.flatten(2)
+    k, x3, g3 = kernels(backend), dense_layout(x).flatten(2), grad.flatten(2)
     a, b = k.simam_grad_stats(x3, g3, mean, inv)
     return _own(k.simam_input_grad(x3, g3, mean, inv, a, b).view(x.shape))
-
-
-def _standard(x: Tensor) -> Tensor:
-    """x in a layout the kernels walk, NCHW or channels_last; any other becomes NCHW (the results take it)."""
-    dense = x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)
-    return x if dense else x.contiguous()
 
 
 def _own(t: Tensor) -> Tensor:
@@ -58,12 +53,12 @@ simam_backward_op = torch.library.custom_op(
 @simam_op.register_fake
 def _(x: Tensor, e_lambda: float, backend: str) -> tuple[Tensor, Tensor, Tensor]:
     stats = x.new_empty(x.shape[:2], dtype=torch.float32)
-    return torch.empty_like(_standard(x)), stats, stats.clone()
+    return torch.empty_like(dense_layout(x)), stats, stats.clone()
 
 
 @simam_backward_op.register_fake
 def _(grad: Tensor, x: Tensor, mean: Tensor, inv: Tensor, backend: str) -> Tensor:
-    return torch.empty_like(_standard(x), dtype=grad.dtype)
+    return torch.empty_like(dense_layout(x), dtype=grad.dtype)
 
 
 def _setup_context(ctx, inputs: tuple, output: tuple[Tensor, Tensor, Tensor]) -> None:

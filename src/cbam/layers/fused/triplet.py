@@ -1,13 +1,13 @@
 """Triplet Attention through fused passes: one read of the map for all three Z-pools, one for the weighting.
 
-Eager Triplet Attention (`cbam.layers.triplet`) reduces the map six times (a max and a mean along each axis) and
-broadcasts three gates into it op by op, and autograd keeps two maps of its size; at ResNet-50's stage shapes
-that is about a hundred passes over the map for a forward and backward. Here `triplet_pool` returns the three
-[max; mean] planes (and each max's tie count, so its gradient splits among ties as `torch.amax`'s does) in one
-pass, the small graphs (convolution, BatchNorm, sigmoid) run as modules on those planes, and `triplet_apply`
-writes out = x (a + b + s) / k in one more; their backwards are one pass each. Only the CPU kernels have these
-loops (`has_loops`); elsewhere the eager layer runs. They count no FLOPs, as FlopCounterMode counts none for the
-eager pools and products.
+Eager Triplet Attention (`cbam.layers.triplet`) reduces the map six times (a max and a mean along each axis)
+and broadcasts three gates into it op by op, and autograd keeps two maps of its size; at ResNet-50's stage
+shapes that is 130 to 240 passes over the map for a forward and backward (benchmarks/RESULTS.md). Here
+`triplet_pool` returns the three [max; mean] planes (and each max's tie count, so its gradient splits among ties
+as `torch.amax`'s does) in one pass, the small graphs (convolution, BatchNorm, sigmoid) run as modules on those
+planes, and `triplet_apply` writes out = x (a + b + s) / k in one more; their backwards are one pass each (and
+autograd adds their two gradients of x). Only the CPU kernels have these loops (`has_loops`); elsewhere the
+eager layer runs. They count no FLOPs, as FlopCounterMode counts none for the eager pools and products.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from cbam.layers.fused.backends import kernels
+from cbam.layers.maps import dense_layout
 
 Pooled = tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]
 
@@ -32,8 +33,8 @@ def _pool(x: Tensor, backend: str) -> Pooled:
 
 
 def _pool_backward(
-    dpc: Tensor | None, dph: Tensor | None, dpw: Tensor | None, x: Tensor, pc: Tensor, ph: Tensor, pw: Tensor,
-    cc: Tensor, ch: Tensor, cw: Tensor, backend: str,
+    dpc: Tensor, dph: Tensor, dpw: Tensor, x: Tensor, pc: Tensor, ph: Tensor, pw: Tensor, cc: Tensor, ch: Tensor,
+    cw: Tensor, backend: str,
 ) -> Tensor:  # fmt: skip
     return kernels(backend).triplet_pool_backward((dpc, dph, dpw), x, (pc, ph, pw), (cc, ch, cw))
 
@@ -58,7 +59,7 @@ pool_backward_op = torch.library.custom_op(
     "cbam::triplet_pool_backward",
     _pool_backward,
     mutates_args=(),
-    schema="(Tensor? dpc, Tensor? dph, Tensor? dpw, Tensor x, Tensor pc, Tensor ph, Tensor pw, Tensor cc, "
+    schema="(Tensor dpc, Tensor dph, Tensor dpw, Tensor x, Tensor pc, Tensor ph, Tensor pw, Tensor cc, "
     "Tensor ch, Tensor cw, str backend) -> Tensor",
 )
 apply_op = torch.library.custom_op(
@@ -75,12 +76,6 @@ apply_backward_op = torch.library.custom_op(
 )
 
 
-def _dense_like(x: Tensor, **kwargs: object) -> Tensor:
-    """What the loops return for a map like x: its layout if NCHW or channels_last, else NCHW."""
-    dense = x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)
-    return torch.empty_like(x if dense else x.contiguous(), **kwargs)
-
-
 @pool_op.register_fake
 def _(x: Tensor, backend: str) -> Pooled:
     n, c, h, w = x.shape
@@ -91,17 +86,17 @@ def _(x: Tensor, backend: str) -> Pooled:
 
 @pool_backward_op.register_fake
 def _(dpc, dph, dpw, x: Tensor, *args: object) -> Tensor:
-    return _dense_like(x)
+    return torch.empty_like(dense_layout(x))
 
 
 @apply_op.register_fake
 def _(x: Tensor, a: Tensor, b: Tensor, s: Tensor | None, backend: str) -> Tensor:
-    return _dense_like(x)
+    return torch.empty_like(dense_layout(x))
 
 
 @apply_backward_op.register_fake
 def _(grad: Tensor, x: Tensor, a: Tensor, b: Tensor, s: Tensor | None, backend: str) -> list[Tensor]:
-    grads = [_dense_like(x, dtype=x.dtype), torch.empty_like(a), torch.empty_like(b)]
+    grads = [torch.empty_like(dense_layout(x)), torch.empty_like(a), torch.empty_like(b)]
     return grads if s is None else [*grads, torch.empty_like(s)]
 
 
@@ -112,6 +107,7 @@ def _pool_setup_context(ctx, inputs: tuple, output: Pooled) -> None:
 
 
 def _pool_backward_formula(ctx, dpc: Tensor, dph: Tensor, dpw: Tensor, *_counts: Tensor) -> tuple[Tensor, None]:
+    """The planes' gradients always arrive: autograd passes zeros for an unused one (pc without the spatial branch)."""
     return torch.ops.cbam.triplet_pool_backward(dpc, dph, dpw, *ctx.saved_tensors, ctx.backend), None
 
 
