@@ -7,11 +7,13 @@ interleaved; medians. Inference (eval, no grad) at batch 1 and 8, and a training
 step).
 
     python benchmarks/networks.py [--device cuda --dtype bf16 --batch 256] [--write benchmarks/RESULTS.md]
+    python benchmarks/networks.py --networks "CBAM-ResNet50" "timm CBAM-ResNet50" --rounds 15  # a few rows, more rounds
 """
 
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -25,13 +27,14 @@ import cbam
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 NEWER = [("eca", "ECA"), ("ese", "eSE"), ("ge", "GE"), ("gc", "GC"), ("coord", "CoordAtt"), ("simam", "SimAM"),
          ("triplet", "Triplet")]  # fmt: skip
+BASELINE = "ResNet50"
 TIMM_NEWER = [("eca", "ECA"), ("ese", "eSE"), ("gc", "GC"), ("coord", "CoordAtt")]  # timm's layers, at their defaults
 
 
 def networks() -> dict[str, Callable[[], nn.Module]]:
     """Every network under test, by label; the first is the plain baseline."""
     nets: dict[str, Callable[[], nn.Module]] = {
-        "ResNet50": lambda: cbam.create_model("resnet50"),
+        BASELINE: lambda: cbam.create_model("resnet50"),
         "SE-ResNet50": lambda: cbam.create_model("resnet50_se"),
         "CBAM-ResNet50": lambda: cbam.create_model("resnet50_cbam"),
         "CBAM-ResNet50 eager": lambda: cbam.create_model("resnet50_cbam", impl="eager"),
@@ -75,11 +78,28 @@ def training_step(
     return run
 
 
+def selected(labels: list[str] | None) -> dict[str, Callable[[], nn.Module]]:
+    """The networks named by `labels` (all when None), the plain baseline always first."""
+    nets = networks()
+    if labels is None:
+        return nets
+    unknown = [label for label in labels if label not in nets]
+    if unknown:
+        raise SystemExit(f"unknown network {', '.join(map(repr, unknown))}; the networks: {', '.join(nets)}")
+    return {name: build for name, build in nets.items() if name == BASELINE or name in labels}
+
+
 def measure(
-    device: torch.device, dtype: str, batches: list[int], train_batch: int, size: int, rounds: int
+    nets: dict[str, Callable[[], nn.Module]],
+    device: torch.device,
+    dtype: str,
+    batches: list[int],
+    train_batch: int,
+    size: int,
+    rounds: int,
 ) -> list[dict]:
     autocast = None if dtype == "fp32" else DTYPES[dtype]
-    built = {name: build().to(device, memory_format=torch.channels_last) for name, build in networks().items()}
+    built = {name: build().to(device, memory_format=torch.channels_last) for name, build in nets.items()}
     rows = []
     for mode, batch in [*(("inference", b) for b in batches), ("training step", train_batch)]:
         x = torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=torch.channels_last)
@@ -91,7 +111,7 @@ def measure(
                 optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
                 cases[name] = training_step(model.train(), x, autocast, optimizer)
         times = interleaved_medians(cases, device, rounds)
-        base = times["ResNet50"]
+        base = times[BASELINE]
         rows += [
             {"mode": mode, "batch": batch, "network": name, "ms": t * 1e3, "/ ResNet50": t / base}
             for name, t in times.items()
@@ -107,12 +127,15 @@ def main() -> None:
     parser.add_argument("--train-batch", type=int, default=8)
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--networks", nargs="+", metavar="LABEL", help="only these rows (and the plain ResNet50)")
     parser.add_argument("--write", type=Path, help="also append the table, machine and command to this file")
     args = parser.parse_args()
     device = torch.device(args.device)
-    table = markdown(measure(device, args.dtype, args.batch, args.train_batch, args.size, args.rounds))
+    table = markdown(
+        measure(selected(args.networks), device, args.dtype, args.batch, args.train_batch, args.size, args.rounds)
+    )
     header = f"{machine_line(device)}; {args.dtype}, channels_last, {args.size} px, {args.rounds} rounds"
-    command = "python " + " ".join(sys.argv)
+    command = "python " + shlex.join(sys.argv)
     print(f"{header}\n\n{table}")
     if args.write:
         with args.write.open("a") as out:
