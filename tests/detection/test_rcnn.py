@@ -21,7 +21,7 @@ from cbam.detection import rcnn
 from cbam.detection.ssd import load_backbone
 from cbam.engine.config import build_config
 from cbam.errors import CheckpointError, ConfigError
-from cbam.layers import CBAM
+from cbam.layers import ATTENTION_LAYERS, CBAM
 from cbam.layers.fused import set_attention_impl, spatial_fusable
 from cbam.layers.spatial import SpatialAttention
 from cbam.networks.weights import read_network_weights
@@ -33,6 +33,8 @@ BUILDERS = {"c4": rcnn.faster_rcnn_c4, "fpn": rcnn.faster_rcnn_fpn}
 SMALL = {"min_size": 64, "max_size": 64, "box_batch_size_per_image": 32, "rpn_post_nms_top_n_train": 64}
 SMALL_ANCHORS = {"c4": (8, 16, 32), "fpn": (8, 16, 24, 32, 48)}
 BLOCKS = {"resnet18": 8, "resnet50": 16, "resnet101": 33}
+NEWER = ("eca", "ese", "ge", "gc", "coord", "simam", "triplet")  # the modules CBAM is compared with (issue 24)
+PARAMETER_FREE = ("ge", "simam")  # GE-theta-minus and SimAM
 
 
 def small_detector(kind: str, attention="cbam", backbone="resnet18", **kwargs) -> nn.Module:
@@ -262,6 +264,26 @@ def test_train_step_and_inference(kind):
         if len(found["labels"]):
             assert found["labels"].min() >= 1 and found["labels"].max() <= 10
             assert found["boxes"].min() >= 0 and found["boxes"].max() <= 64
+
+
+@pytest.mark.parametrize("attention", NEWER)
+@pytest.mark.parametrize("kind", ["c4", "fpn"])
+def test_every_newer_attention_sits_in_every_block_and_trains(kind, attention):
+    """Each module of issue 24 as a detection backbone's attention: one per block (the C4 box head's layer4
+    included), its BatchNorm pinned like the backbone's, and a training step that reaches it."""
+    model = small_detector(kind, attention)
+    layers = [m for m in model.modules() if isinstance(m, ATTENTION_LAYERS[attention])]
+    assert len(layers) == BLOCKS["resnet18"]
+    assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    if attention == "coord":  # the only one with a BatchNorm (in its transform), frozen as the backbone's are
+        assert all(isinstance(m.bn, FrozenBatchNorm2d) for m in layers)
+    losses = model.train()(*batch())
+    assert all(math.isfinite(v.item()) for v in losses.values())
+    sum(losses.values()).backward()
+    trained = {n: p for n, p in model.named_parameters() if ".layer4." in n and ".attention." in n and p.requires_grad}
+    assert bool(trained) == (attention not in PARAMETER_FREE)
+    for name, p in trained.items():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
 
 
 @pytest.mark.parametrize("kind", ["c4", "fpn"])

@@ -24,7 +24,7 @@ from cbam.detection.ssd import (
 )
 from cbam.engine.config import build_config
 from cbam.errors import CheckpointError, ConfigError
-from cbam.layers import BAM, CBAM, ChannelAttention, SpatialAttention, SqueezeExcite
+from cbam.layers import ATTENTION_LAYERS, BAM, CBAM, ChannelAttention, SpatialAttention, SqueezeExcite
 from cbam.networks.build import create_model
 from cbam.paper import load_tables
 from tests.conftest import randomize_
@@ -239,6 +239,22 @@ def attention_feeds_every_classifier(model: nn.Module, images: list[torch.Tensor
 def test_attention_sits_right_before_every_classifier(detector):
     model = BUILDERS[detector](backbone="mobilenet_v1", attention="cbam", size=128)
     attention_feeds_every_classifier(model, images_and_targets(128)[0])
+
+
+@pytest.mark.parametrize("attention", ["eca", "ese", "ge", "gc", "coord", "simam", "triplet"])
+@pytest.mark.parametrize("detector", sorted(BUILDERS))
+def test_every_newer_attention_sits_before_every_classifier_and_trains(detector, attention):
+    """Each module of issue 24 on the six maps, down to the 1 x 1 one, and a training step that reaches it."""
+    model = BUILDERS[detector](backbone="mobilenet_v1", attention=attention, size=128)
+    assert all(isinstance(m, ATTENTION_LAYERS[attention]) for m in model.backbone.attention)
+    attention_feeds_every_classifier(model, images_and_targets(128)[0])
+    losses = model.train()(*images_and_targets(128))
+    assert all(torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
+    trained = dict(model.backbone.attention.named_parameters())
+    assert bool(trained) == (attention not in ("ge", "simam"))  # GE-theta-minus and SimAM have no parameters
+    for name, p in trained.items():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
 
 
 @pytest.mark.parametrize("detector", sorted(BUILDERS))
