@@ -62,6 +62,33 @@ def attention_modules_of(model):
     return [(n, m) for n, m in model.named_modules() if isinstance(m, AttentionAfter)]
 
 
+NEWER = ("eca", "ese", "ge", "gc", "coord", "simam", "triplet")  # the modules CBAM is compared with (issue 24)
+# Coordinate Attention sits after the depthwise convolution of each inverted residual that expands (Hou et al.)
+COORD_INSERTIONS = {"mobilenet_v2": 16, "mobilenet_v3_small": 10, "efficientnet_b0": 15, "timm_efficientnet_b0": 15,
+                    "timm_mobilenetv3": 10}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", sorted(NETWORKS))
+def test_every_newer_attention_attaches_to_every_family(name):
+    """Each module of issue 24, attached and detached in turn: one per block, its own parameters the only ones
+    added (none for GE-theta-minus and SimAM), and a forward pass that gives finite logits."""
+    build, expected = NETWORKS[name]
+    model = build().eval()
+    plain = sum(p.numel() for p in model.parameters())
+    x = torch.randn(1, *SIZE)
+    for attention in NEWER:
+        attach(model, attention, input_size=SIZE, verbose=False)
+        inserted = [m.attention for _, m in attention_modules_of(model)]
+        assert len(inserted) == (COORD_INSERTIONS.get(name, expected) if attention == "coord" else expected)
+        assert all(isinstance(m, cbam.layers.ATTENTION_LAYERS[attention]) for m in inserted), attention
+        added = sum(p.numel() for m in inserted for p in m.parameters())
+        assert sum(p.numel() for p in model.parameters()) - plain == model.cbam_report.added_params == added
+        assert (added == 0) == (attention in ("ge", "simam")), attention
+        with torch.no_grad():
+            assert torch.isfinite(model(x)).all(), attention
+        detach(model)
+
+
 @pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2", "vgg11", "timm_efficientnet_b0"])
 def test_the_paper_init_changes_the_output_of_a_network(name):
     build, _ = NETWORKS[name]
