@@ -101,7 +101,8 @@ def measure(
     autocast = None if dtype == "fp32" else DTYPES[dtype]
     built = {name: build().to(device, memory_format=torch.channels_last) for name, build in nets.items()}
     rows = []
-    for mode, batch in [*(("inference", b) for b in batches), ("training step", train_batch)]:
+    steps = [("training step", train_batch)] if train_batch > 0 else []
+    for mode, batch in [*(("inference", b) for b in batches), *steps]:
         x = torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=torch.channels_last)
         cases = {}
         for name, model in built.items():
@@ -124,7 +125,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 8], help="inference batch sizes")
-    parser.add_argument("--train-batch", type=int, default=8)
+    parser.add_argument("--train-batch", type=int, default=8, help="0: no training step")
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--networks", nargs="+", metavar="LABEL", help="only these rows (and the plain ResNet50)")
