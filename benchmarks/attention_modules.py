@@ -7,6 +7,7 @@ timm's CbamModule, and every module CBAM is compared with (ECA, CECA, eSE, GE-th
 CoordAtt, SimAM, Triplet) beside timm's version where timm has one.
 
     python benchmarks/attention_modules.py [--device cuda] [--dtype bf16] [--batch 8 64] [--cold]
+    python benchmarks/attention_modules.py --layers "ECA eager" "timm EcaModule" --rounds 30  # a few rows
 
 `--cold` evicts the caches before every timed call (a 1 GiB fill by default), so each layer and
 the clone it is measured against read their maps from memory, as inside a network. A machine
@@ -37,7 +38,20 @@ FUSED_ATTENTIONS = frozenset({"eca", "ceca", "ese", "ge", "simam", "triplet"})
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
-def candidates(channels: int, device: torch.device) -> dict[str, Callable[[], nn.Module]]:
+def candidates(
+    channels: int, device: torch.device, labels: list[str] | None = None
+) -> dict[str, Callable[[], nn.Module]]:
+    """The layers under test named by `labels` (every one when None), by row label."""
+    layers = every_candidate(channels, device)
+    if labels is None:
+        return layers
+    unknown = [label for label in labels if label not in layers]
+    if unknown:
+        raise SystemExit(f"unknown layer {', '.join(map(repr, unknown))}; the layers: {', '.join(layers)}")
+    return {label: build for label, build in layers.items() if label in labels}
+
+
+def every_candidate(channels: int, device: torch.device) -> dict[str, Callable[[], nn.Module]]:
     """Every layer under test, by row label."""
     layers: dict[str, Callable[[], nn.Module]] = {
         "CBAM eager": lambda: cbam.CBAM(channels, impl="eager"),
@@ -87,13 +101,15 @@ def measure(
     dtype: torch.dtype,
     rounds: int,
     before: Callable[[], object] | None = None,
+    labels: list[str] | None = None,
 ) -> list[dict]:
     x = torch.randn(batch, channels, size, size, device=device, dtype=dtype).contiguous(
         memory_format=torch.channels_last
     )
     grad = torch.randn_like(x)
     layers = {
-        name: build().to(device=device, dtype=dtype).train() for name, build in candidates(channels, device).items()
+        name: build().to(device=device, dtype=dtype).train()
+        for name, build in candidates(channels, device, labels).items()
     }
     xg = x.detach().requires_grad_()
 
@@ -140,6 +156,7 @@ def main() -> None:
     parser.add_argument("--stages", type=int, nargs="+", default=[0, 1, 2, 3], help="which of the 4 ResNet50 stages")
     parser.add_argument("--cold", action="store_true", help="evict the caches before every timed call")
     parser.add_argument("--evict-mib", type=int, default=1024, help="how much --cold writes to evict them")
+    parser.add_argument("--layers", nargs="+", metavar="LABEL", help="only these rows")
     args = parser.parse_args()
     device = torch.device(args.device)
     before = cache_evictor(device, args.evict_mib) if args.cold else None
@@ -147,7 +164,7 @@ def main() -> None:
     for batch in args.batch:
         for stage in args.stages:
             channels, size = STAGES[stage]
-            rows += measure(batch, channels, size, device, DTYPES[args.dtype], args.rounds, before)
+            rows += measure(batch, channels, size, device, DTYPES[args.dtype], args.rounds, before, args.layers)
     cache = f"; cold: {args.evict_mib} MiB written before each timed call" if args.cold else ""
     print(f"{machine_line(device)}; {args.dtype}, channels_last{cache}\n")
     print(markdown(rows))
