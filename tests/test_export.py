@@ -37,6 +37,9 @@ def test_every_attention_exports_to_onnx_and_matches_onnxruntime(tmp_path):
     path = export_model(model, tmp_path / "attentions.onnx", "onnx", (3, 64, 64))
     check = onnx_max_difference(model, path, SHAPES)
     assert check.max_rel < 1e-4 and check.max_abs < 1e-3
+    inside = cbam.create_model("resnet18_simam", width_mult=0.25, num_classes=10).eval()  # SimAM after conv2
+    check = onnx_max_difference(inside, export_model(inside, tmp_path / "simam.onnx", "onnx", (3, 64, 64)), SHAPES)
+    assert check.max_rel < 1e-4 and check.max_abs < 1e-3
 
 
 def test_onnx_export_of_an_attached_torchvision_network(tmp_path):

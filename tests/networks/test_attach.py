@@ -66,6 +66,8 @@ NEWER = ("eca", "ese", "ge", "gc", "coord", "simam", "triplet")  # the modules C
 # Coordinate Attention sits after the depthwise convolution of each inverted residual that expands (Hou et al.)
 COORD_INSERTIONS = {"mobilenet_v2": 16, "mobilenet_v3_small": 10, "efficientnet_b0": 15, "timm_efficientnet_b0": 15,
                     "timm_mobilenetv3": 10}  # fmt: skip
+# Global Context goes in a ResNet's stages c3-c5 only (GCNet)
+GC_INSERTIONS = {"resnet18": 6, "resnext50_32x4d": 13, "wide_resnet50_2": 13, "timm_resnet26d": 6}
 
 
 @pytest.mark.parametrize("name", sorted(NETWORKS))
@@ -79,7 +81,8 @@ def test_every_newer_attention_attaches_to_every_family(name):
     for attention in NEWER:
         attach(model, attention, input_size=SIZE, verbose=False)
         inserted = [m.attention for _, m in attention_modules_of(model)]
-        assert len(inserted) == (COORD_INSERTIONS.get(name, expected) if attention == "coord" else expected)
+        special = {"coord": COORD_INSERTIONS, "gc": GC_INSERTIONS}.get(attention, {})
+        assert len(inserted) == special.get(name, expected), attention
         assert all(isinstance(m, cbam.layers.ATTENTION_LAYERS[attention]) for m in inserted), attention
         added = sum(p.numel() for m in inserted for p in m.parameters())
         assert sum(p.numel() for p in model.parameters()) - plain == model.cbam_report.added_params == added
@@ -240,12 +243,38 @@ def test_coordinate_attention_goes_after_the_depthwise_convolution_of_each_expan
     assert resnet.cbam_report.insertions[0].name == "layer1.0.bn2"
 
 
+def test_simam_goes_right_after_the_last_spatial_convolution_before_its_norm():
+    """SimAM's authors' placement, its layer's default: a ResNet block's conv2, every inverted residual's depthwise
+    convolution (the first block's too); a block without that site (RegNet here) takes it on its output."""
+    resnet = attach(tv.resnet50(), "simam", input_size=SIZE, verbose=False).cbam_report.insertions
+    assert (len(resnet), resnet[0].name, resnet[0].channels) == (16, "layer1.0.conv2", 64)  # the bottleneck's width
+    v2 = attach(tv.mobilenet_v2(), "simam", input_size=SIZE, verbose=False)
+    names = [i.name for i in v2.cbam_report.insertions]
+    assert (len(names), names[0], names[1]) == (17, "features.1.conv.0.0", "features.2.conv.1.0")
+    assert isinstance(v2.features[2].conv[1][0].module, nn.Conv2d) and v2.features[2].conv[1][0].module.groups == 96
+    timm_v2 = attach(timm.create_model("mobilenetv2_100"), "simam", input_size=SIZE, verbose=False)
+    assert [i.name for i in timm_v2.cbam_report.insertions][:2] == ["blocks.0.0.conv_dw", "blocks.1.0.conv_dw"]
+    regnet = attach(tv.regnet_y_400mf(), "simam", input_size=SIZE, verbose=False).cbam_report.insertions
+    assert regnet[0].name == "trunk_output.block1.block1-0.f.c"
+    output = attach(tv.resnet18(), {"name": "simam", "site": "output"}, input_size=SIZE, verbose=False)
+    assert output.cbam_report.insertions[0].name == "layer1.0.bn2"
+    cbam_conv = attach(tv.resnet18(), "cbam", site="conv", input_size=SIZE, verbose=False)
+    assert cbam_conv.cbam_report.insertions[0].name == "layer1.0.conv2"
+
+
+def test_global_context_goes_in_a_resnets_stages_c3_to_c5():
+    gc = attach(tv.resnet50(), "gc", input_size=SIZE, verbose=False).cbam_report.insertions
+    assert (len(gc), gc[0].name) == (13, "layer2.0.bn3")
+    every = attach(tv.resnet50(), "gc", targets=["layer*.*.bn3"], input_size=SIZE, verbose=False)
+    assert len(every.cbam_report.insertions) == 16
+
+
 def test_a_depthwise_site_where_there_is_none_or_an_unknown_site_is_one_clear_error():
     with pytest.raises(cbam.errors.ConfigError, match="site 'depthwise' is inside inverted residuals"):
         attach(tv.resnet18(), {"name": "se", "site": "depthwise"}, input_size=SIZE, verbose=False)
     with pytest.raises(cbam.errors.ConfigError, match="site 'depthwise' is inside inverted residuals"):
         cbam.create_model("resnet18", attention={"name": "cbam", "site": "depthwise"})
-    with pytest.raises(cbam.errors.ConfigError, match="one of output, depthwise"):
+    with pytest.raises(cbam.errors.ConfigError, match="one of output, depthwise, conv"):
         attach(tv.mobilenet_v2(), "cbam", site="middle", input_size=SIZE, verbose=False)
-    with pytest.raises(cbam.errors.ConfigError, match="one of output, depthwise"):
+    with pytest.raises(cbam.errors.ConfigError, match="one of output, depthwise, conv"):
         attach(tv.mobilenet_v2(), {"name": "se", "site": "middle"}, input_size=SIZE, verbose=False)

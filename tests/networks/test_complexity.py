@@ -177,13 +177,13 @@ def test_eca_nets_printed_resnet50_row_is_its_units_and_a_kernel_of_5_everywhere
 
 def test_gcnets_printed_resnet50_row_is_gc_in_stages_2_to_4() -> None:
     """GCNet (Cao et al., ImageNet table): ResNet-50 25.56M, + GC (r = 16) 28.08M: GC in every block of c3-c5, not
-    c2 (our default, every stage, gives 28.11M). Its GFLOPs (4.12, 4.13) count BatchNorm, ReLU and pooling too
-    (mmcv's counter); multiply-adds alone are 4.089 and 4.098 (docs/reproduction.md)."""
+    c2, which is GC's default placement in a ResNet (every stage gives 28.11M). Its GFLOPs (4.12, 4.13) count
+    BatchNorm, ReLU and pooling too (mmcv's counter); multiply-adds alone are 4.089 and 4.098 (docs/reproduction.md)."""
     with torch.device("meta"):
-        gc_c3_c5 = cbam.create_model("resnet50", attention="gc", attention_stages=(2, 3, 4))
+        gc_c3_c5 = cbam.create_model("resnet50_gc")
         plain = count_parameters(cbam.create_model("resnet50"))
         c3_c5 = count_parameters(gc_c3_c5)
-        every = count_parameters(cbam.create_model("resnet50", attention="gc"))
+        every = count_parameters(cbam.create_model("resnet50", attention="gc", attention_stages=(1, 2, 3, 4)))
     assert (round(plain / 1e6, 2), round(c3_c5 / 1e6, 2), round(every / 1e6, 2)) == (25.56, 28.08, 28.11)
     assert round(count_macs(gc_c3_c5) / 1e9, 3) == 4.098
     # c2's three C = 256 blocks: the 1 x 1 mask (with bias), conv 256 -> 16, LayerNorm, conv 16 -> 256, all with biases

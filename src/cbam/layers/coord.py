@@ -29,7 +29,7 @@ class CoordinateAttention(nn.Module):
     In an inverted residual it goes after the depthwise convolution, where its paper puts it in MobileNetV2.
     """
 
-    inverted_residual_site = "depthwise"
+    preferred_site = "depthwise"
 
     def __init__(
         self,

@@ -75,11 +75,13 @@ ATTENTION_ABOUT: dict[str, About] = {
     "triplet": About("Triplet", "Misra et al., Triplet Attention, WACV 2021"),
 }
 PLACEMENTS: tuple[str, ...] = ("block", "stage")
-SITES: tuple[str, ...] = ("output", "depthwise")
-"""Where in an inverted residual (MobileNetV2, EfficientNet) attention goes: on the block's output before the skip
-addition (CBAM's placement in every block), or after the depthwise convolution, on the expanded channels
-(Coordinate Attention's, and where MobileNetV3 and EfficientNet keep their SE). A layer class names its own paper's
-choice as `inverted_residual_site`; a spec's `"site"` overrides it."""
+SITES: tuple[str, ...] = ("output", "depthwise", "conv")
+"""Where in a block attention goes: on the block's output before the skip addition (CBAM's placement in every
+block); in an inverted residual (MobileNetV2, EfficientNet), after the depthwise convolution with its norm and
+activation, on the expanded channels (Coordinate Attention's, and where MobileNetV3 and EfficientNet keep their SE);
+or right after the block's last spatial convolution (a ResNet block's conv2, an inverted residual's depthwise
+convolution), before its BatchNorm (SimAM's authors' placement). A layer class names its own paper's choice as
+`preferred_site` (a block without that site takes the output); a spec's `"site"` overrides it."""
 SPEC_KEYS: frozenset[str] = frozenset({"name", "site"})
 """The keys of a spec mapping that are not the layer's constructor options."""
 
@@ -148,9 +150,23 @@ def create_attention_factory(spec: AttentionSpec) -> AttentionFactory | None:
     raise OptionError(f"attention must be a name, a mapping with 'name', or a callable; got {type(spec).__name__}")
 
 
+def _layer_class_of(factory: AttentionFactory) -> Callable[..., nn.Module]:
+    """The class (or callable) a factory builds, under any fixed options."""
+    return factory.func if isinstance(factory, functools.partial) else factory
+
+
+RESNET_STAGES: tuple[int, ...] = (1, 2, 3, 4)
+
+
+def resnet_stages(factory: AttentionFactory) -> tuple[int, ...]:
+    """The ResNet stages (1-4) whose blocks get this attention by default: its layer's own `resnet_stages` (GCNet's
+    c3-c5), else every stage, as CBAM and SE place it."""
+    return tuple(getattr(_layer_class_of(factory), "resnet_stages", RESNET_STAGES))
+
+
 def attention_placement(factory: AttentionFactory) -> str:
     """Where a network puts this attention: `"block"` (every block, CBAM/SE) or `"stage"` (BAM)."""
-    target = factory.func if isinstance(factory, functools.partial) else factory
+    target = _layer_class_of(factory)
     placement = getattr(target, "placement", "block")
     if placement not in PLACEMENTS:
         raise ConfigError(f"attention placement must be one of {', '.join(PLACEMENTS)}, got {placement!r}")
@@ -170,8 +186,21 @@ def explicit_site(spec: AttentionSpec) -> str | None:
 
 
 def attention_site(spec: AttentionSpec) -> str:
-    """Where this attention goes in an inverted residual (`SITES`): the spec's `"site"`, else its layer's own
-    (`inverted_residual_site`), else the block's output."""
+    """Where this attention goes in a block (`SITES`): the spec's `"site"`, else its layer's own
+    (`preferred_site`), else the block's output."""
     factory = create_attention_factory(spec)
-    target = factory.func if isinstance(factory, functools.partial) else factory
-    return explicit_site(spec) or check_site(getattr(target, "inverted_residual_site", "output"))
+    return explicit_site(spec) or check_site(getattr(_layer_class_of(factory), "preferred_site", "output"))
+
+
+SITE_BLOCKS: dict[str, str] = {
+    "depthwise": "inverted residuals (MobileNetV2/V3, EfficientNet)",
+    "conv": "residual blocks (ResNet, ResNeXt, Wide ResNet) and inverted residuals (MobileNetV2/V3, EfficientNet)",
+}
+
+
+def no_such_site(site: str, network: str) -> ConfigError:
+    """The one error for a site asked of a network whose blocks do not have it."""
+    return ConfigError(
+        f"site {site!r} is inside {SITE_BLOCKS[site]}; {network} has none: leave the site out (attention then goes "
+        "on each block's output), or use a network that has them (e.g. torchvision:mobilenet_v2)"
+    )

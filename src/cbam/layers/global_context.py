@@ -16,7 +16,13 @@ class GlobalContext(nn.Module):
     """out = F + T(c) (`fusion="add"`, the paper's) or F * sigmoid(T(c)) (`"scale"`, timm's default), where
     c = sum_j softmax(W_k F)_j F_j pools the map with one learned attention over its positions and
     T = conv1x1 -> LayerNorm -> ReLU -> conv1x1 is a C -> C/r -> C bottleneck (eq. 3-4). The last convolution
-    starts at zero, as the authors initialise it, so the block starts as the identity under `add`."""
+    starts at zero, as the authors initialise it, so the block starts as the identity under `add`.
+
+    In a ResNet it goes in the blocks of stages c3-c5 only (`resnet_stages`), as GCNet's ImageNet and COCO networks
+    place it; `attention_stages` chooses others.
+    """
+
+    resnet_stages = (2, 3, 4)
 
     def __init__(
         self,

@@ -16,7 +16,13 @@ class SimAM(nn.Module):
     the neuron's channel and sigma^2 its sum of squared deviations over n = H W - 1, as the authors compute it.
     No parameters; `e_lambda` is the paper's regulariser (1e-4). On a 1 x 1 map (n = 0, where the authors' code
     divides 0 by 0) every weight is sigmoid(1/2). `impl` picks the implementation (`cbam.layers.fused`: the fused
-    op reads the map once for the statistics and once for the weighting, and keeps only x for backward)."""
+    op reads the map once for the statistics and once for the weighting, and keeps only x for backward).
+
+    In a block it goes right after the last spatial convolution, before that convolution's BatchNorm (a ResNet
+    block's conv2, an inverted residual's depthwise convolution), as the authors' networks place it.
+    """
+
+    preferred_site = "conv"
 
     def __init__(self, channels: int, e_lambda: float = 1e-4, impl: str = "auto") -> None:
         super().__init__()

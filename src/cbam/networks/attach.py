@@ -2,9 +2,11 @@
 
 `attach` finds the blocks of a known architecture (torchvision's and timm's) and wraps the
 last layer of each residual branch, so the attention acts on the branch's output before the
-skip addition (paper Fig. 3); for plain stacks it wraps the end of each convolution stage. In an inverted residual
-an attention may go after the depthwise convolution instead (`cbam.layers.create.SITES`), as Coordinate Attention's
-paper puts it in MobileNetV2 and as its layer asks by default. The
+skip addition (paper Fig. 3); for plain stacks it wraps the end of each convolution stage. Another site of a block
+may be asked for (`cbam.layers.create.SITES`), and a layer asks for its paper's by default: after the depthwise
+convolution of an inverted residual (Coordinate Attention in MobileNetV2), or right after a block's last spatial
+convolution, before its BatchNorm (SimAM in ResNets and MobileNetV2); in a ResNet, Global Context goes in stages
+c3-c5 only, as GCNet places it (`cbam.layers.create.resnet_stages`). The
 wrapped layer keeps its weights untouched, as `<name>.module`; the attention is `<name>.attention`.
 """
 
@@ -24,12 +26,15 @@ from cbam.errors import ConfigError, OptionError
 from cbam.layers.bam import BAM
 from cbam.layers.channel import ChannelAttention
 from cbam.layers.create import (
+    RESNET_STAGES,
     AttentionSpec,
     attention_site,
     check_site,
     create_attention_factory,
     explicit_site,
     is_attention_parameter,
+    no_such_site,
+    resnet_stages,
 )
 from cbam.layers.spatial import SpatialAttention
 from cbam.networks.counting import count_macs, count_parameters, forward_zeros
@@ -146,6 +151,32 @@ DEPTHWISE_RULES: dict[str, Callable[[nn.Module], list[str]]] = {
     "timm.models._efficientnet_blocks.InvertedResidual": _fixed("bn2"),  # BatchNormAct2d: conv_dw's norm and act
     "timm.models._efficientnet_blocks.DepthwiseSeparableConv": lambda block: [],  # no expansion
 }
+
+
+def _after_spatial_conv(sequential_name: str) -> Callable[[nn.Module], list[str]]:
+    """The depthwise convolution itself (before its norm) of every inverted residual, the first included, as SimAM's
+    authors' MobileNetV2 places it."""
+
+    def find(block: nn.Module) -> list[str]:
+        children = getattr(block, sequential_name).named_children()
+        return [f"{sequential_name}.{name}.0" for name, child in children if _is_depthwise(child)]
+
+    return find
+
+
+# The "conv" site (`SITES`): block class -> its last spatial convolution (wrapped before the norm that follows it)
+CONV_RULES: dict[str, Callable[[nn.Module], list[str]]] = {
+    "torchvision.models.resnet.BasicBlock": _fixed("conv2"),
+    "torchvision.models.resnet.Bottleneck": _fixed("conv2"),
+    "timm.models.resnet.BasicBlock": _fixed("conv2"),
+    "timm.models.resnet.Bottleneck": _fixed("conv2"),
+    "torchvision.models.mobilenetv2.InvertedResidual": _after_spatial_conv("conv"),
+    "torchvision.models.mobilenetv3.InvertedResidual": _after_spatial_conv("block"),
+    "torchvision.models.efficientnet.MBConv": _after_spatial_conv("block"),
+    "timm.models._efficientnet_blocks.InvertedResidual": _fixed("conv_dw"),
+    "timm.models._efficientnet_blocks.DepthwiseSeparableConv": _fixed("conv_dw"),
+}
+SITE_RULES: dict[str, dict[str, Callable[[nn.Module], list[str]]]] = {"depthwise": DEPTHWISE_RULES, "conv": CONV_RULES}
 # Networks whose stages are not blocks: network class -> (container, stage ends inside it)
 STACK_RULES: dict[str, tuple[str, Callable[[nn.Module], list[str]]]] = {
     "torchvision.models.vgg.VGG": ("features", _vgg_stage_ends),
@@ -161,26 +192,19 @@ def _join(*parts: str) -> str:
     return ".".join(p for p in parts if p)
 
 
-def has_depthwise_site(model: nn.Module) -> bool:
-    """Whether the network has inverted residuals, where attention may go after the depthwise convolution."""
-    return any(_class_key(module) in DEPTHWISE_RULES for module in model.modules())
-
-
-def no_depthwise_site(network: str) -> ConfigError:
-    """The one error for a depthwise site asked of a network without inverted residuals."""
-    return ConfigError(
-        f"site 'depthwise' is inside inverted residuals (MobileNetV2/V3, EfficientNet); {network} has none: leave "
-        "the site out (attention then goes on each block's output), or use e.g. torchvision:mobilenet_v2"
-    )
+def has_site(model: nn.Module, site: str) -> bool:
+    """Whether the network has blocks with `site` (every block has its output)."""
+    return site == "output" or any(_class_key(module) in SITE_RULES[site] for module in model.modules())
 
 
 def known_targets(model: nn.Module, site: str = "output") -> list[str]:
-    """Names of the layers `attach` wraps in a network it knows, at `site` in its inverted residuals; empty if it
-    knows none."""
+    """Names of the layers `attach` wraps in a network it knows, at `site` in the blocks that have it and on the
+    output of the others; empty if it knows none."""
+    rules = SITE_RULES.get(site, {})
     targets: list[str] = []
     for name, module in model.named_modules():
         key = _class_key(module)
-        rule = DEPTHWISE_RULES[key] if site == "depthwise" and key in DEPTHWISE_RULES else BLOCK_RULES.get(key)
+        rule = rules[key] if key in rules else BLOCK_RULES.get(key)
         if rule is not None:
             targets += [_join(name, inner) for inner in rule(module)]
         stack = STACK_RULES.get(key)
@@ -188,6 +212,16 @@ def known_targets(model: nn.Module, site: str = "output") -> list[str]:
             container, find = stack
             targets += [_join(name, container, inner) for inner in find(module.get_submodule(container))]
     return targets
+
+
+def _in_stages(model: nn.Module, names: list[str], factory: Callable[[int], nn.Module]) -> list[str]:
+    """Of a ResNet's targets (under layer1-layer4), those in the stages its attention asks for (`resnet_stages`:
+    GCNet's c3-c5); every target of any other network."""
+    stages = resnet_stages(factory)
+    if stages == RESNET_STAGES or not all(hasattr(model, f"layer{i}") for i in RESNET_STAGES):
+        return names
+    kept = {f"layer{i}" for i in stages}
+    return [name for name in names if name.split(".")[0] in kept]
 
 
 def _matching_targets(model: nn.Module, patterns: Sequence[str | type[nn.Module]]) -> list[str]:
@@ -308,9 +342,9 @@ def attach(
         raise ConfigError("attention='none' attaches nothing; name an attention such as 'cbam' or 'se'")
     chosen = check_site(site) if site is not None else explicit_site(attention)
     site = chosen or attention_site(attention)
-    if chosen == "depthwise" and not targets and not has_depthwise_site(model):
-        raise no_depthwise_site(type(model).__name__)
-    names = _matching_targets(model, targets) if targets else known_targets(model, site)
+    if chosen is not None and not targets and not has_site(model, chosen):
+        raise no_such_site(chosen, type(model).__name__)
+    names = _matching_targets(model, targets) if targets else _in_stages(model, known_targets(model, site), factory)
     if not names:
         hint = "no module matched the given targets" if targets else f"cbam does not know {type(model).__name__}"
         raise ConfigError(

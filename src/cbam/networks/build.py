@@ -14,9 +14,9 @@ from typing import Any
 from torch import nn
 
 from cbam.errors import ConfigError, OptionError
-from cbam.layers.create import AttentionSpec, attention_options, explicit_site
+from cbam.layers.create import AttentionSpec, attention_options
 from cbam.layers.fused import check_impl, set_attention_impl
-from cbam.networks.attach import attach, gate_built_in_attention, no_depthwise_site
+from cbam.networks.attach import attach, gate_built_in_attention
 from cbam.networks.classifier import replace_classifier
 from cbam.networks.libraries import build_bare, is_external, is_weights_file, named_weights, parse_external
 from cbam.networks.names import model_entry
@@ -60,8 +60,6 @@ def _zoo_network(request: NetworkRequest, stored: StoredWeights | None, num_clas
     if num_classes is not None:
         options["num_classes"] = num_classes
     attention = requested_attention(request)
-    if explicit_site(attention) == "depthwise":  # the zoo has no inverted residuals
-        raise no_depthwise_site(request.arch)
     try:
         model = entry.builder(attention=attention, **options)
     except TypeError as err:

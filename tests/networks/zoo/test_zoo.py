@@ -165,6 +165,20 @@ def test_attention_stages_place_block_attention_in_the_named_stages_only(stages,
     ]
 
 
+def test_global_context_goes_in_stages_c3_to_c5_by_default_as_gcnet_places_it():
+    with torch.device("meta"):
+        model = cbam.create_model("resnet50_gc")
+        every = cbam.create_model("resnet50", attention="gc", attention_stages=(1, 2, 3, 4))
+        cbam_net = cbam.create_model("resnet50_cbam")
+    assert [isinstance(layer[0].attention, GlobalContext) for layer in stages(model)] == [False, True, True, True]
+    assert all(isinstance(layer[0].attention, GlobalContext) for layer in stages(every))
+    assert all(isinstance(layer[0].attention, cbam.CBAM) for layer in stages(cbam_net))
+
+
+def stages(model: nn.Module) -> tuple[nn.Module, ...]:
+    return model.layer1, model.layer2, model.layer3, model.layer4
+
+
 def test_unknown_builder_option_names_the_model():
     with pytest.raises(TypeError, match=r"resnet18: .*unexpected keyword argument 'widen'"):
         cbam.create_model("resnet18", widen=2)
@@ -196,6 +210,45 @@ def test_every_newer_attention_trains_in_the_zoo_at_full_width(arch, attention):
     out = model(torch.randn(2, 3, 64, 64))
     out.logsumexp(1).sum().backward()
     assert out.shape == (2, 10) and all(p.grad is not None for p in model.parameters())
+
+
+def authors_simam_block(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """A block's forward in the order of SimAM's authors' ResNets: SimAM right after conv2, before bn2."""
+    identity = x if block.downsample is None else block.downsample(x)
+    out = torch.relu(block.bn1(block.conv1(x)))
+    out = block.bn2(block.attention(block.conv2(out)))
+    if isinstance(block, Bottleneck):
+        out = block.bn3(block.conv3(torch.relu(out)))
+    return torch.relu(out + identity)
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "resnet50"])
+def test_simam_sits_after_conv2_before_its_batch_norm_as_its_authors_place_it(arch):
+    model = cbam.create_model(f"{arch}_simam", num_classes=10).eval()
+    with torch.no_grad():  # BatchNorms that are not near the identity, so before and after bn2 differ
+        for bn in (m for m in model.modules() if isinstance(m, nn.BatchNorm2d)):
+            bn.weight.uniform_(0.5, 1.5), bn.bias.uniform_(-0.2, 0.2)
+            bn.running_mean.uniform_(-0.2, 0.2), bn.running_var.uniform_(0.5, 2.0)
+    blocks = [m for m in model.modules() if isinstance(m, (BasicBlock, Bottleneck))]
+    assert all(b.site == "conv" and b.attention.channels == b.conv2.out_channels for b in blocks)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        features = model.maxpool(model.relu(model.bn1(model.conv1(x))))
+        for block in blocks:
+            expected = authors_simam_block(block, features)
+            features = block(features)
+            assert torch.equal(features, expected)
+    spelled = cbam.create_model(arch, attention={"name": "simam", "site": "output"})
+    assert all(b.site == "output" for b in spelled.modules() if isinstance(b, (BasicBlock, Bottleneck)))
+    cbam_at_conv = cbam.create_model(arch, attention={"name": "cbam", "site": "conv"})
+    assert all(b.site == "conv" for b in cbam_at_conv.modules() if isinstance(b, (BasicBlock, Bottleneck)))
+
+
+def test_a_site_a_zoo_network_lacks_is_one_line_naming_it():
+    with pytest.raises(ConfigError, match=r"site 'conv' is inside residual blocks .* MobileNetV1 has none"):
+        cbam.create_model("mobilenet_v1", attention={"name": "simam", "site": "conv"})
+    with pytest.raises(ConfigError, match=r"site 'depthwise' is inside inverted residuals .* a ResNet has none"):
+        cbam.create_model("resnet50", attention={"name": "simam", "site": "depthwise"})
 
 
 def test_list_models_filters_by_pattern():

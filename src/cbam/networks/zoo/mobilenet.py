@@ -13,7 +13,14 @@ from typing import ClassVar
 from torch import Tensor, nn
 
 from cbam.errors import ConfigError
-from cbam.layers.create import AttentionFactory, AttentionSpec, attention_placement, create_attention_factory
+from cbam.layers.create import (
+    AttentionFactory,
+    AttentionSpec,
+    attention_placement,
+    create_attention_factory,
+    explicit_site,
+    no_such_site,
+)
 from cbam.networks.registry import register_model
 from cbam.networks.zoo.common import attention_or_identity, check_stem, initialize_weights
 
@@ -89,6 +96,9 @@ class MobileNetV1(nn.Module):
         check_stem(stem)
         if width_mult <= 0:
             raise ConfigError(f"width_mult must be positive, got {width_mult}")
+        site = explicit_site(attention)
+        if site not in (None, "output"):  # attention follows every convolution: no block sites
+            raise no_such_site(site, "MobileNetV1")
         factory = create_attention_factory(attention)
         placement = attention_placement(factory) if factory is not None else "block"
         block_attention = factory if placement == "block" else None

@@ -2,8 +2,9 @@
 
 Blocks, then the network, then the registered builders. Attention comes in as a spec
 (`cbam.layers.create`); block attention (CBAM, SE) sits on the residual branch's output
-before the skip addition, stage attention (BAM) after layer1, layer2 and layer3. Names
-follow torchvision's ResNet, so its state dicts load where the shapes agree.
+before the skip addition, or, at the site `"conv"` (SimAM's), right after the branch's conv2,
+before bn2; stage attention (BAM) after layer1, layer2 and layer3. Names follow torchvision's
+ResNet, so its state dicts load where the shapes agree.
 """
 
 from __future__ import annotations
@@ -15,7 +16,17 @@ import torch
 from torch import Tensor, nn
 
 from cbam.errors import ConfigError
-from cbam.layers.create import AttentionFactory, AttentionSpec, attention_placement, create_attention_factory
+from cbam.layers.create import (
+    RESNET_STAGES,
+    AttentionFactory,
+    AttentionSpec,
+    attention_placement,
+    attention_site,
+    create_attention_factory,
+    explicit_site,
+    no_such_site,
+    resnet_stages,
+)
 from cbam.layers.fused import residual_tail
 from cbam.networks.registry import register_model
 from cbam.networks.zoo.common import attention_or_identity, check_stem, initialize_weights
@@ -38,8 +49,20 @@ def _add_relu(out: Tensor, identity: Tensor) -> Tensor:
     return torch.relu_(out.add_(identity))
 
 
+RESIDUAL_SITES: tuple[str, ...] = ("output", "conv")
+"""The sites (`cbam.layers.create.SITES`) a residual block has."""
+
+
+def block_site(site: str) -> str:
+    """`site` if a residual block has it, else one line naming the sites it has."""
+    if site not in RESIDUAL_SITES:
+        raise no_such_site(site, "a ResNet")
+    return site
+
+
 class BasicBlock(nn.Module):
-    """Two 3x3 convs; attention on their output, then the skip addition (ResNet18/34)."""
+    """Two 3x3 convs; attention on their output (or after conv2, before bn2, at `site="conv"`), then the skip
+    addition (ResNet18/34)."""
 
     expansion = 1
 
@@ -53,6 +76,7 @@ class BasicBlock(nn.Module):
         width_per_group: int = 64,
         attention: AttentionFactory | None = None,
         stride_in_1x1: bool = False,
+        site: str = "output",
     ) -> None:
         super().__init__()
         if groups != 1 or width_per_group != 64:
@@ -63,11 +87,14 @@ class BasicBlock(nn.Module):
         self.conv2 = conv3x3(planes, planes)
         self.bn2 = nn.BatchNorm2d(planes)
         self.attention = attention_or_identity(attention, planes)
+        self.site = block_site(site)
         self.downsample = downsample
 
     def forward(self, x: Tensor) -> Tensor:
         identity = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
+        if self.site == "conv":
+            return _add_relu(self.bn2(self.attention(self.conv2(out))), identity)
         out = self.bn2(self.conv2(out))
         if not torch.jit.is_scripting():
             fused = residual_tail(self.attention, out, identity, overwrite_input=True)
@@ -77,7 +104,8 @@ class BasicBlock(nn.Module):
 
 
 class Bottleneck(nn.Module):
-    """1x1 -> 3x3 (grouped for ResNeXt) -> 1x1; attention on the output, then the skip.
+    """1x1 -> 3x3 (grouped for ResNeXt) -> 1x1; attention on the output (or after the 3x3, before bn2, at
+    `site="conv"`), then the skip.
 
     `stride_in_1x1` moves the stride from the 3x3 (torchvision and the authors' code) to the
     first 1x1 (the original Caffe ResNet, the layout the paper's GFLOPs were counted with).
@@ -95,6 +123,7 @@ class Bottleneck(nn.Module):
         width_per_group: int = 64,
         attention: AttentionFactory | None = None,
         stride_in_1x1: bool = False,
+        site: str = "output",
     ) -> None:
         super().__init__()
         width = int(planes * width_per_group / 64) * groups
@@ -106,12 +135,16 @@ class Bottleneck(nn.Module):
         self.conv3 = conv1x1(width, out_channels)
         self.bn3 = nn.BatchNorm2d(out_channels)
         self.relu = nn.ReLU(inplace=True)
-        self.attention = attention_or_identity(attention, out_channels)
+        self.site = block_site(site)
+        self.attention = attention_or_identity(attention, width if self.site == "conv" else out_channels)
         self.downsample = downsample
 
     def forward(self, x: Tensor) -> Tensor:
         identity = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
+        if self.site == "conv":
+            out = self.relu(self.bn2(self.attention(self.conv2(out))))
+            return _add_relu(self.bn3(self.conv3(out)), identity)
         out = self.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
         if not torch.jit.is_scripting():
@@ -131,7 +164,8 @@ class ResNet(nn.Module):
     them and the stem's, rounded down (a narrow network for small data), `groups` and
     `width_per_group` make ResNeXt, `stem="cifar"` swaps the 7x7/2 conv and max-pool for a
     3x3/1 conv for 32-64 px images. `attention_stages` names the stages (1 to 4) whose blocks get block
-    attention: every one by default, as CBAM and SE place it; (2, 3, 4) is GCNet's ImageNet placement (c3-c5).
+    attention; by default the attention's own (`cbam.layers.create.resnet_stages`): every one, as CBAM and SE
+    place it, and c3-c5 (2, 3, 4) for GCNet's Global Context.
     """
 
     classifier_name: ClassVar[str] = "fc"  # the layer a new task replaces (cbam.networks.classifier)
@@ -151,10 +185,13 @@ class ResNet(nn.Module):
         stride_in_1x1: bool = False,
         stem: str = "imagenet",
         in_channels: int = 3,
-        attention_stages: int | Sequence[int] = (1, 2, 3, 4),
+        attention_stages: int | Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         check_stem(stem)
+        factory = create_attention_factory(attention)
+        if attention_stages is None:
+            attention_stages = resnet_stages(factory) if factory is not None else RESNET_STAGES
         if isinstance(attention_stages, int):  # one stage, as `--model-arg attention_stages=4` gives it
             attention_stages = (attention_stages,)
         if not set(attention_stages) <= {1, 2, 3, 4}:
@@ -165,10 +202,12 @@ class ResNet(nn.Module):
             raise ConfigError(f"width_mult must leave every width at least 1 channel, got {width_mult}")
         widths = [int(w * width_mult) for w in widths]
         stem_width = int(stem_width * width_mult)
-        factory = create_attention_factory(attention)
         placement = attention_placement(factory) if factory is not None else "block"
         block_attention = factory if placement == "block" else None
         stage_attention = factory if placement == "stage" else None
+        site = attention_site(attention) if block_attention is not None else "output"
+        if site == "depthwise" and explicit_site(attention) is None:  # an inverted residual's: the output here
+            site = "output"
 
         if stem == "imagenet":
             self.conv1 = nn.Conv2d(in_channels, stem_width, 7, stride=2, padding=3, bias=False)
@@ -201,6 +240,7 @@ class ResNet(nn.Module):
                         width_per_group,
                         block_attention if index + 1 in attention_stages else None,
                         stride_in_1x1,
+                        site,
                     )
                 )
                 channels = planes * block.expansion
