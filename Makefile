@@ -37,7 +37,7 @@ detect: $(STAMP)
 
 ## Which attention helps? ResNet-18 without attention and with each of SE, ECA, eSE, GE, GC, CoordAtt, SimAM,
 ## Triplet and CBAM, under make run's recipe (cluttered-digits-compare), 3 seeds each, two runs at a time (30 runs,
-## 86 minutes on 2 CPU cores, measured); every row against the plain network with 95% intervals, in runs/attentions/
+## 57 minutes on 2 CPU cores, measured); every row against the plain network with 95% intervals, in runs/attentions/
 attentions: $(STAMP)
 	$(BIN)/cbam compare --arch resnet18 --attention none,se,eca,ese,ge,gc,coord,simam,triplet,cbam --seeds 3 \
 		--jobs 2 --data cluttered-digits --recipe cluttered-digits-compare --output runs/attentions
