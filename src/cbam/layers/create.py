@@ -204,3 +204,20 @@ def no_such_site(site: str, network: str) -> ConfigError:
         f"site {site!r} is inside {SITE_BLOCKS[site]}; {network} has none: leave the site out (attention then goes "
         "on each block's output), or use a network that has them (e.g. torchvision:mobilenet_v2)"
     )
+
+
+def site_in(site: str, sites: tuple[str, ...], network: str) -> str:
+    """`site` (one of `SITES`) if the network's blocks have it (`sites`), else one line saying they do not."""
+    if check_site(site) not in sites:
+        raise no_such_site(site, network)
+    return site
+
+
+def block_site(spec: AttentionSpec, sites: tuple[str, ...], network: str) -> str:
+    """Where this attention goes in a network whose blocks have `sites`: the spec's `"site"`, refused by name where
+    the blocks lack it; else its layer's own where they have it; else the block's output."""
+    chosen = explicit_site(spec)
+    if chosen is not None:
+        return site_in(chosen, sites, network)
+    preferred = attention_site(spec)
+    return preferred if preferred in sites else "output"

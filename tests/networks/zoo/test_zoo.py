@@ -249,6 +249,10 @@ def test_a_site_a_zoo_network_lacks_is_one_line_naming_it():
         cbam.create_model("mobilenet_v1", attention={"name": "simam", "site": "conv"})
     with pytest.raises(ConfigError, match=r"site 'depthwise' is inside inverted residuals .* a ResNet has none"):
         cbam.create_model("resnet50", attention={"name": "simam", "site": "depthwise"})
+    with pytest.raises(ConfigError, match="attention site must be one of output, depthwise, conv, got 'middle'"):
+        BasicBlock(8, 8, site="middle")
+    # Coordinate Attention's own site is an inverted residual's: a ResNet puts it on the block's output
+    assert all(b.site == "output" for b in cbam.create_model("resnet18_coord").modules() if isinstance(b, BasicBlock))
 
 
 def test_list_models_filters_by_pattern():

@@ -17,9 +17,8 @@ from cbam.layers.create import (
     AttentionFactory,
     AttentionSpec,
     attention_placement,
+    block_site,
     create_attention_factory,
-    explicit_site,
-    no_such_site,
 )
 from cbam.networks.registry import register_model
 from cbam.networks.zoo.common import attention_or_identity, check_stem, initialize_weights
@@ -96,9 +95,7 @@ class MobileNetV1(nn.Module):
         check_stem(stem)
         if width_mult <= 0:
             raise ConfigError(f"width_mult must be positive, got {width_mult}")
-        site = explicit_site(attention)
-        if site not in (None, "output"):  # attention follows every convolution: no block sites
-            raise no_such_site(site, "MobileNetV1")
+        block_site(attention, ("output",), "MobileNetV1")  # attention follows every convolution: no other site
         factory = create_attention_factory(attention)
         placement = attention_placement(factory) if factory is not None else "block"
         block_attention = factory if placement == "block" else None

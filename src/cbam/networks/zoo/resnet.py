@@ -21,11 +21,10 @@ from cbam.layers.create import (
     AttentionFactory,
     AttentionSpec,
     attention_placement,
-    attention_site,
+    block_site,
     create_attention_factory,
-    explicit_site,
-    no_such_site,
     resnet_stages,
+    site_in,
 )
 from cbam.layers.fused import residual_tail
 from cbam.networks.registry import register_model
@@ -51,13 +50,6 @@ def _add_relu(out: Tensor, identity: Tensor) -> Tensor:
 
 RESIDUAL_SITES: tuple[str, ...] = ("output", "conv")
 """The sites (`cbam.layers.create.SITES`) a residual block has."""
-
-
-def block_site(site: str) -> str:
-    """`site` if a residual block has it, else one line naming the sites it has."""
-    if site not in RESIDUAL_SITES:
-        raise no_such_site(site, "a ResNet")
-    return site
 
 
 class BasicBlock(nn.Module):
@@ -87,7 +79,7 @@ class BasicBlock(nn.Module):
         self.conv2 = conv3x3(planes, planes)
         self.bn2 = nn.BatchNorm2d(planes)
         self.attention = attention_or_identity(attention, planes)
-        self.site = block_site(site)
+        self.site = site_in(site, RESIDUAL_SITES, "a ResNet")
         self.downsample = downsample
 
     def forward(self, x: Tensor) -> Tensor:
@@ -135,7 +127,7 @@ class Bottleneck(nn.Module):
         self.conv3 = conv1x1(width, out_channels)
         self.bn3 = nn.BatchNorm2d(out_channels)
         self.relu = nn.ReLU(inplace=True)
-        self.site = block_site(site)
+        self.site = site_in(site, RESIDUAL_SITES, "a ResNet")
         self.attention = attention_or_identity(attention, width if self.site == "conv" else out_channels)
         self.downsample = downsample
 
@@ -205,9 +197,7 @@ class ResNet(nn.Module):
         placement = attention_placement(factory) if factory is not None else "block"
         block_attention = factory if placement == "block" else None
         stage_attention = factory if placement == "stage" else None
-        site = attention_site(attention) if block_attention is not None else "output"
-        if site == "depthwise" and explicit_site(attention) is None:  # an inverted residual's: the output here
-            site = "output"
+        site = block_site(attention, RESIDUAL_SITES, "a ResNet") if block_attention is not None else "output"
 
         if stem == "imagenet":
             self.conv1 = nn.Conv2d(in_channels, stem_width, 7, stride=2, padding=3, bias=False)
