@@ -284,6 +284,7 @@ def test_every_newer_attention_sits_in_every_block_and_trains(kind, attention):
     assert bool(trained) == (attention not in PARAMETER_FREE)
     for name, p in trained.items():
         assert p.grad is not None and torch.isfinite(p.grad).all(), name
+    assert not trained or any(p.grad.abs().sum() > 0 for p in trained.values()), "the loss moves the attention"
 
 
 @pytest.mark.parametrize("kind", ["c4", "fpn"])

@@ -255,6 +255,7 @@ def test_every_newer_attention_sits_before_every_classifier_and_trains(detector,
     assert bool(trained) == (attention not in ("ge", "simam"))  # GE-theta-minus and SimAM have no parameters
     for name, p in trained.items():
         assert p.grad is not None and torch.isfinite(p.grad).all(), name
+    assert not trained or any(p.grad.abs().sum() > 0 for p in trained.values()), "the loss moves the attention"
 
 
 @pytest.mark.parametrize("detector", sorted(BUILDERS))
