@@ -20,7 +20,7 @@ import argparse
 from collections.abc import Callable
 
 import torch
-from bench_utils import cache_evictor, interleaved_medians, machine_line, markdown
+from bench_utils import cache_evictor, interleaved_medians, machine_line, markdown, only
 from torch import nn
 
 import cbam
@@ -38,20 +38,7 @@ FUSED_ATTENTIONS = frozenset({"eca", "ceca", "ese", "ge", "simam", "triplet"})
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
-def candidates(
-    channels: int, device: torch.device, labels: list[str] | None = None
-) -> dict[str, Callable[[], nn.Module]]:
-    """The layers under test named by `labels` (every one when None), by row label."""
-    layers = every_candidate(channels, device)
-    if labels is None:
-        return layers
-    unknown = [label for label in labels if label not in layers]
-    if unknown:
-        raise SystemExit(f"unknown layer {', '.join(map(repr, unknown))}; the layers: {', '.join(layers)}")
-    return {label: build for label, build in layers.items() if label in labels}
-
-
-def every_candidate(channels: int, device: torch.device) -> dict[str, Callable[[], nn.Module]]:
+def candidates(channels: int, device: torch.device) -> dict[str, Callable[[], nn.Module]]:
     """Every layer under test, by row label."""
     layers: dict[str, Callable[[], nn.Module]] = {
         "CBAM eager": lambda: cbam.CBAM(channels, impl="eager"),
@@ -109,7 +96,7 @@ def measure(
     grad = torch.randn_like(x)
     layers = {
         name: build().to(device=device, dtype=dtype).train()
-        for name, build in candidates(channels, device, labels).items()
+        for name, build in only(candidates(channels, device), labels, "layer").items()
     }
     xg = x.detach().requires_grad_()
 

@@ -6,10 +6,13 @@ import platform
 import statistics
 import time
 from collections.abc import Callable
+from typing import TypeVar
 
 import torch
 
 from cbam.report import format_markdown_table
+
+T = TypeVar("T")
 
 
 def synchronize(device: torch.device) -> None:
@@ -50,6 +53,17 @@ def cache_evictor(device: torch.device, mebibytes: int) -> Callable[[], object]:
     the caches: the next call then reads them from memory, as a layer inside a network does."""
     buffer = torch.empty(mebibytes * 2**20 // 4, dtype=torch.float32, device=device)
     return lambda: buffer.fill_(1.0)
+
+
+def only(cases: dict[str, T], labels: list[str] | None, what: str, keep: tuple[str, ...] = ()) -> dict[str, T]:
+    """The cases named by `labels` (every one when None) and those in `keep`, in their order; an unknown label
+    ends the run with one line listing the `what`s there are."""
+    if labels is None:
+        return cases
+    unknown = [label for label in labels if label not in cases]
+    if unknown:
+        raise SystemExit(f"unknown {what} {', '.join(map(repr, unknown))}; the {what}s: {', '.join(cases)}")
+    return {label: case for label, case in cases.items() if label in labels or label in keep}
 
 
 def machine_line(device: torch.device) -> str:

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from bench_utils import interleaved_medians, machine_line, markdown
+from bench_utils import interleaved_medians, machine_line, markdown, only
 from torch import nn
 
 import cbam
@@ -78,17 +78,6 @@ def training_step(
     return run
 
 
-def selected(labels: list[str] | None) -> dict[str, Callable[[], nn.Module]]:
-    """The networks named by `labels` (all when None), the plain baseline always first."""
-    nets = networks()
-    if labels is None:
-        return nets
-    unknown = [label for label in labels if label not in nets]
-    if unknown:
-        raise SystemExit(f"unknown network {', '.join(map(repr, unknown))}; the networks: {', '.join(nets)}")
-    return {name: build for name, build in nets.items() if name == BASELINE or name in labels}
-
-
 def measure(
     nets: dict[str, Callable[[], nn.Module]],
     device: torch.device,
@@ -133,7 +122,15 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device(args.device)
     table = markdown(
-        measure(selected(args.networks), device, args.dtype, args.batch, args.train_batch, args.size, args.rounds)
+        measure(
+            only(networks(), args.networks, "network", keep=(BASELINE,)),
+            device,
+            args.dtype,
+            args.batch,
+            args.train_batch,
+            args.size,
+            args.rounds,
+        )
     )
     header = f"{machine_line(device)}; {args.dtype}, channels_last, {args.size} px, {args.rounds} rounds"
     command = "python " + shlex.join(sys.argv)
